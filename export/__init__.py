@@ -1,0 +1,1 @@
+"""cbldm.export: ONNX / TensorRT export of the trained networks."""

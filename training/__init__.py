@@ -1,0 +1,1 @@
+"""cbldm.training: dataset generation and (with torch) the three networks and their training."""
