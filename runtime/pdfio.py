@@ -1,0 +1,197 @@
+"""Reading and writing PDF files, and resampling a measured G(r) onto the model's r grid.
+
+Read: PDFgetX3 / xPDFsuite ``.gr`` (config header, ``#### start data``, ``#L r G``),
+plain two-or-more column text (``.gr .dat .txt .csv``; ``#`` comments, whitespace, comma
+or semicolon separated, one optional non-numeric header row) and the DeepStruc files.
+Every problem is a ``PDFInputError`` whose message is one line naming the file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MIN_POINTS = 100
+MIN_RMAX = 5.0
+_NUMBER_ROW = re.compile(r"^[\s,;]*[-+0-9.]")
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+class PDFInputError(ValueError):
+    """A PDF file that cannot be used; ``str()`` is one line: '<file>: <problem>'."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class PDFData:
+    r: np.ndarray
+    g: np.ndarray
+    path: str = ""
+    format: str = "columns"
+    meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def element(self) -> str | None:
+        """The element named by the header's ``composition`` (first symbol), if any."""
+        comp = self.meta.get("composition")
+        if not comp:
+            return None
+        m = re.match(r"\s*([A-Z][a-z]?)", comp)
+        return m.group(1) if m else None
+
+
+def _parse_header(lines: list[str]) -> dict:
+    meta: dict[str, str] = {}
+    for line in lines:
+        s = line.strip().lstrip("#").strip()
+        if "=" in s and not s.startswith("["):
+            key, _, value = s.partition("=")
+            key = key.strip().lower()
+            if key and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
+                meta.setdefault(key, value.strip())
+    return meta
+
+
+def read_pdf(path: str | os.PathLike) -> PDFData:
+    """Read r and G(r) from a PDF file; raises PDFInputError with a one-line reason."""
+    p = Path(path)
+    if p.is_dir():
+        raise PDFInputError(p, "is a directory, not a PDF file")
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise PDFInputError(p, "no such file") from None
+    except OSError as exc:
+        raise PDFInputError(p, f"cannot be read ({exc.strerror or exc})") from None
+    if not raw.strip():
+        raise PDFInputError(p, "is empty")
+    if b"\x00" in raw[:65536]:
+        raise PDFInputError(p, "is binary, not a text PDF file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+        if sum(not (c.isprintable() or c.isspace()) for c in text[:65536]) > 0.01 * min(len(text), 65536):
+            raise PDFInputError(p, "is binary, not a text PDF file") from None
+
+    lines = text.splitlines()
+    fmt = "columns"
+    start = 0
+    for i, line in enumerate(lines):
+        if line.strip().lower().startswith("#### start data"):
+            fmt = "pdfgetx3"
+            start = i + 1
+            break
+    header = lines[:start] if fmt == "pdfgetx3" else [l for l in lines if l.lstrip().startswith("#")]
+    meta = _parse_header(header)
+
+    rows: list[list[float]] = []
+    skipped_header = False
+    for lineno, line in enumerate(lines[start:], start=start + 1):
+        s = line.strip()
+        if not s or s.startswith("#") or s.startswith("%") or s.startswith("!"):
+            continue
+        if not _NUMBER_ROW.match(s):
+            if rows or skipped_header:
+                raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
+            skipped_header = True  # e.g. a CSV 'r,G' header row
+            continue
+        parts = [t for t in _SPLIT.split(s) if t]
+        try:
+            vals = [float(t) for t in parts[:2]]
+        except ValueError:
+            raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}") from None
+        if len(vals) < 2:
+            raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
+        rows.append(vals)
+    if not rows:
+        raise PDFInputError(p, "has no numeric data rows")
+    arr = np.asarray(rows, dtype=float)
+    r, g = arr[:, 0], arr[:, 1]
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.argmin(np.isfinite(arr).all(axis=1)))
+        raise PDFInputError(p, f"contains NaN or inf (data row {bad + 1})")
+    if len(r) < MIN_POINTS:
+        raise PDFInputError(p, f"has {len(r)} data points; need at least {MIN_POINTS}")
+    steps = np.diff(r)
+    if np.any(steps <= 0):
+        bad = int(np.argmax(steps <= 0))
+        raise PDFInputError(p, f"r is not increasing (data row {bad + 2}: r={r[bad + 1]:g} after {r[bad]:g})")
+    if r[0] < 0:
+        raise PDFInputError(p, f"r starts below zero ({r[0]:g})")
+    if r[-1] < MIN_RMAX:
+        raise PDFInputError(p, f"r reaches only {r[-1]:g} A; need data to at least {MIN_RMAX:g} A")
+    if not np.any(g != 0):
+        raise PDFInputError(p, "G(r) is zero everywhere")
+
+    data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta)
+    # DeepStruc wrote r as linspace(0, 30, 3000) although DiffPy computed on 0.01 * k
+    if len(r) == 3000 and abs(r[0]) < 1e-12 and abs(r[-1] - 30.0) < 1e-9 \
+            and abs(steps[0] - 30.0 / 2999) < 1e-9:
+        data.r = np.arange(3000) * 0.01
+        data.format = "deepstruc"
+        data.notes.append("r column linspace(0, 30, 3000) read as r = 0.01 * k (DeepStruc convention)")
+    return data
+
+
+def resample(data: PDFData, r_model: np.ndarray) -> tuple[np.ndarray, dict]:
+    """G on ``r_model`` by linear interpolation; zero where the measurement has no data."""
+    r, g = data.r, data.g
+    inside = (r_model >= r[0] - 1e-9) & (r_model <= r[-1] + 1e-9)
+    out = np.zeros_like(r_model, dtype=float)
+    out[inside] = np.interp(r_model[inside], r, g)
+    step = float(np.median(np.diff(r)))
+    same_grid = len(r) == len(r_model) and np.allclose(r, r_model, atol=1e-9)
+    record = {
+        "source_points": int(len(r)),
+        "source_rmin": float(r[0]),
+        "source_rmax": float(r[-1]),
+        "source_rstep": step,
+        "interpolated": not same_grid,
+        "zeroed_below_A": float(r[0]) if r[0] > r_model[0] + 1e-9 else None,
+        "zeroed_above_A": float(r[-1]) if r[-1] < r_model[-1] - 1e-9 else None,
+        "points_zeroed": int((~inside).sum()),
+        "dropped_beyond_A": float(r_model[-1]) if r[-1] > r_model[-1] + 1e-9 else None,
+        "notes": list(data.notes),
+    }
+    return out, record
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_gr(path: str | os.PathLike, r: np.ndarray, g: np.ndarray, header: dict | None = None,
+             title: str = "cbldm") -> Path:
+    """Write a PDFgetX3-style ``.gr`` (readable by PDFgui, DiffPy and ``read_pdf``), atomically."""
+    path = Path(path)
+    lines = [f"[{title}]"]
+    for key, value in (header or {}).items():
+        if isinstance(value, float):
+            value = f"{value:.10g}"
+        lines.append(f"{key} = {value}")
+    lines += ["", "#### start data", "#S 1", "#L r($\\AA$)  G($\\AA^{-2}$)"]
+    body = "\n".join(f"{ri:.6f} {gi:.10e}" for ri, gi in zip(np.asarray(r), np.asarray(g)))
+    _atomic_write_text(path, "\n".join(lines) + "\n" + body + "\n")
+    return path
+

@@ -1,0 +1,129 @@
+"""cbldm-data: build the simulated training set, compute a PDF, inspect a dataset."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app
+from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, PDFParams
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Simulated nanoparticle PDFs: the CbLDM training set and single PDFs.")
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset directory (created; re-running resumes)."),
+    limit: Optional[int] = typer.Option(None, help="Only N structures, spread over types and sizes."),
+    workers: int = typer.Option(max(1, os.cpu_count() or 1), help="Worker processes."),
+    seed: int = typer.Option(0, help="Seed of the stratified train/val/test split."),
+):
+    """Enumerate the unique clusters (7 types, 5-256 atoms), simulate their PDFs, write shards."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from cbldm.training.dataset import DatasetError, generate as run_generate
+
+    if limit is not None and limit < 1:
+        raise fail("--limit must be >= 1", EXIT_USAGE)
+    if workers < 1:
+        raise fail("--workers must be >= 1", EXIT_USAGE)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task("enumerating clusters", total=None)
+
+        def progress(done, total):
+            bar.update(task, description="simulating PDFs", completed=done, total=total)
+
+        try:
+            result = run_generate(out, limit=limit, workers=workers, seed=seed, progress=progress)
+        except DatasetError as exc:
+            raise fail(str(exc))
+    m = result.manifest
+    typer.echo(f"{out}: {m['n_structures']} structures in {len(m['shards'])} shards "
+               f"({result.written_shards} written, {result.skipped_shards} already done), "
+               f"{m['wall_time_s']} s with {workers} worker(s)")
+    _print_counts(m)
+
+
+def _print_counts(m: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="structures per type")
+    for col in ("type", "total", "train", "val", "test"):
+        table.add_column(col, justify="right" if col != "type" else "left")
+    per_split = m["split_counts_per_type"]
+    for t, n in m["counts_per_type"].items():
+        table.add_row(t, str(n), *[str(per_split[s][t]) for s in ("train", "val", "test")])
+    table.add_row("total", str(m["n_structures"]), *[str(m["split_counts"][s]) for s in ("train", "val", "test")])
+    Console().print(table)
+
+
+@app.command()
+def pdf(
+    structure: Path = typer.Argument(..., help="Any structure file ASE reads (xyz, extxyz, cif, pdb, ...)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .gr file."),
+    qmin: float = typer.Option(DEEPSTRUC_PARAMS.qmin, help="Qmin (1/A)."),
+    qmax: float = typer.Option(DEEPSTRUC_PARAMS.qmax, help="Qmax (1/A)."),
+    qdamp: float = typer.Option(DEEPSTRUC_PARAMS.qdamp, help="Qdamp (1/A)."),
+    biso: float = typer.Option(DEEPSTRUC_PARAMS.biso, help="Isotropic Debye-Waller Biso (A^2)."),
+    delta2: float = typer.Option(DEEPSTRUC_PARAMS.delta2, help="Correlated-motion delta2 (A^2)."),
+    rmax: float = typer.Option(DEEPSTRUC_PARAMS.rmax, help="rmax (A, excluded)."),
+    rstep: float = typer.Option(DEEPSTRUC_PARAMS.rstep, help="r step (A)."),
+):
+    """Compute the X-ray PDF of one structure (element taken from the file) and write a .gr."""
+    from cbldm.runtime.pdfio import write_gr
+
+    if not structure.is_file():
+        raise fail(f"{structure}: {'is a directory' if structure.is_dir() else 'no such file'}")
+    try:
+        params = PDFParams(qmin=qmin, qmax=qmax, qdamp=qdamp, biso=biso, delta2=delta2,
+                           rmax=rmax, rstep=rstep)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE)
+    try:
+        import ase.io
+
+        atoms = ase.io.read(structure)
+    except Exception as exc:
+        raise fail(f"{structure}: not a structure file ASE can read ({type(exc).__name__}: {exc})")
+    if len(atoms) == 0:
+        raise fail(f"{structure}: contains no atoms")
+    try:
+        calc = DebyePDF(params)
+        g = calc.calc(atoms.get_positions(), atoms.get_chemical_symbols())
+    except ValueError as exc:
+        raise fail(f"{structure}: {exc}")
+    header = {"source": str(structure), "composition": atoms.get_chemical_formula(),
+              "calculator": "cbldm DebyePDF (DiffPy DebyePDFCalculator semantics)",
+              **{k: v for k, v in params.as_dict().items()}}
+    write_gr(output, calc.r, g, header, title="cbldm-data pdf")
+    typer.echo(f"{output}: G(r) of {len(atoms)} atoms ({atoms.get_chemical_formula()}), "
+               f"r {calc.r[0]:g}-{calc.r[-1]:g} A, {len(calc.r)} points")
+
+
+@app.command()
+def info(root: Path = typer.Argument(..., help="Dataset directory.")):
+    """Counts per type, splits and physics parameters of a dataset."""
+    from cbldm.training.dataset import DatasetError, load_manifest
+
+    try:
+        m = load_manifest(root)
+    except DatasetError as exc:
+        raise fail(str(exc))
+    typer.echo(f"{root}: {m['n_structures']} structures, {len(m['shards'])} shards, seed {m['seed']}, "
+               f"generated in {m['wall_time_s']} s")
+    typer.echo("PDF parameters: " + json.dumps(m["pdf_params"]))
+    _print_counts(m)
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()
