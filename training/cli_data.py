@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -104,6 +105,36 @@ def pdf(
     write_gr(output, calc.r, g, header, title="cbldm-data pdf")
     typer.echo(f"{output}: G(r) of {len(atoms)} atoms ({atoms.get_chemical_formula()}), "
                f"r {calc.r[0]:g}-{calc.r[-1]:g} A, {len(calc.r)} points")
+
+
+@app.command()
+def resample(
+    files: list[Path] = typer.Argument(..., help="Measured or simulated PDF files (.gr .dat .txt .csv)."),
+    outdir: Path = typer.Option(..., "--outdir", "-o", help="Where <stem>.model.gr files go."),
+):
+    """Read PDFs and write them on the model's r grid (0-30 A, 0.01 A), saying what was done."""
+    from cbldm.runtime.pdfio import PDFInputError, read_pdf, resample as do_resample, write_gr
+
+    r_model = DebyePDF(DEEPSTRUC_PARAMS).r
+    failed = 0
+    for path in files:
+        try:
+            data = read_pdf(path)
+        except PDFInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        g, record = do_resample(data, r_model)
+        header = {"source": str(path), "source_format": data.format,
+                  "composition": data.meta.get("composition", ""),
+                  **{k: v for k, v in record.items() if k != "notes" and v is not None},
+                  "notes": "; ".join(record["notes"]) or "none"}
+        out = write_gr(outdir / f"{path.stem}.model.gr", r_model, g, header, title="cbldm-data resample")
+        zeroed = record["points_zeroed"]
+        typer.echo(f"{out}: {record['source_points']} points, r {record['source_rmin']:g}-"
+                   f"{record['source_rmax']:g} A -> 3000 points" + (f", {zeroed} zeroed (no data)" if zeroed else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 import numpy as np
 
 # mendeleev 0.x, elements.metallic_radius (pm): the values DeepStruc's generator used
@@ -140,7 +141,8 @@ def _kwargs(kind: str, values: tuple[int, ...]) -> dict:
     return dict(zip("pqr", values))
 
 
-def unit_shapes(kind: str, max_atoms: int = MAX_ATOMS, min_atoms: int = MIN_ATOMS) -> list[Shape]:
+@lru_cache(maxsize=None)
+def unit_shapes(kind: str, max_atoms: int = MAX_ATOMS, min_atoms: int = MIN_ATOMS) -> tuple[Shape, ...]:
     """Every shape of the recipe with min_atoms..max_atoms atoms, at unit lattice constant.
 
     Cubic and HCP sizes are ordered (h <= k <= l, s1 <= s2 <= s3) as in DeepStruc. The atom
@@ -171,7 +173,7 @@ def unit_shapes(kind: str, max_atoms: int = MAX_ATOMS, min_atoms: int = MIN_ATOM
             outer(prefix + (v,))
 
     outer(())
-    return shapes
+    return tuple(shapes)
 
 
 def nearest_neighbour_lcs(element: str, factors=BOND_FACTORS) -> list[float]:

@@ -1,0 +1,49 @@
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_reference() -> Path | None:
+    env = os.environ.get("CBLDM_REFERENCE")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "reference" / "deepstruc",
+                   REPO / "shared" / "reference" / "deepstruc"]
+    for c in candidates:
+        if (c / "graphs").is_dir():
+            return c
+    return None
+
+
+REFERENCE = _find_reference()
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if REFERENCE is None:
+        pytest.skip("../shared/reference/deepstruc not present (set CBLDM_REFERENCE)")
+    return REFERENCE
+
+
+def reference_graphs(ref: Path):
+    """(name, xyz, element, nn_distance, DiffPy G) for each reference structure."""
+    import h5py
+
+    out = []
+    for f in sorted((ref / "graphs").glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            xyz = h["Node Feature Matrix"][()]
+            g = h["PDF label"][()]
+        el = re.search(r"atom_([A-Z][a-z]?)_", f.name).group(1)
+        lc = float(re.search(r"_lc1?_([0-9.]+?)(?:_lc2|\.h5)", f.name).group(1))
+        out.append((f.stem, xyz, el, lc, g))
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,94 @@
+"""Cluster recipe, canonical order and the generated dataset."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import reference_graphs
+
+from cbldm.runtime.pdf import DebyePDF
+from cbldm.training.clusters import (TYPES, canonical_order, enumerate_clusters, sorted_distances,
+                                     unit_shapes)
+from cbldm.training.dataset import generate, load_arrays, load_manifest, sha256_file
+
+KIND_OF = {"FCC": "FCC", "BCC": "BCC", "SC": "SC", "HCP": "HCP", "Icosahedron": "Icosahedron",
+           "Decahedron": "Decahedron", "Octahedron": "Octahedron"}
+
+
+def test_builders_reproduce_the_reference_structures(reference):
+    """Each DeepStruc reference file is one of our shapes at its lattice constant."""
+    for name, xyz, _, lc, _ in reference_graphs(reference):
+        kind = name.split("_")[1]
+        params = name.split("_atom_")[0].split("_")[2:]
+        want = dict(zip(params[::2], map(int, params[1::2])))
+        shape = [s for s in unit_shapes(kind) if dict(s.params) == want]
+        assert len(shape) == 1, name
+        ours = shape[0].xyz_unit * lc
+        assert len(ours) == len(xyz), name
+        # the reference xyz were written with 4 decimals
+        np.testing.assert_allclose(sorted_distances(ours), sorted_distances(xyz), atol=2e-4)
+
+
+def test_full_recipe_counts():
+    clusters, stats = enumerate_clusters(workers=2)
+    counts = Counter(c.kind for c in clusters)
+    assert 12_000 <= len(clusters) <= 13_500  # paper: 13,210; METHOD.md: 12.6-13.4k
+    assert set(counts) == set(TYPES)
+    assert counts["HCP"] / len(clusters) == pytest.approx(0.55, abs=0.05)
+    assert stats["distinct_lattice_constants"] == 38  # 19 radii x (0.99, 1.01)
+    assert all(5 <= c.n_atoms <= 256 for c in clusters)
+
+
+def test_canonical_order_is_radial_and_deterministic(rng):
+    x = unit_shapes("Icosahedron")[1].xyz_unit * 2.8  # 55 atoms
+    a = canonical_order(x[rng.permutation(len(x))])
+    np.testing.assert_allclose(a, canonical_order(x), atol=1e-12)
+    radii = np.linalg.norm(a, axis=1)
+    assert np.all(np.diff(np.round(radii, 3)) >= 0)
+    assert radii[0] < 1e-9  # the central atom comes first
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    generate(out, limit=21, workers=1, seed=3)
+    return out
+
+
+def test_dataset_shards_manifest_and_splits(small_dataset):
+    m = load_manifest(small_dataset)
+    assert m["n_structures"] == 21
+    assert m["counts_per_type"] == {t: 3 for t in TYPES}
+    assert all(v == {"train": 1, "val": 1, "test": 1}[k] for k, d in m["split_counts_per_type"].items() for v in d.values())
+    all_idx = sorted(sum(m["splits"].values(), []))
+    assert all_idx == list(range(21))
+    for entry in m["shard_files"]:
+        assert sha256_file(small_dataset / entry["file"]) == entry["sha256"]
+    arr = load_arrays(small_dataset, verify=True)
+    calc = DebyePDF()
+    for i in (0, 10, 20):
+        n = arr.n_atoms[i]
+        assert np.all(arr.xyz[i, n:] == 0)
+        g = calc.calc(arr.xyz[i, :n].astype(float), arr.element[i].decode())
+        np.testing.assert_allclose(arr.pdf[i], g, atol=2e-6 * np.abs(g).max())
+    test = load_arrays(small_dataset, split="test")
+    assert sorted(test.type.tolist()) == list(range(7))
+
+
+def test_dataset_resume_is_deterministic(small_dataset, tmp_path):
+    m = load_manifest(small_dataset)
+    shard = small_dataset / m["shards"][0]
+    before = sha256_file(shard)
+    shard.unlink()
+    res = generate(small_dataset, limit=21, workers=1, seed=3)
+    assert res.written_shards == 1 and sha256_file(shard) == before
+    res = generate(small_dataset, limit=21, workers=1, seed=3)
+    assert res.written_shards == 0 and res.skipped_shards == 1
+    assert json.loads((small_dataset / "manifest.json").read_text())["splits"] == m["splits"]
+
+
+def test_dataset_refuses_other_settings(small_dataset):
+    from cbldm.training.dataset import DatasetError
+
+    with pytest.raises(DatasetError, match="different settings"):
+        generate(small_dataset, limit=22, workers=1)
