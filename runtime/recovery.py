@@ -4,7 +4,7 @@
    L v = lambda M v (M = diag(W 1), L = M - W) and take the eigenvectors of the three
    smallest non-zero eigenvalues; its scale is arbitrary, so one scalar is fitted to the
    kernel first. We also try classical MDS on d^2 = -t ln W (exact for an exact kernel)
-   and start from whichever initial guess has the lower misfit.
+   and refine both, keeping the result with the lower final misfit.
 2. Minimise F(X) = sum_ij (exp(-|x_i - x_j|^2 / t) - W_ij)^2 with L-BFGS and the analytic
    gradient  dF/dx_k = -(8/t) sum_j A_kj (x_k - x_j),  A = (E - W) o E.
    (The reference uses trust-constr; ``method="trust-constr"`` reproduces it for the
@@ -85,7 +85,7 @@ def _fit_scale(x: np.ndarray, w: np.ndarray, t: float) -> np.ndarray:
 
 
 def recover_xyz(w: np.ndarray, t: float = KERNEL_WIDTH, method: str = "L-BFGS-B",
-                init: str = "auto", gtol: float = 1e-12, maxiter: int = 20000) -> Recovery:
+                init: str = "auto", gtol: float = 1e-10, maxiter: int = 20000) -> Recovery:
     """Coordinates (N, 3) whose kernel best matches ``w`` (N, N; padding already removed)."""
     t0 = time.perf_counter()
     w = _prepare(w)
@@ -94,27 +94,38 @@ def recover_xyz(w: np.ndarray, t: float = KERNEL_WIDTH, method: str = "L-BFGS-B"
         return Recovery(np.zeros((0, 3)), 0.0, "none", 0, 0.0)
     if n == 1:
         return Recovery(np.zeros((1, 3)), 0.0, "none", 0, time.perf_counter() - t0)
-    starts = {}
-    if init in ("auto", "eigenmap"):
-        starts["eigenmap"] = _fit_scale(eigenmap_embedding(w), w, t)
-    if init in ("auto", "mds"):
-        starts["mds"] = mds_embedding(w, t)
-    if not starts:
-        raise ValueError(f"unknown init {init!r} (auto, eigenmap, mds)")
-    name, x0 = min(starts.items(), key=lambda kv: misfit(kv[1].ravel(), w, t)[0])
-    if method == "L-BFGS-B":
-        res = optimize.minimize(misfit, x0.ravel(), args=(w, t), jac=True, method="L-BFGS-B",
-                                options={"maxiter": maxiter, "gtol": gtol, "ftol": 1e-16,
-                                         "maxcor": 30})
-    elif method == "trust-constr":
-        res = optimize.minimize(lambda x: misfit(x, w, t)[0], x0.ravel(),
-                                jac=lambda x: misfit(x, w, t)[1], method="trust-constr",
-                                options={"maxiter": maxiter, "gtol": gtol, "xtol": 1e-12})
-    else:
-        raise ValueError(f"unknown method {method!r} (L-BFGS-B or trust-constr)")
+    starts = {"mds": lambda: mds_embedding(w, t),
+              "eigenmap": lambda: _fit_scale(eigenmap_embedding(w), w, t)}
+    if init != "auto":
+        if init not in starts:
+            raise ValueError(f"unknown init {init!r} (auto, eigenmap, mds)")
+        starts = {init: starts[init]}
+    # Refine every start and keep the lowest final misfit: the start with the lower initial
+    # misfit can still sit in a worse basin (measured: HCP 256 at noise 1e-2, 1.7 A vs 0.1 A).
+    # A numerically exact fit cannot be beaten, so the remaining starts are skipped.
+    best = None
+    for name, make in starts.items():
+        res = _refine(make(), w, t, method, gtol, maxiter)
+        if best is None or res.fun < best[1].fun:
+            best = (name, res)
+        if best[1].fun <= 1e-20 * n * n:
+            break
+    name, res = best
     x = res.x.reshape(n, 3)
     x = x - x.mean(axis=0)
     return Recovery(x, float(res.fun), name, int(res.nit), time.perf_counter() - t0)
+
+
+def _refine(x0: np.ndarray, w: np.ndarray, t: float, method: str, gtol: float, maxiter: int):
+    if method == "L-BFGS-B":
+        return optimize.minimize(misfit, x0.ravel(), args=(w, t), jac=True, method="L-BFGS-B",
+                                 options={"maxiter": maxiter, "gtol": gtol, "ftol": 1e-13,
+                                          "maxcor": 30})
+    if method == "trust-constr":
+        return optimize.minimize(lambda x: misfit(x, w, t)[0], x0.ravel(),
+                                 jac=lambda x: misfit(x, w, t)[1], method="trust-constr",
+                                 options={"maxiter": maxiter, "gtol": gtol, "xtol": 1e-10})
+    raise ValueError(f"unknown method {method!r} (L-BFGS-B or trust-constr)")
 
 
 def kabsch_rmsd(p: np.ndarray, q: np.ndarray, allow_reflection: bool = True) -> float:
