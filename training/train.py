@@ -1,0 +1,348 @@
+"""Three-stage training: condition VAE -> structure VAE + prior -> latent denoiser.
+
+A run directory holds:
+    config.json          model config (incl. latent_scale), training config, data manifest hash,
+                         the stages finished
+    weights.safetensors  all networks (prefix = module name), rewritten atomically per epoch
+    state_<stage>.safetensors  optimiser moments, RNG state, epoch: what --resume needs
+    log.csv              one row per epoch: stage, epoch, train/val loss, samples/s, seconds
+
+Resume is exact: data order and augmentation are drawn from generators seeded by
+(seed, stage, epoch), and the global RNG state is saved with the optimiser at each epoch end,
+so a killed run resumed from its last epoch ends with the weights an uninterrupted run gives.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from cbldm.runtime.kernel import KERNEL_WIDTH
+from cbldm.runtime.preprocess import PDF_CHANNELS, PDF_LENGTH
+from cbldm.runtime.sampling import Schedule
+from cbldm.training.augment import AugmentConfig, PDFAugmenter
+from cbldm.training.dataset import load_arrays, load_manifest, sha256_file
+from cbldm.training.models import CbLDM, ModelConfig, full_to_blocks, gaussian_kl, preset
+
+STAGES = ("condition", "structure", "denoiser")
+TRAINED = {"condition": ("cond_vae",), "structure": ("encoder", "decoder", "prior"), "denoiser": ("unet",)}
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "edge"
+    epochs: dict = field(default_factory=lambda: {"condition": 3, "structure": 10, "denoiser": 16})
+    batch: dict = field(default_factory=lambda: {"condition": 64, "structure": 32, "denoiser": 64})
+    lr: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 5e-4, "denoiser": 5e-4})
+    beta: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 1e-5})
+    warmup_frac: float = 0.05
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment: bool = True
+    augment_cfg: dict = field(default_factory=lambda: AugmentConfig().as_dict())
+    max_train: int | None = None   # cap on training samples (tests, quick runs)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- batches -------------------------------------------------------------------------------
+
+def kernels(xyz: torch.Tensor, n_atoms: torch.Tensor, t: float = KERNEL_WIDTH) -> torch.Tensor:
+    """(B, 256, 3) padded coordinates -> kernel blocks (B, 4, 128, 128), computed on the fly."""
+    d2 = torch.cdist(xyz, xyz).pow(2)
+    idx = torch.arange(xyz.shape[1], device=xyz.device)
+    mask = idx[None, :] < n_atoms[:, None]
+    w = torch.exp(-d2 / t) * (mask[:, :, None] & mask[:, None, :])
+    return full_to_blocks(w)
+
+
+def normalise_pdf_torch(g: torch.Tensor) -> torch.Tensor:
+    """Same transform as cbldm.runtime.preprocess.normalise_pdf, in torch."""
+    peak = g.amax(dim=-1, keepdim=True)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return (g / peak).view(-1, PDF_CHANNELS, PDF_LENGTH)
+
+
+class Data:
+    def __init__(self, root: Path, split: str, limit: int | None = None):
+        self.split = split
+        arr = load_arrays(root, split=split)
+        if limit is not None:
+            arr = arr.subset(np.arange(min(limit, len(arr))))
+        self.xyz = torch.from_numpy(arr.xyz.astype(np.float32))
+        self.n_atoms = torch.from_numpy(arr.n_atoms.astype(np.int64))
+        self.pdf = torch.from_numpy(arr.pdf.astype(np.float32))
+        self.type = arr.type
+
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(model: CbLDM, path: Path) -> None:
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, mod in model.modules().items() for k, v in mod.state_dict().items()}
+    _atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "cbldm-weights/1"}))
+
+
+def load_weights(model: CbLDM, path: Path, strict: bool = True) -> None:
+    tensors = load_file(str(path))
+    for name, mod in model.modules().items():
+        sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        mod.load_state_dict(sd, strict=strict)
+
+
+def _save_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
+    sd = opt.state_dict()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "epoch": str(epoch), "step": str(step)}
+    _atomic(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata=meta))
+
+
+def _load_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["epoch"]), int(meta["step"])
+
+
+def _lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
+    warm = max(1, int(total * warmup_frac))
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, run: Path, data_root: Path, tcfg: TrainConfig, resume: bool = False,
+                 device: str | None = None, log=print):
+        self.run, self.data_root, self.log = Path(run), Path(data_root), log
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+        cfg_path = self.run / "config.json"
+        manifest_hash = sha256_file(self.data_root / "manifest.json")
+        if cfg_path.exists():
+            if not resume:
+                raise FileExistsError(f"{self.run} already holds a run; pass --resume to continue it")
+            saved = json.loads(cfg_path.read_text())
+            if saved["data"]["manifest_sha256"] != manifest_hash:
+                raise ValueError(f"{self.data_root} is not the dataset {self.run} was trained on")
+            self.tcfg = TrainConfig(**saved["train"])
+            self.mcfg = ModelConfig.from_dict(saved["model"])
+            self.done = saved["stages_done"]
+        else:
+            self.tcfg, self.mcfg, self.done = tcfg, preset(tcfg.preset), []
+        torch.manual_seed(self.tcfg.seed)
+        self.model = CbLDM(self.mcfg).to(self.device)
+        if (self.run / "weights.safetensors").exists():
+            load_weights(self.model, self.run / "weights.safetensors")
+        self.manifest_hash = manifest_hash
+        self.sched = Schedule()
+        self.abar = torch.tensor(self.sched.abar, dtype=torch.float32, device=self.device)
+        self.train = Data(self.data_root, "train", self.tcfg.max_train)
+        self.val = Data(self.data_root, "val", None if self.tcfg.max_train is None else max(8, self.tcfg.max_train // 10))
+        self.aug = PDFAugmenter(AugmentConfig(**self.tcfg.augment_cfg)) if self.tcfg.augment else None
+        self.amp = self.device.type == "cuda"
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def _save_config(self) -> None:
+        if self.rank:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        doc = {"format": "cbldm-run/1", "model": self.mcfg.as_dict(), "train": self.tcfg.as_dict(),
+               "data": {"root": str(self.data_root), "manifest_sha256": self.manifest_hash},
+               "stages_done": self.done, "param_counts": self.model.param_counts(),
+               "schedule": self.sched.as_dict(), "torch": torch.__version__}
+        _atomic(self.run / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+
+    def _log_row(self, row: dict) -> None:
+        if self.rank:
+            return
+        path = self.run / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    # -- losses -------------------------------------------------------------------------
+    def _batch(self, data: Data, idx: torch.Tensor, gen: torch.Generator | None):
+        g = data.pdf[idx]
+        g_in = self.aug(g, gen) if (self.aug is not None and gen is not None) else g
+        dev = self.device
+        return (normalise_pdf_torch(g).to(dev), normalise_pdf_torch(g_in).to(dev),
+                data.xyz[idx].to(dev), data.n_atoms[idx].to(dev), idx, data.split)
+
+    def _loss(self, stage: str, batch, beta: float):
+        pdf_clean, pdf, xyz, n, idx, split = batch
+        m = self.model
+        if stage == "condition":
+            rec, mu, logvar = m.cond_vae(pdf)
+            kl = gaussian_kl(mu, logvar).mean() / mu[0].numel()
+            return F.l1_loss(rec, pdf) + 0.1 * F.mse_loss(rec, pdf) + beta * kl
+        if stage == "structure":
+            with torch.no_grad():
+                cond = m.cond_vae.encode(pdf)[0]
+            w = kernels(xyz, n)
+            mu_q, lv_q = m.encoder(w, cond)
+            z = mu_q + torch.randn_like(mu_q) * (0.5 * lv_q).exp()
+            mu_p, lv_p = m.prior(pdf)
+            kl = gaussian_kl(mu_q, lv_q, mu_p, lv_p).mean() / mu_q[0].numel()
+            return F.mse_loss(m.decoder(z), w) + beta * kl
+        # denoiser: the target latent is the frozen encoder's posterior mean for the clean PDF
+        with torch.no_grad():
+            z0 = self._z0[split][idx].to(self.device) * self.mcfg.latent_scale
+            cond = m.cond_vae.encode(pdf)[0]
+        t = torch.randint(0, self.sched.T, (len(z0),), device=self.device)
+        eps = torch.randn_like(z0)
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return F.mse_loss(m.unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, cond), eps)
+
+    @torch.no_grad()
+    def _encode_latents(self, data: Data) -> torch.Tensor:
+        """Posterior means of the frozen structure encoder, once per stage (unscaled)."""
+        m = self.model
+        for mod in m.modules().values():
+            mod.eval()
+        zs = []
+        for lo in range(0, len(data), 256):
+            idx = torch.arange(lo, min(lo + 256, len(data)))
+            pdf_clean, _, xyz, n, _, _ = self._batch(data, idx, None)
+            zs.append(m.encoder(kernels(xyz, n), m.cond_vae.encode(pdf_clean)[0])[0].float().cpu())
+        return torch.cat(zs)
+
+    # -- one stage --------------------------------------------------------------------------
+    def run_stage(self, stage: str, epochs: int | None = None, progress=None) -> None:
+        if stage in self.done:
+            self.log(f"{stage}: already trained in {self.run}, skipped")
+            return
+        for s in STAGES[: STAGES.index(stage)]:
+            if s not in self.done:
+                raise RuntimeError(f"stage {stage} needs {s} first")
+        epochs = epochs or self.tcfg.epochs[stage]
+        si = STAGES.index(stage)
+        if stage == "denoiser":
+            self._z0 = {"train": self._encode_latents(self.train), "val": self._encode_latents(self.val)}
+            if self.mcfg.latent_scale == 1.0:
+                self.mcfg.latent_scale = float(1.0 / self._z0["train"].std().clamp_min(1e-6))
+                self.model.cfg.latent_scale = self.mcfg.latent_scale
+                self.log(f"latent scale 1/std = {self.mcfg.latent_scale:.4f}")
+        self._save_config()
+        names = TRAINED[stage]
+        for name, mod in self.model.modules().items():
+            mod.train(name in names)  # frozen networks stay in eval mode
+            for p in mod.parameters():
+                p.requires_grad_(name in names)
+        params = [p for n in names for p in self.model.modules()[n].parameters()]
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            for n in names:  # gradients averaged across ranks
+                setattr(self.model, n, DDP(self.model.modules()[n]))
+        opt = torch.optim.AdamW(params, lr=self.tcfg.lr[stage], weight_decay=self.tcfg.weight_decay)
+        bs = self.tcfg.batch[stage]
+        steps_per_epoch = max(1, len(self.train) // (bs * self.world))
+        total = steps_per_epoch * epochs
+        start_epoch, step = 0, 0
+        state_path = self.run / f"state_{stage}.safetensors"
+        if state_path.exists():
+            start_epoch, step = _load_state(state_path, opt)
+            self.log(f"{stage}: resuming after epoch {start_epoch}")
+        beta_max = self.tcfg.beta.get(stage, 0.0)
+        for epoch in range(start_epoch, epochs):
+            gen = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + si * 10_007 + epoch)
+            perm = torch.randperm(len(self.train), generator=gen)
+            t_epoch, seen, total_loss = time.perf_counter(), 0, 0.0
+            for b in range(steps_per_epoch):
+                idx = perm[(b * self.world + self.rank) * bs:(b * self.world + self.rank + 1) * bs]
+                batch = self._batch(self.train, idx, gen)
+                beta = beta_max * min(1.0, step / max(1, 0.3 * total))
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, total, self.tcfg.lr[stage], self.tcfg.warmup_frac)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss = self._loss(stage, batch, beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                step += 1
+                seen += len(idx)
+                total_loss += float(loss)
+                if progress:
+                    progress(stage, epoch, b + 1, steps_per_epoch, float(loss),
+                             seen / (time.perf_counter() - t_epoch))
+            val = self.validate(stage, beta_max)
+            dt = time.perf_counter() - t_epoch
+            self._log_row({"stage": stage, "epoch": epoch + 1, "train_loss": total_loss / steps_per_epoch,
+                           "val_loss": val, "samples_per_s": seen / dt, "seconds": round(dt, 2)})
+            self.log(f"{stage} epoch {epoch + 1}/{epochs}: train {total_loss / steps_per_epoch:.5g}, "
+                     f"val {val:.5g}, {seen / dt:.0f} samples/s")
+            if not self.rank:
+                save_weights(self._unwrapped(), self.run / "weights.safetensors")
+                _save_state(state_path, opt, epoch + 1, step)
+        if self.world > 1:
+            for n in names:
+                setattr(self.model, n, getattr(self.model, n).module)
+        self.done.append(stage)
+        self._save_config()
+        for mod in self.model.modules().values():
+            mod.eval()
+
+    def _unwrapped(self) -> CbLDM:
+        for n, mod in self.model.modules().items():
+            if hasattr(mod, "module"):
+                setattr(self.model, n, mod.module)
+        return self.model
+
+    @torch.no_grad()
+    def validate(self, stage: str, beta: float) -> float:
+        modes = {n: m.training for n, m in self.model.modules().items()}
+        for m in self.model.modules().values():
+            m.eval()
+        rng = torch.get_rng_state()  # restored below: validation must not shift training noise
+        torch.manual_seed(12345)     # fixed noise: comparable across epochs
+        losses = []
+        for lo in range(0, len(self.val), 128):
+            idx = torch.arange(lo, min(lo + 128, len(self.val)))
+            losses.append(float(self._loss(stage, self._batch(self.val, idx, None), beta)) * len(idx))
+        torch.set_rng_state(rng)
+        for n, m in self.model.modules().items():
+            m.train(modes[n])
+        return sum(losses) / max(1, len(self.val))
