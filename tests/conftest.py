@@ -47,3 +47,28 @@ def reference_graphs(ref: Path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """28 structures (4 per type), shared by the training and export tests."""
+    from cbldm.training.dataset import generate
+
+    out = tmp_path_factory.mktemp("tinyds")
+    generate(out, limit=28, workers=1, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    """A tiny-preset model trained for one epoch per stage."""
+    torch = pytest.importorskip("torch")
+    from cbldm.training.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("tinyrun") / "run"
+    tr = Trainer(run, tiny_dataset, TrainConfig(preset="tiny", epochs={"condition": 1, "structure": 1,
+                                                                       "denoiser": 1}), log=lambda m: None)
+    for stage in ("condition", "structure", "denoiser"):
+        tr.run_stage(stage)
+    return run

@@ -304,7 +304,7 @@ class Trainer:
                 opt.step()
                 step += 1
                 seen += len(idx)
-                total_loss += float(loss)
+                total_loss += float(loss.detach())
                 if progress:
                     progress(stage, epoch, b + 1, steps_per_epoch, float(loss),
                              seen / (time.perf_counter() - t_epoch))

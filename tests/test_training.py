@@ -1,0 +1,103 @@
+"""Training: shapes, frozen stages, exact resume, parity of the torch and numpy transforms."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cbldm.runtime.kernel import kernel_matrix, to_blocks  # noqa: E402
+from cbldm.runtime.preprocess import normalise_pdf  # noqa: E402
+from cbldm.training.models import CbLDM, preset  # noqa: E402
+from cbldm.training.train import (TrainConfig, Trainer, kernels, load_weights,  # noqa: E402
+                                  normalise_pdf_torch)
+
+
+def test_torch_kernels_and_normalisation_match_runtime(rng):
+    xyz = np.zeros((2, 256, 3), np.float32)
+    xyz[0, :40] = rng.normal(size=(40, 3)) * 4
+    xyz[1, :7] = rng.normal(size=(7, 3)) * 4
+    w = kernels(torch.from_numpy(xyz), torch.tensor([40, 7])).numpy()
+    np.testing.assert_allclose(w[0], to_blocks(kernel_matrix(xyz[0, :40])), atol=2e-6)
+    np.testing.assert_allclose(w[1], to_blocks(kernel_matrix(xyz[1, :7])), atol=2e-6)
+    g = rng.normal(size=(3, 3000)).astype(np.float32)
+    np.testing.assert_allclose(normalise_pdf_torch(torch.from_numpy(g)).numpy(), normalise_pdf(g), rtol=1e-6)
+
+
+def test_network_shapes_and_symmetric_decoder():
+    m = CbLDM(preset("tiny")).eval()
+    pdf = torch.randn(3, 6, 500)
+    mu, lv = m.cond_vae.encode(pdf)
+    assert mu.shape == (3, 2, 125) and lv.shape == (3, 2, 125)
+    z, _ = m.encoder(torch.rand(3, 4, 128, 128), mu)
+    assert z.shape == (3, 1, 16, 16)
+    from cbldm.training.models import blocks_to_full
+    full = blocks_to_full(m.decoder(z))
+    assert torch.allclose(full, full.transpose(-1, -2)) and full.min() >= 0 and full.max() <= 1
+    assert m.unet(z, torch.tensor([0, 500, 999]), mu).shape == z.shape
+
+
+def test_cross_attention_depends_on_context():
+    """Several context tokens: unlike a single token, changing the condition changes eps."""
+    m = CbLDM(preset("tiny")).eval()
+    for p in m.unet.out.parameters():  # the zero-initialised output layer would hide it
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([300])
+    a = m.unet(x, t, torch.randn(1, 2, 125))
+    b = m.unet(x, t, torch.randn(1, 2, 125))
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_frozen_stages_stay_in_eval_mode(tiny_dataset, tmp_path):
+    tr = Trainer(tmp_path / "r", tiny_dataset, TrainConfig(preset="tiny", epochs={"condition": 1, "structure": 1,
+                                                                                  "denoiser": 1}), log=lambda m: None)
+    tr.run_stage("condition")
+    before = {k: v.clone() for k, v in tr.model.cond_vae.state_dict().items()}
+    seen = []
+    orig = tr._loss
+
+    def spy(stage, batch, beta):
+        if torch.is_grad_enabled():  # training steps; validation runs everything in eval
+            seen.append((tr.model.cond_vae.training, tr.model.encoder.training))
+        return orig(stage, batch, beta)
+
+    tr._loss = spy
+    tr.run_stage("structure")
+    assert seen and all(c is False and e is True for c, e in seen)
+    after = tr.model.cond_vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(RuntimeError, match="needs condition first"):
+        Trainer(tmp_path / "r2", tiny_dataset, TrainConfig(preset="tiny"), log=lambda m: None).run_stage("denoiser")
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(tiny_dataset, tmp_path):
+    epochs = {"condition": 2, "structure": 1, "denoiser": 1}
+    full = Trainer(tmp_path / "full", tiny_dataset, TrainConfig(preset="tiny", epochs=epochs), log=lambda m: None)
+    full.run_stage("condition")
+
+    part = Trainer(tmp_path / "part", tiny_dataset, TrainConfig(preset="tiny", epochs=epochs), log=lambda m: None)
+    part.run_stage("condition", epochs=1)  # the "kill": stop after one of two epochs
+    cfg = json.loads((tmp_path / "part" / "config.json").read_text())
+    cfg["stages_done"] = []  # as if killed before the stage ended
+    (tmp_path / "part" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileExistsError):
+        Trainer(tmp_path / "part", tiny_dataset, TrainConfig(preset="tiny"), log=lambda m: None)
+    resumed = Trainer(tmp_path / "part", tiny_dataset, None, resume=True, log=lambda m: None)
+    resumed.run_stage("condition")
+    a, b = CbLDM(preset("tiny")), CbLDM(preset("tiny"))
+    load_weights(a, tmp_path / "full" / "weights.safetensors")
+    load_weights(b, tmp_path / "part" / "weights.safetensors")
+    for (k, x), (_, y) in zip(a.cond_vae.state_dict().items(), b.cond_vae.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+def test_checkpoints_are_safetensors_and_load_without_pickle(tiny_run):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tiny_run / "weights.safetensors"))
+    assert any(k.startswith("unet.") for k in tensors)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["stages_done"] == ["condition", "structure", "denoiser"]
+    assert cfg["model"]["latent_scale"] != 1.0 and len(cfg["data"]["manifest_sha256"]) == 64
+    lines = (tiny_run / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("stage,epoch,train_loss,val_loss") and len(lines) == 4
