@@ -70,11 +70,22 @@ def predict(nets: Networks, g: np.ndarray, sampler: SamplerConfig, candidates: i
             element: str = "Au", seed: int = 0, schedule: Schedule | None = None,
             refine_size: bool = True, t: float = KERNEL_WIDTH) -> Prediction:
     """Sample ``candidates`` structures for one PDF (G on the model grid, 3000 points)."""
+    return predict_batch(nets, np.asarray(g)[None], sampler, candidates, [element], seed,
+                         schedule, refine_size, t)[0]
+
+
+def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candidates: int = 4,
+                  elements: list[str] | None = None, seed: int = 0, schedule: Schedule | None = None,
+                  refine_size: bool = True, t: float = KERNEL_WIDTH) -> list[Prediction]:
+    """Several PDFs (P, 3000) at once: the networks see P x candidates rows per call."""
+    gs = np.asarray(gs, dtype=np.float64)
+    p_n = len(gs)
+    elements = elements or ["Au"] * p_n
     timings = {}
     rng = np.random.default_rng(seed)
     schedule = schedule or Schedule()
     t0 = time.perf_counter()
-    pdf = np.repeat(normalise_pdf(g)[None], candidates, axis=0)
+    pdf = np.repeat(normalise_pdf(gs), candidates, axis=0)  # rows: pdf0 x K, pdf1 x K, ...
     cond = nets.condition(pdf)
     mu, logvar = nets.prior(pdf)
     timings["encode_s"] = time.perf_counter() - t0
@@ -85,26 +96,32 @@ def predict(nets: Networks, g: np.ndarray, sampler: SamplerConfig, candidates: i
     timings["sample_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    blocks = nets.decoder(z.astype(np.float32).reshape(candidates, *LATENT_SHAPE))
+    blocks = nets.decoder(z.astype(np.float32).reshape(len(pdf), *LATENT_SHAPE))
     timings["decode_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
     calc = DebyePDF(DEEPSTRUC_PARAMS)
-    g_obs = np.asarray(g, dtype=np.float64)
-    out = []
-    for k in range(candidates):
-        w = from_blocks(np.asarray(blocks[k], dtype=np.float64))
-        n = max(count_atoms(w, t), 1)
-        rec = recover_xyz(w[:n, :n], t=t)
-        g_calc = calc.calc(rec.xyz, element, method="histogram")
-        s, r = 1.0, rwp(g_obs, g_calc)
-        r_raw = r
-        if refine_size and n > 1:
-            s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element)
-        den = float(g_calc @ g_calc)
-        g_scaled = g_calc * (float(g_obs @ g_calc) / den if den > 0 else 0.0)
-        out.append(Candidate(rec.xyz * s, n, r, r_raw, s, g_scaled, rec.loss))
-    timings["recover_s"] = time.perf_counter() - t0
-    out.sort(key=lambda c: c.rwp)
-    return Prediction(out, timings, sampler.as_dict() | {"candidates": candidates, "seed": seed,
-                                                          "refine_size": refine_size})
+    results = []
+    for i in range(p_n):
+        t0 = time.perf_counter()
+        out = [_candidate(blocks[i * candidates + k], gs[i], calc, elements[i], refine_size, t)
+               for k in range(candidates)]
+        out.sort(key=lambda c: c.rwp)
+        tm = {k: v / p_n for k, v in timings.items()} | {"recover_s": time.perf_counter() - t0}
+        results.append(Prediction(out, tm, sampler.as_dict() | {"candidates": candidates, "seed": seed,
+                                                               "refine_size": refine_size}))
+    return results
+
+
+def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
+               refine_size: bool, t: float) -> Candidate:
+    w = from_blocks(np.asarray(blocks, dtype=np.float64))
+    n = max(count_atoms(w, t), 1)
+    rec = recover_xyz(w[:n, :n], t=t)
+    g_calc = calc.calc(rec.xyz, element, method="histogram")
+    s, r = 1.0, rwp(g_obs, g_calc)
+    r_raw = r
+    if refine_size and n > 1:
+        s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element)
+    den = float(g_calc @ g_calc)
+    g_scaled = g_calc * (float(g_obs @ g_calc) / den if den > 0 else 0.0)
+    return Candidate(rec.xyz * s, n, r, r_raw, s, g_scaled, rec.loss)

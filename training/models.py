@@ -30,8 +30,11 @@ class ModelConfig:
     stem: int = 4
     enc_channels: tuple[int, ...] = (32, 64)
     enc_blocks: int = 1
+    decoder: str = "points"   # "points": atom-slot transformer -> xyz -> W; "conv": pixels
     dec_channels: tuple[int, ...] = (64, 32)
     dec_blocks: int = 1
+    dec_dim: int = 64         # points decoder: token width
+    dec_layers: int = 3       # points decoder: transformer layers
     prior_hidden: tuple[int, ...] = (128, 256, 512)
     # latent U-Net
     unet_channels: int = 48
@@ -58,12 +61,12 @@ class ModelConfig:
 PRESETS = {
     "edge": ModelConfig(),
     # the reference's sizes: encoder ~6.7 M, decoder ~8.7 M, a large U-Net
-    "paper": ModelConfig(preset="paper", cond_channels=64, stem=1, enc_channels=(64, 128, 128, 256),
+    "paper": ModelConfig(preset="paper", decoder="conv", cond_channels=64, stem=1, enc_channels=(64, 128, 128, 256),
                          enc_blocks=2, dec_channels=(256, 256, 128, 64), dec_blocks=3,
                          unet_channels=192, unet_mult=(1, 2, 4), unet_blocks=2, ctx_dim=256, heads=8),
     # for tests: seconds to train
     "tiny": ModelConfig(preset="tiny", cond_channels=8, enc_channels=(8, 16), dec_channels=(16, 8),
-                        dec_blocks=1, prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2),
+                        dec_blocks=1, dec_dim=16, dec_layers=1, prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2),
                         ctx_dim=16, heads=2),
 }
 
@@ -91,7 +94,7 @@ def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None):
 
 
 class Attention(nn.Module):
-    """Multi-head attention from explicit matmuls (exports cleanly; softmax kept fp32 at export)."""
+    """Multi-head attention (fused SDPA; both ONNX exporters lower it to MatMul/Softmax)."""
 
     def __init__(self, dim: int, heads: int, ctx_dim: int | None = None):
         super().__init__()
@@ -107,8 +110,7 @@ class Attention(nn.Module):
         k, v = self.kv(ctx).chunk(2, dim=-1)
         k = k.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
         v = v.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
-        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        return self.out((w @ v).transpose(1, 2).reshape(b, n, d))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
 
 
 # -- condition VAE (1-D) ---------------------------------------------------------------
@@ -268,6 +270,53 @@ class StructureDecoder(nn.Module):
         return full_to_blocks(0.5 * (full + full.transpose(-1, -2)))
 
 
+class PointsDecoder(nn.Module):
+    """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128) through atom coordinates.
+
+    Latent pixel i is atom slot i (row-major), in the canonical atom order. A transformer
+    over the 256 slot tokens predicts each slot's coordinates (A) and occupancy m in [0, 1];
+    the kernel is then computed, not painted: W_ij = m_i m_j exp(-|x_i - x_j|^2 / t). So W
+    is symmetric and a valid Gaussian kernel by construction, and the paper's recovery step
+    reads it back exactly. ``points(z)`` exposes the coordinates for the auxiliary loss.
+    """
+
+    def __init__(self, cfg: ModelConfig, t: float = 260.0):
+        super().__init__()
+        d = cfg.dec_dim
+        self.t = t
+        self.inp = nn.Linear(1, d)
+        self.pos = nn.Parameter(torch.randn(256, d) * 0.02)
+        self.blocks = nn.ModuleList([nn.ModuleDict({
+            "n1": nn.LayerNorm(d), "attn": Attention(d, cfg.heads), "n2": nn.LayerNorm(d),
+            "mlp": nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))})
+            for _ in range(cfg.dec_layers)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 4)
+
+    def points(self, z):
+        h = self.inp(z.flatten(1)[:, :, None]) + self.pos  # (B, 256, d)
+        for blk in self.blocks:
+            h = h + blk["attn"](blk["n1"](h))
+            h = h + blk["mlp"](blk["n2"](h))
+        out = self.head(self.norm(h))
+        return 10.0 * out[..., :3], torch.sigmoid(out[..., 3])  # xyz (B, 256, 3) in A, m (B, 256)
+
+    def forward(self, z):
+        xyz, m = self.points(z)
+        sq = (xyz * xyz).sum(-1)
+        d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * xyz @ xyz.transpose(1, 2)).clamp_min(0.0)
+        w = torch.exp(-d2 / self.t) * (m[:, :, None] * m[:, None, :])
+        return full_to_blocks(w)
+
+
+def make_decoder(cfg: ModelConfig) -> nn.Module:
+    if cfg.decoder == "points":
+        return PointsDecoder(cfg)
+    if cfg.decoder == "conv":
+        return StructureDecoder(cfg)
+    raise ValueError(f"unknown decoder {cfg.decoder!r} (points, conv)")
+
+
 class ConditionalPrior(nn.Module):
     """Flattened PDF (B, 3000) -> p(z | PDF) mean, log-variance (B, 1, 16, 16)."""
 
@@ -386,7 +435,7 @@ class CbLDM:
     def __post_init__(self):
         self.cond_vae = ConditionVAE(self.cfg)
         self.encoder = StructureEncoder(self.cfg)
-        self.decoder = StructureDecoder(self.cfg)
+        self.decoder = make_decoder(self.cfg)
         self.prior = ConditionalPrior(self.cfg)
         self.unet = LatentUNet(self.cfg)
 
@@ -427,11 +476,13 @@ class PriorGraph(nn.Module):
     def __init__(self, m: CbLDM):
         super().__init__()
         self.prior = m.prior
-        self.register_buffer("scale", torch.tensor(float(m.cfg.latent_scale)))
+        # plain floats: graph constants (a shared buffer would defeat the fp16 converter)
+        self.scale = float(m.cfg.latent_scale)
+        self.log_var_shift = 2.0 * math.log(self.scale)
 
     def forward(self, pdf):
         mu, logvar = self.prior(pdf)
-        return mu * self.scale, logvar + 2.0 * torch.log(self.scale)
+        return mu * self.scale, logvar + self.log_var_shift
 
 
 class UNetGraph(nn.Module):
@@ -451,7 +502,7 @@ class DecoderGraph(nn.Module):
     def __init__(self, m: CbLDM):
         super().__init__()
         self.decoder = m.decoder
-        self.register_buffer("scale", torch.tensor(float(m.cfg.latent_scale)))
+        self.scale = float(m.cfg.latent_scale)
 
     def forward(self, z):
         return self.decoder(z / self.scale)

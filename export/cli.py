@@ -1,0 +1,52 @@
+"""cbldm-export: a training run -> ONNX graphs (fp32, optionally fp16), TensorRT engines, manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Training run directory (cbldm-train --out)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 graphs (fp32 islands, fp32 I/O)."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Build TensorRT engines (needs TensorRT + GPU)."),
+    batch_sizes: str = typer.Option("1,8,32", help="TensorRT profile batch sizes (min,opt,max)."),
+    exporter: str = typer.Option("dynamo", help="dynamo (torch.export) or torchscript."),
+    e2e: int = typer.Option(0, help="Also compare fp16 vs fp32 end to end on N held-out PDFs (Rwp)."),
+):
+    """Export the four graphs, check each against PyTorch, write MODELDIR/manifest.json."""
+    from cbldm.export.onnx_export import ExportError, export_run
+
+    try:
+        sizes = tuple(sorted({int(x) for x in batch_sizes.split(",") if x.strip()}))
+    except ValueError:
+        raise fail(f"--batch-sizes must be integers like 1,8,32, got {batch_sizes!r}", EXIT_USAGE)
+    if not sizes or min(sizes) < 1:
+        raise fail("--batch-sizes must be positive", EXIT_USAGE)
+    try:
+        res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
+                         log=typer.echo)
+    except (ExportError, RuntimeError) as exc:
+        raise fail(str(exc))
+    typer.echo(f"{out}: manifest.json written ({len(res['manifest']['graphs'])} graphs"
+               + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ")")
+    if e2e and fp16:
+        from cbldm.export.compare import fp16_vs_fp32
+
+        doc = fp16_vs_fp32(out, run, e2e)
+        typer.echo(f"end to end on {doc['n']} held-out PDFs: mean Rwp fp32 {doc['rwp_fp32']:.4f}, "
+                   f"fp16 {doc['rwp_fp16']:.4f}")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

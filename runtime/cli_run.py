@@ -1,0 +1,157 @@
+"""cbldm-run: structures from PDF files at the beamline (numpy, scipy, onnxruntime; no torch)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cbldm.runtime.cliutil import EXIT_INPUT, EXIT_USAGE, fail, run_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Predict nanoparticle structures from PDFs with an exported CbLDM model.")
+
+MODEL_HELP = "Exported model directory (default: the shipped model)."
+
+
+def _model_dir(model: Optional[Path]) -> Path:
+    if model is not None:
+        return model
+    from cbldm.models import default_model_dir
+
+    return default_model_dir()
+
+
+def _open(model: Optional[Path], backend: str, precision: str, threads: Optional[int]):
+    from cbldm.runtime.backends import ModelError, load_model
+
+    try:
+        return load_model(_model_dir(model), backend=backend, precision=precision, threads=threads)
+    except ModelError as exc:
+        raise fail(str(exc))
+
+
+def _sampler(m, t1: Optional[int], t2: Optional[int], steps_before: Optional[int], steps_after: Optional[int]):
+    from cbldm.runtime.sampling import SamplerConfig
+
+    cfg = dict(m.manifest["sampler"])
+    for k, v in (("t1", t1), ("t2", t2), ("steps_before", steps_before), ("steps_after", steps_after)):
+        if v is not None:
+            cfg[k] = v
+    try:
+        sc = SamplerConfig(**cfg)
+        if sc.t1 is not None and not (0 <= sc.t2 <= sc.t1 <= 999):
+            raise ValueError(f"need 0 <= t2 <= t1 <= 999, got t1={sc.t1}, t2={sc.t2}")
+        return sc
+    except (TypeError, ValueError) as exc:
+        raise fail(f"sampler settings: {exc}", EXIT_USAGE)
+
+
+def _describe(m) -> str:
+    provs = m.providers.get("unet", [])
+    return f"model {m.hash} ({m.model_dir}), backend {m.backend} [{', '.join(provs)}], {m.precision}"
+
+
+@app.command()
+def predict(
+    files: list[Path] = typer.Argument(..., help="PDF files (.gr .dat .txt .csv)."),
+    outdir: Path = typer.Option(Path("cbldm-results"), "--outdir", "-o", help="Where results go."),
+    model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
+    candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
+    element: Optional[str] = typer.Option(None, help="Element (default: the file's 'composition', else Au)."),
+    backend: str = typer.Option("auto", help="auto, tensorrt, cuda or cpu."),
+    precision: str = typer.Option("fp32", help="fp32 or fp16 graphs."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for ONNX Runtime."),
+    plot: bool = typer.Option(True, help="Write <stem>.png."),
+    t1: Optional[int] = typer.Option(None, help="Skip-step t1 (default: the model's)."),
+    t2: Optional[int] = typer.Option(None, help="Skip-step t2."),
+    steps_before: Optional[int] = typer.Option(None, help="U-Net calls before the jump."),
+    steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
+):
+    """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR."""
+    from cbldm.runtime.pdfio import PDFInputError
+    from cbldm.runtime.results import process_file
+
+    if candidates < 1:
+        raise fail("--candidates must be >= 1", EXIT_USAGE)
+    m = _open(model, backend, precision, threads)
+    sampler = _sampler(m, t1, t2, steps_before, steps_after)
+    typer.echo(_describe(m), err=True)
+    failed = 0
+    for path in files:
+        try:
+            res = process_file(path, m, outdir, sampler, candidates, element, seed, plot)
+        except PDFInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        typer.echo(f"{path}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> "
+                   f"{outdir / res.stem}.{{xyz,fit.gr,json" + (",png}" if plot else "}"))
+    if failed:
+        raise typer.Exit(EXIT_INPUT)
+
+
+@app.command()
+def watch(
+    directory: Path = typer.Argument(..., help="Directory the PDFs arrive in."),
+    outdir: Optional[Path] = typer.Option(None, "--outdir", "-o", help="Results (default: DIRECTORY/cbldm-results)."),
+    model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
+    poll: bool = typer.Option(False, help="Poll instead of inotify (network file systems)."),
+    interval: float = typer.Option(1.0, help="Polling period (s)."),
+    settle: float = typer.Option(2.0, help="--poll: size and mtime must hold still this long (s)."),
+    candidates: int = typer.Option(4, "--candidates", "-k"),
+    element: Optional[str] = typer.Option(None),
+    backend: str = typer.Option("auto"),
+    precision: str = typer.Option("fp32"),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None),
+    plot: bool = typer.Option(True),
+):
+    """Process every new PDF once, as soon as it is completely written; runs until SIGINT/SIGTERM."""
+    from cbldm.runtime.results import process_file
+    from cbldm.runtime.watch import WatchConfig, Watcher
+
+    if not directory.is_dir():
+        raise fail(f"{directory}: not a directory")
+    out = outdir or directory / "cbldm-results"
+    m = _open(model, backend, precision, threads)
+    sampler = _sampler(m, None, None, None, None)
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    def handle(path: Path):
+        res = process_file(path, m, out, sampler, candidates, element, seed, plot)
+        log(f"{path.name}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> {res.stem}.*")
+        return "ok", {"outputs": res.outputs, "n_atoms": res.n_atoms, "rwp": res.rwp, "seconds": res.seconds}
+
+    log(_describe(m))
+    Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log).run()
+
+
+@app.command()
+def info(model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
+         backend: str = typer.Option("auto"), precision: str = typer.Option("fp32")):
+    """What a model is, how it was made, and which backend would run it."""
+    m = _open(model, backend, precision, None)
+    man = m.manifest
+    typer.echo(_describe(m))
+    typer.echo(f"preset {man['model']['preset']}, params {json.dumps(man.get('param_counts'))}")
+    typer.echo(f"sampler {json.dumps(man['sampler'])}")
+    typer.echo(f"data manifest {man.get('data_manifest_sha256')}")
+    ev = _model_dir(None if m.model_dir is None else m.model_dir) / "evaluation.json"
+    if ev.exists():
+        total = json.loads(ev.read_text()).get("table", {}).get("total")
+        typer.echo(f"held-out Rwp (total): {total}")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Accuracy on held-out structures (the paper's Table 2 layout), the sampler sweep, measured PDFs.
+
+The same inference code as the beamline (``cbldm.runtime.pipeline``) runs here, driven by
+the PyTorch networks of a training run or by an exported model directory.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cbldm.runtime.pipeline import predict_batch
+from cbldm.runtime.sampling import SamplerConfig
+from cbldm.training.clusters import SHORT, TYPES
+
+PAPER_TABLE2 = {  # Rwp on 100 *training* structures per type (METHOD.md)
+    "CbLDM": {"bcc": 0.410, "dec": 0.026, "fcc": 0.068, "hcp": 0.263, "ico": 0.095, "oct": 0.151,
+              "sc": 0.059, "total": 0.380},
+    "DeepStruc": {"bcc": 0.793, "dec": 0.692, "fcc": 1.682, "hcp": 1.347, "ico": 1.605, "oct": 1.590,
+                  "sc": 1.107, "total": 1.266},
+}
+ORDER = ["bcc", "dec", "fcc", "hcp", "ico", "oct", "sc"]
+
+
+class TorchNetworks:
+    """The four exported entry points, run in PyTorch, as numpy callables."""
+
+    def __init__(self, run: Path, device: str = "cpu"):
+        import torch
+
+        from cbldm.export.onnx_export import load_run
+        from cbldm.training.models import ConditionGraph, DecoderGraph, PriorGraph, UNetGraph
+
+        self.torch = torch
+        bundle = load_run(run)
+        self.config = bundle.config
+        m = bundle.model.to(device)
+        self.device = device
+        self.graphs = {"condition": ConditionGraph(m).eval(), "prior": PriorGraph(m).eval(),
+                       "unet": UNetGraph(m).eval(), "decoder": DecoderGraph(m).eval()}
+
+    def _run(self, name, *arrays):
+        t = self.torch
+        with t.no_grad():
+            args = [t.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+            out = self.graphs[name](*args)
+        return tuple(o.float().cpu().numpy() for o in out) if isinstance(out, tuple) else out.float().cpu().numpy()
+
+    def condition(self, pdf):
+        return self._run("condition", pdf.astype(np.float32))
+
+    def prior(self, pdf):
+        return self._run("prior", pdf.astype(np.float32))
+
+    def unet(self, x, t, cond):
+        return self._run("unet", x.astype(np.float32), t.astype(np.int64), cond.astype(np.float32))
+
+    def decoder(self, z):
+        return self._run("decoder", z.astype(np.float32))
+
+
+def open_networks(path: Path, backend: str = "cpu"):
+    """A run directory (PyTorch) or an exported model directory (ONNX Runtime)."""
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        from cbldm.runtime.backends import load_model
+
+        return load_model(path, backend=backend)
+    return TorchNetworks(path)
+
+
+def _pair_distance_error(xyz_pred: np.ndarray, xyz_true: np.ndarray) -> float:
+    if len(xyz_pred) != len(xyz_true) or len(xyz_true) < 2:
+        return float("nan")
+    from cbldm.training.clusters import sorted_distances
+
+    return float(np.mean(np.abs(sorted_distances(xyz_pred) - sorted_distances(xyz_true))))
+
+
+def select(arrays, per_type: int | None, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(len(TYPES)):
+        idx = np.flatnonzero(arrays.type == t)
+        if per_type is not None and len(idx) > per_type:
+            idx = np.sort(rng.choice(idx, per_type, replace=False))
+        rows.extend(idx.tolist())
+    return np.array(sorted(rows), dtype=int)
+
+
+def evaluate(nets, data_root: Path, split: str = "test", per_type: int | None = 100,
+             candidates: int = 4, sampler: SamplerConfig | None = None, seed: int = 0,
+             batch_pdfs: int = 16, log=print) -> dict:
+    from cbldm.training.dataset import load_arrays
+
+    sampler = sampler or SamplerConfig()
+    arr = load_arrays(data_root, split=split)
+    rows = select(arr, per_type, seed)
+    results = []
+    t0 = time.perf_counter()
+    for lo in range(0, len(rows), batch_pdfs):
+        chunk = rows[lo:lo + batch_pdfs]
+        gs = arr.pdf[chunk].astype(np.float64)
+        els = [e.decode() for e in arr.element[chunk]]
+        preds = predict_batch(nets, gs, sampler, candidates, els, seed=seed + lo)
+        for i, pred in zip(chunk, preds):
+            n_true = int(arr.n_atoms[i])
+            best = pred.best
+            results.append({
+                "name": arr.name[i].decode(), "type": SHORT[TYPES[arr.type[i]]], "n_atoms_true": n_true,
+                "n_atoms_pred": best.n_atoms, "rwp": best.rwp, "rwp_before_size_fit": best.rwp_unrefined,
+                "size_factor": best.scale,
+                "pair_distance_error_A": _pair_distance_error(best.xyz, arr.xyz[i, :n_true].astype(float)),
+            })
+        log(f"{len(results)}/{len(rows)} PDFs, {time.perf_counter() - t0:.0f} s")
+    return {"split": split, "per_type": per_type, "candidates": candidates, "sampler": sampler.as_dict(),
+            "seconds": time.perf_counter() - t0, "n": len(results), "table": summarise(results),
+            "results": results}
+
+
+def summarise(results: list[dict]) -> dict:
+    table = {}
+    for t in ORDER + ["total"]:
+        rs = [r for r in results if t == "total" or r["type"] == t]
+        if not rs:
+            continue
+        pde = [r["pair_distance_error_A"] for r in rs if np.isfinite(r["pair_distance_error_A"])]
+        table[t] = {"n": len(rs), "rwp": float(np.mean([r["rwp"] for r in rs])),
+                    "rwp_median": float(np.median([r["rwp"] for r in rs])),
+                    "rwp_before_size_fit": float(np.mean([r["rwp_before_size_fit"] for r in rs])),
+                    "atom_count_accuracy": float(np.mean([r["n_atoms_pred"] == r["n_atoms_true"] for r in rs])),
+                    "pair_distance_error_A": float(np.mean(pde)) if pde else float("nan")}
+    return table
+
+
+def table_markdown(table: dict) -> str:
+    head = "| type | n | CbLDM paper (train) | DeepStruc paper | ours Rwp (held-out) | ours before size fit | atom count right | pair-dist. err (Å) |"
+    lines = [head, "|" + "---|" * 8]
+    for t in ORDER + ["total"]:
+        if t not in table:
+            continue
+        r = table[t]
+        lines.append(f"| {t} | {r['n']} | {PAPER_TABLE2['CbLDM'][t]:.3f} | {PAPER_TABLE2['DeepStruc'][t]:.3f} | "
+                     f"{r['rwp']:.3f} | {r['rwp_before_size_fit']:.3f} | {100 * r['atom_count_accuracy']:.0f} % | "
+                     f"{r['pair_distance_error_A']:.3f} |")
+    return "\n".join(lines)
+
+
+SWEEP = [
+    SamplerConfig(t1=None),                                             # prior only
+    SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=10),      # plain LDM, DDIM 10
+    SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=25),      # plain LDM, DDIM 25
+    SamplerConfig(t1=900, t2=800, steps_before=5, steps_after=10),
+    SamplerConfig(t1=900, t2=800, steps_before=10, steps_after=20),
+    SamplerConfig(t1=900, t2=500, steps_before=5, steps_after=10),
+    SamplerConfig(t1=900, t2=300, steps_before=5, steps_after=8),
+    SamplerConfig(t1=700, t2=400, steps_before=8, steps_after=8),
+    SamplerConfig(t1=500, t2=200, steps_before=10, steps_after=5),
+    SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm"),  # the full sampler
+]
+
+
+def sweep(nets, data_root: Path, per_type: int = 10, candidates: int = 2, split: str = "val",
+          configs=SWEEP, log=print) -> dict:
+    rows = []
+    for cfg in configs:
+        ev = evaluate(nets, data_root, split, per_type, candidates, cfg, log=lambda m: None)
+        calls = 1000 if cfg.kind == "ddpm" else cfg.unet_calls()
+        rows.append({"sampler": cfg.as_dict(), "unet_calls": calls, "rwp": ev["table"]["total"]["rwp"],
+                     "atom_count_accuracy": ev["table"]["total"]["atom_count_accuracy"],
+                     "seconds": ev["seconds"]})
+        log(f"t1={cfg.t1} t2={cfg.t2} calls={calls:4d} ({cfg.kind}): Rwp {rows[-1]['rwp']:.4f}, "
+            f"{ev['seconds']:.0f} s")
+    full = [r for r in rows if r["sampler"]["kind"] == "ddpm"]
+    best = min(r["rwp"] for r in rows)
+    # ship the cheapest setting within 5 % of the best Rwp measured
+    ok = [r for r in rows if r["rwp"] <= 1.05 * best and r["unet_calls"] > 0]
+    chosen = min(ok or rows, key=lambda r: (r["unet_calls"], r["rwp"]))
+    return {"split": split, "per_type": per_type, "candidates": candidates, "rows": rows, "chosen": chosen,
+            "full_sampler": full[0] if full else None}
+
+
+def plot_sweep(sweep_doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in sweep_doc["rows"]:
+        s = r["sampler"]
+        x = max(r["unet_calls"], 0.8)
+        label = ("prior only" if s["t1"] is None else "full DDPM" if s["kind"] == "ddpm"
+                 else "plain LDM" if s["t1"] == s["t2"] else f"skip {s['t1']}→{s['t2']}")
+        ax.scatter(x, r["rwp"], s=30, color="tab:red" if r is sweep_doc["chosen"] else "tab:blue")
+        ax.annotate(label, (x, r["rwp"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("U-Net calls per sample")
+    ax.set_ylabel("mean Rwp (validation)")
+    ax.set_title("skip-step sampler sweep (red: shipped default)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(nets, data_root: Path, path: Path, sampler: SamplerConfig, n: int = 6) -> None:
+    """A few held-out PDFs with the PDFs of their predicted structures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cbldm.runtime.pdf import rgrid
+    from cbldm.training.dataset import load_arrays
+
+    arr = load_arrays(data_root, split="test")
+    rows = select(arr, 1, seed=1)[:n]
+    preds = predict_batch(nets, arr.pdf[rows].astype(np.float64), sampler, 4,
+                          [e.decode() for e in arr.element[rows]])
+    r = rgrid()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.7 * len(rows)), sharex=True)
+    for ax, i, p in zip(np.atleast_1d(axes), rows, preds):
+        ax.plot(r, arr.pdf[i], color="0.2", lw=1, label="held-out PDF")
+        ax.plot(r, p.best.g_calc, color="tab:red", lw=0.8, label="predicted structure")
+        ax.text(0.99, 0.8, f"{arr.name[i].decode()[:40]}  N={arr.n_atoms[i]}→{p.best.n_atoms}  "
+                f"Rwp {p.best.rwp:.3f}", transform=ax.transAxes, ha="right", fontsize=7)
+        ax.set_yticks([])
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="upper left", frameon=False)
+    np.atleast_1d(axes)[-1].set_xlabel("r (Å)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def experimental(nets, files: list[Path], outdir: Path, sampler: SamplerConfig, candidates: int = 8,
+                 seed: int = 0) -> list[dict]:
+    """Measured PDFs: predicted structure, its Rwp against the measurement, a plot each."""
+    from cbldm.runtime.pdf import rgrid
+    from cbldm.runtime.pdfio import read_pdf, resample
+    from cbldm.runtime.results import plot_fit
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        data = read_pdf(f)
+        g, rec = resample(data, rgrid())
+        el = data.element or "Au"
+        pred = predict_batch(nets, g[None], sampler, candidates, [el], seed=seed)[0]
+        b = pred.best
+        png = outdir / f"{Path(f).stem}.png"
+        plot_fit(png, rgrid(), g, b.g_calc, b.xyz, f"{Path(f).name}: {el}{b.n_atoms}, Rwp {b.rwp:.3f}")
+        out.append({"file": Path(f).name, "element": el, "n_atoms": b.n_atoms, "rwp": b.rwp,
+                    "rwp_before_size_fit": b.rwp_unrefined, "size_factor": b.scale,
+                    "candidates": [{"n_atoms": c.n_atoms, "rwp": c.rwp} for c in pred.candidates],
+                    "plot": png.name})
+    return out
+
+
+def with_sampler(cfg: SamplerConfig, **kw) -> SamplerConfig:
+    return replace(cfg, **kw)
+
+
+def dump(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=float))
