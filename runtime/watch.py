@@ -29,6 +29,7 @@ from cbldm.runtime.pdfio import PDFInputError
 
 PDF_SUFFIXES = {".gr", ".dat", ".txt", ".csv", ".xy", ".fgr"}
 JOURNAL = ".cbldm-journal.jsonl"
+QUIET_FALLBACK = 5.0  # s: inotify mode, files that never see a close event (the backlog)
 
 
 def is_candidate(path: Path) -> bool:
@@ -81,7 +82,7 @@ class Watcher:
         self.dir, self.outdir, self.handle, self.cfg, self.log = Path(directory), Path(outdir), handle, cfg, log
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.outdir)
-        self.events: queue.Queue[Path] = queue.Queue()
+        self.events: queue.Queue[tuple[Path, bool]] = queue.Queue()  # (path, writer finished?)
         self.pending: dict[Path, dict] = {}  # path -> {"since", "size", "mtime", "first"}
         self.stop = threading.Event()
         self.processed = 0
@@ -95,19 +96,19 @@ class Watcher:
         class Handler(FileSystemEventHandler):
             def on_closed(self, event):  # IN_CLOSE_WRITE: the writer is done
                 if not event.is_directory:
-                    q.put(Path(event.src_path))
+                    q.put((Path(event.src_path), True))
 
-            def on_moved(self, event):  # renamed into place (atomic writers)
+            def on_moved(self, event):  # renamed into place (atomic writers): complete
                 if not event.is_directory:
-                    q.put(Path(event.dest_path))
+                    q.put((Path(event.dest_path), True))
 
-            def on_created(self, event):  # e.g. hard links; still checked for completeness
+            def on_created(self, event):  # still being written: wait for close
                 if not event.is_directory:
-                    q.put(Path(event.src_path))
+                    q.put((Path(event.src_path), False))
 
             def on_modified(self, event):
                 if not event.is_directory:
-                    q.put(Path(event.src_path))
+                    q.put((Path(event.src_path), False))
 
         if self.cfg.poll:
             from watchdog.observers.polling import PollingObserver
@@ -123,7 +124,8 @@ class Watcher:
     def _backlog(self) -> None:
         for p in sorted(self.dir.iterdir()):
             if p.is_file() and is_candidate(p):
-                self.events.put(p)
+                # nobody may be writing it, or a writer may still be: let it settle first
+                self.events.put((p, False))
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> int:
@@ -140,9 +142,11 @@ class Watcher:
                 if t_end is not None and time.monotonic() > t_end:
                     break
                 try:
-                    p = self.events.get(timeout=self.cfg.interval / 2)
+                    p, finished = self.events.get(timeout=self.cfg.interval / 2)
                     if is_candidate(p):
-                        self.pending.setdefault(p, {"first": time.monotonic()})
+                        st = self.pending.setdefault(p, {"first": time.monotonic(), "closed": False})
+                        # a new write after a close re-opens the file
+                        st["closed"] = finished or (st["closed"] and _unchanged(p, st.get("sig")))
                 except queue.Empty:
                     pass
                 self._drain_ready()
@@ -168,8 +172,10 @@ class Watcher:
                 st["sig"], st["since"] = sig, now
             if self.cfg.poll and now - st["since"] < self.cfg.settle:
                 continue  # still growing, or not yet quiet long enough
-            if not self.cfg.poll and now - st["since"] < min(0.2, self.cfg.settle):
-                continue  # inotify: a short grace period merges bursts of events
+            if not self.cfg.poll and not st["closed"] and now - st["since"] < max(self.cfg.settle, QUIET_FALLBACK):
+                # inotify: wait for close-after-write or a rename; a file no one closes
+                # (backlog, hard link) is taken after a long quiet period
+                continue
             self._try(p, st, now)
 
     def _try(self, p: Path, st: dict, now: float) -> None:
@@ -202,6 +208,10 @@ class Watcher:
 
         target = write_error(self.outdir, p, f"error: {message}")
         self.log(f"error: {' '.join(message.split())} (report: {target.name})")
+
+
+def _unchanged(p: Path, sig) -> bool:
+    return sig is not None and not _changed(p, sig)
 
 
 def _changed(p: Path, sig) -> bool:

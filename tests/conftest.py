@@ -72,3 +72,13 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     for stage in ("condition", "structure", "denoiser"):
         tr.run_stage(stage)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run, tmp_path_factory):
+    """tiny_run exported with the default (dynamo) exporter, fp32 + fp16."""
+    from cbldm.export.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("tinymodel") / "model"
+    export_run(tiny_run, out, fp16=True, log=lambda m: None)
+    return out

@@ -1,0 +1,65 @@
+"""cbldm-run predict: outputs, bad input, no overwriting; the runtime sampler vs training."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr"
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
+    res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "2")
+    assert res.returncode == 0, res.stderr
+    for suffix in (".xyz", ".fit.gr", ".json", ".png"):
+        assert (tmp_path / f"Pt_decahedron_p3_q2_r1{suffix}").exists()
+    doc = json.loads((tmp_path / "Pt_decahedron_p3_q2_r1.json").read_text())
+    assert doc["element"] == "Pt" and len(doc["candidates"]) == 2 and doc["model"]["backend"] == "cpu"
+    assert set(doc["timings"]) >= {"read_s", "encode_s", "sample_s", "decode_s", "recover_s", "total_s"}
+    first = (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes()
+    res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1", "--no-plot")
+    assert res.returncode == 0 and (tmp_path / "Pt_decahedron_p3_q2_r1-2.json").exists()
+    assert (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes() == first
+
+
+def test_predict_bad_input_one_line_each_and_others_still_done(tiny_model, tmp_path):
+    (tmp_path / "empty.gr").write_text("")
+    (tmp_path / "nan.gr").write_text("\n".join(f"{0.1 * i} nan" for i in range(200)))
+    out = tmp_path / "out"
+    res = run("predict", tmp_path / "empty.gr", EXAMPLE, tmp_path / "nan.gr", tmp_path / "missing.gr",
+              "-o", out, "--model", tiny_model, "-k", "1", "--no-plot")
+    assert res.returncode == 1
+    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 3 and "Traceback" not in res.stderr
+    assert (out / "Pt_decahedron_p3_q2_r1.json").exists()
+
+
+def test_bad_model_dir_and_usage(tmp_path):
+    res = run("predict", EXAMPLE, "--model", tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().startswith("error:") and "manifest" in res.stderr
+    assert run("predict", EXAMPLE, "--model", tmp_path, "-k", "0").returncode == 2
+
+
+def test_runtime_sampler_on_onnx_equals_training_sampler_on_torch(tiny_model, tiny_run):
+    """One sampler implementation: PyTorch and ONNX Runtime networks give the same structures."""
+    from cbldm.export.onnx_export import example_pdfs
+    from cbldm.runtime.backends import load_model
+    from cbldm.runtime.pipeline import predict_batch
+    from cbldm.runtime.sampling import SamplerConfig
+    from cbldm.training.evaluate import TorchNetworks
+
+    g = example_pdfs(2).reshape(2, -1).astype(np.float64)
+    cfg = SamplerConfig(t1=900, t2=700, steps_before=3, steps_after=4)
+    a = predict_batch(TorchNetworks(tiny_run), g, cfg, 2, ["Au", "Au"], seed=7, refine_size=False)
+    b = predict_batch(load_model(tiny_model, backend="cpu"), g, cfg, 2, ["Au", "Au"], seed=7, refine_size=False)
+    for pa, pb in zip(a, b):
+        assert [c.n_atoms for c in pa.candidates] == [c.n_atoms for c in pb.candidates]
+        np.testing.assert_allclose([c.rwp for c in pa.candidates], [c.rwp for c in pb.candidates], atol=1e-3)
