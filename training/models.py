@@ -30,6 +30,7 @@ class ModelConfig:
     stem: int = 4
     enc_channels: tuple[int, ...] = (32, 64)
     enc_blocks: int = 1
+    encoder: str = "rows"     # "rows": kernel rows as atom-slot tokens; "conv": 2-D conv on blocks
     decoder: str = "points"   # "points": atom-slot transformer -> xyz -> W; "conv": pixels
     dec_channels: tuple[int, ...] = (64, 32)
     dec_blocks: int = 1
@@ -61,7 +62,7 @@ class ModelConfig:
 PRESETS = {
     "edge": ModelConfig(),
     # the reference's sizes: encoder ~6.7 M, decoder ~8.7 M, a large U-Net
-    "paper": ModelConfig(preset="paper", decoder="conv", cond_channels=64, stem=1, enc_channels=(64, 128, 128, 256),
+    "paper": ModelConfig(preset="paper", encoder="conv", decoder="conv", cond_channels=64, stem=1, enc_channels=(64, 128, 128, 256),
                          enc_blocks=2, dec_channels=(256, 256, 128, 64), dec_blocks=3,
                          unet_channels=192, unet_mult=(1, 2, 4), unet_blocks=2, ctx_dim=256, heads=8),
     # for tests: seconds to train
@@ -241,6 +242,45 @@ class StructureEncoder(nn.Module):
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
+class TokenBlock(nn.Module):
+    """Pre-norm transformer block (self-attention + MLP)."""
+
+    def __init__(self, d: int, heads: int, mlp: int = 2):
+        super().__init__()
+        self.n1, self.attn = nn.LayerNorm(d), Attention(d, heads)
+        self.n2, self.mlp = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, mlp * d), nn.SiLU(), nn.Linear(mlp * d, d))
+
+    def forward(self, h):
+        h = h + self.attn(self.n1(h))
+        return h + self.mlp(self.n2(h))
+
+
+class RowEncoder(nn.Module):
+    """Kernel (B, 4, 128, 128) + condition (B, 2, 125) -> q(z) (B, 1, 16, 16), one value per atom slot.
+
+    Row i of W is atom i's kernel to every slot, so the rows are natural atom tokens; latent
+    pixel i (row-major) is slot i, the same layout the points decoder reads.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.dec_dim
+        self.inp = nn.Linear(256, d)
+        self.pos = nn.Parameter(torch.randn(256, d) * 0.02)
+        self.cond = nn.Linear(250, d)
+        self.blocks = nn.ModuleList([TokenBlock(d, cfg.heads) for _ in range(max(1, cfg.dec_layers - 1))])
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 2)
+
+    def forward(self, kernel, cond):
+        rows = blocks_to_full(kernel)  # (B, 256, 256)
+        h = self.inp(rows) + self.pos + self.cond(cond.flatten(1))[:, None, :]
+        for blk in self.blocks:
+            h = blk(h)
+        mu, logvar = self.head(self.norm(h)).unbind(-1)
+        b = kernel.shape[0]
+        return mu.view(b, 1, 16, 16), logvar.clamp(LOGVAR_MIN, LOGVAR_MAX).view(b, 1, 16, 16)
+
+
 class StructureDecoder(nn.Module):
     """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128), symmetric, in [0, 1]."""
 
@@ -286,18 +326,14 @@ class PointsDecoder(nn.Module):
         self.t = t
         self.inp = nn.Linear(1, d)
         self.pos = nn.Parameter(torch.randn(256, d) * 0.02)
-        self.blocks = nn.ModuleList([nn.ModuleDict({
-            "n1": nn.LayerNorm(d), "attn": Attention(d, cfg.heads), "n2": nn.LayerNorm(d),
-            "mlp": nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))})
-            for _ in range(cfg.dec_layers)])
+        self.blocks = nn.ModuleList([TokenBlock(d, cfg.heads) for _ in range(cfg.dec_layers)])
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 4)
 
     def points(self, z):
         h = self.inp(z.flatten(1)[:, :, None]) + self.pos  # (B, 256, d)
         for blk in self.blocks:
-            h = h + blk["attn"](blk["n1"](h))
-            h = h + blk["mlp"](blk["n2"](h))
+            h = blk(h)
         out = self.head(self.norm(h))
         return 10.0 * out[..., :3], torch.sigmoid(out[..., 3])  # xyz (B, 256, 3) in A, m (B, 256)
 
@@ -434,7 +470,7 @@ class CbLDM:
 
     def __post_init__(self):
         self.cond_vae = ConditionVAE(self.cfg)
-        self.encoder = StructureEncoder(self.cfg)
+        self.encoder = RowEncoder(self.cfg) if self.cfg.encoder == "rows" else StructureEncoder(self.cfg)
         self.decoder = make_decoder(self.cfg)
         self.prior = ConditionalPrior(self.cfg)
         self.unet = LatentUNet(self.cfg)

@@ -40,12 +40,13 @@ TRAINED = {"condition": ("cond_vae",), "structure": ("encoder", "decoder", "prio
 @dataclass
 class TrainConfig:
     preset: str = "edge"
-    epochs: dict = field(default_factory=lambda: {"condition": 3, "structure": 6, "denoiser": 12})
+    epochs: dict = field(default_factory=lambda: {"condition": 3, "structure": 6, "denoiser": 8})
     batch: dict = field(default_factory=lambda: {"condition": 64, "structure": 32, "denoiser": 64})
     lr: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 5e-4, "denoiser": 5e-4})
     beta: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 1e-5})
     warmup_frac: float = 0.05
-    dist_weight: float = 0.02      # points decoder: weight of the neighbour-distance loss
+    dist_weight: float = 0.02      # points decoder: weight of the neighbour-distance loss (A)
+    coord_weight: float = 0.01     # points decoder: weight of the coordinate MSE (A^2)
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
@@ -245,7 +246,13 @@ class Trainer:
             kl = gaussian_kl(mu_q, lv_q, mu_p, lv_p).mean() / mu_q[0].numel()
             loss = F.mse_loss(m.decoder(z), w) + beta * kl
             if hasattr(m.decoder, "points"):
-                loss = loss + self.tcfg.dist_weight * _distance_loss(m.decoder.points(z)[0], xyz, n)
+                pts, occ = m.decoder.points(z)
+                real = (torch.arange(pts.shape[1], device=pts.device)[None] < n[:, None]).float()
+                # direct targets: canonical order and the builders' orientation fix them
+                coord = (((pts - xyz) ** 2).sum(-1) * real).sum() / real.sum()
+                loss = loss + self.tcfg.coord_weight * coord \
+                    + F.binary_cross_entropy(occ.clamp(1e-6, 1 - 1e-6), real) \
+                    + self.tcfg.dist_weight * _distance_loss(pts, xyz, n)
             return loss
         # denoiser: the target latent is the frozen encoder's posterior mean for the clean PDF
         with torch.no_grad():
