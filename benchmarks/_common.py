@@ -8,23 +8,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
+    from cbldm.runtime.cli_bench import machine_info
+
+    return {**machine_info(), "threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def timeit(fn, repeat: int = 5, min_time: float = 0.2) -> dict:

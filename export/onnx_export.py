@@ -12,7 +12,6 @@ manifest; a graph outside tolerance is an export error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cbldm.runtime.fileutil import sha256_file
 from cbldm.runtime.preprocess import constants, normalise_pdf
 from cbldm.runtime.sampling import SamplerConfig, Schedule
 from cbldm.training.models import (CbLDM, ConditionGraph, DecoderGraph, ModelConfig, PriorGraph,
@@ -69,10 +69,6 @@ def load_run(run: Path) -> RunBundle:
     model = CbLDM(ModelConfig.from_dict(cfg["model"]))
     load_weights(model, run / "weights.safetensors")
     return RunBundle(model.eval(), cfg)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def example_pdfs(n: int = 8, seed: int = 0) -> np.ndarray:
@@ -250,7 +246,7 @@ def export_run(run: Path, out: Path, fp16: bool = False, exporter: str = "dynamo
         worst = max(v["max_rel"] for v in par.values())
         if worst > FP32_RTOL or not all(v["finite"] for v in par.values()):
             raise ExportError(f"{name}.onnx differs from PyTorch: max relative error {worst:.2e} > {FP32_RTOL}")
-        graphs[name] = {"fp32": {"file": path.name, "sha256": sha256(path), "parity_vs_torch": par}, **spec}
+        graphs[name] = {"fp32": {"file": path.name, "sha256": sha256_file(path), "parity_vs_torch": par}, **spec}
         report[name] = {"fp32_max_rel": worst, "seconds": round(time.perf_counter() - t0, 1)}
         log(f"{name:9s} fp32  max rel err vs torch {worst:.1e}  ({path.stat().st_size / 1e6:.2f} MB)")
         if fp16:
@@ -259,7 +255,7 @@ def export_run(run: Path, out: Path, fp16: bool = False, exporter: str = "dynamo
             par16 = parity(hpath, spec, modules[name], inputs[name])
             worst16 = max(v["max_rel"] for v in par16.values())
             ok = worst16 <= FP16_RTOL and all(v["finite"] for v in par16.values())
-            graphs[name]["fp16"] = {"file": hpath.name, "sha256": sha256(hpath), "parity_vs_torch": par16,
+            graphs[name]["fp16"] = {"file": hpath.name, "sha256": sha256_file(hpath), "parity_vs_torch": par16,
                                     "within_tolerance": ok}
             report[name]["fp16_max_rel"] = worst16
             if not ok:

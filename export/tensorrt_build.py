@@ -12,8 +12,9 @@ present and skips with that reason elsewhere.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+from cbldm.runtime.fileutil import sha256_file
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -56,7 +57,7 @@ def build_engine(onnx_path: Path, engine_path: Path, input_shapes: dict[str, lis
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     log(f"{engine_path.name}: built, batch {lo}..{hi} (opt {opt}), {engine_path.stat().st_size / 1e6:.1f} MB")
-    return {"file": engine_path.name, "sha256": hashlib.sha256(engine_path.read_bytes()).hexdigest(),
+    return {"file": engine_path.name, "sha256": sha256_file(engine_path),
             "batch_min": lo, "batch_opt": opt, "batch_max": hi, "tensorrt": trt.__version__}
 
 

@@ -8,12 +8,13 @@ are missing, so the providers a session really got are checked and reported.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from cbldm.runtime.fileutil import read_json, sha256_file
 
 GRAPH_NAMES = ("condition", "prior", "unet", "decoder")
 FORMAT = "cbldm-model/1"
@@ -23,25 +24,9 @@ class ModelError(RuntimeError):
     """A model directory that cannot be used; the message is one line."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     model_dir = Path(model_dir)
-    path = model_dir / "manifest.json"
-    if not path.exists():
-        raise ModelError(f"{model_dir}: no manifest.json (not an exported cbldm model)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise ModelError(f"{path}: unknown model format {manifest.get('format')!r}")
+    manifest = read_json(model_dir / "manifest.json", ModelError, "not an exported cbldm model", FORMAT)
     if verify:
         for name in GRAPH_NAMES:
             for precision in ("fp32", "fp16"):
@@ -51,7 +36,7 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
                 f = model_dir / entry["file"]
                 if not f.exists():
                     raise ModelError(f"{f}: missing (listed in the manifest)")
-                if _sha256(f) != entry["sha256"]:
+                if sha256_file(f) != entry["sha256"]:
                     raise ModelError(f"{f}: hash differs from the manifest (file changed or corrupt)")
     return manifest
 

@@ -28,7 +28,7 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -165,7 +165,7 @@ def bench(
     typer.echo(f"full 1000-call sampler / skip-step: {full_e2e['p50_s'] / base:.1f}x")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "runtime", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "machine": _machine(), "model": str(model), "model_hash": m32.hash,
+                               "machine": machine_info(), "model": str(model), "model_hash": m32.hash,
                                "candidates": candidates, "shipped_sampler": shipped.as_dict(), "rows": rows},
                               indent=1))
     typer.echo(f"wrote {out}")

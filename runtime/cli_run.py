@@ -143,7 +143,7 @@ def info(model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     typer.echo(f"preset {man['model']['preset']}, params {json.dumps(man.get('param_counts'))}")
     typer.echo(f"sampler {json.dumps(man['sampler'])}")
     typer.echo(f"data manifest {man.get('data_manifest_sha256')}")
-    ev = _model_dir(None if m.model_dir is None else m.model_dir) / "evaluation.json"
+    ev = m.model_dir / "evaluation.json"
     if ev.exists():
         total = json.loads(ev.read_text()).get("table", {}).get("total")
         typer.echo(f"held-out Rwp (total): {total}")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from cbldm.runtime.fileutil import atomic_write_text
 
 MIN_POINTS = 100
 MIN_RMAX = 5.0
@@ -166,24 +167,6 @@ def resample(data: PDFData, r_model: np.ndarray) -> tuple[np.ndarray, dict]:
     return out, record
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for sharing
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_gr(path: str | os.PathLike, r: np.ndarray, g: np.ndarray, header: dict | None = None,
              title: str = "cbldm") -> Path:
     """Write a PDFgetX3-style ``.gr`` (readable by PDFgui, DiffPy and ``read_pdf``), atomically."""
@@ -195,6 +178,6 @@ def write_gr(path: str | os.PathLike, r: np.ndarray, g: np.ndarray, header: dict
         lines.append(f"{key} = {value}")
     lines += ["", "#### start data", "#S 1", "#L r($\\AA$)  G($\\AA^{-2}$)"]
     body = "\n".join(f"{ri:.6f} {gi:.10e}" for ri, gi in zip(np.asarray(r), np.asarray(g)))
-    _atomic_write_text(path, "\n".join(lines) + "\n" + body + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n" + body + "\n")
     return path
 

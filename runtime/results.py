@@ -8,8 +8,6 @@ already exists the next free ``<stem>-2``, ``<stem>-3``... is used.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cbldm.runtime.backends import LoadedModel
+from cbldm.runtime.fileutil import atomic_write
 from cbldm.runtime.pdf import rgrid
 from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, resample, write_gr
 from cbldm.runtime.pipeline import Prediction, predict
@@ -42,21 +41,6 @@ def free_stem(outdir: Path, stem: str) -> str:
         k += 1
         candidate = f"{stem}-{k}"
     return candidate
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def element_for(data: PDFData, override: str | None, default: str = "Au") -> str:
@@ -99,7 +83,7 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
     r = rgrid()
     atoms = Atoms(f"{element}{best.n_atoms}", positions=best.xyz)
     comment = f"cbldm prediction for {Path(path).name}: Rwp {best.rwp:.4f}, model {model.hash}"
-    _atomic(outdir / f"{stem}.xyz", lambda p: ase.io.write(p, atoms, format="xyz", comment=comment))
+    atomic_write(outdir / f"{stem}.xyz", lambda p: ase.io.write(p, atoms, format="xyz", comment=comment))
     write_gr(outdir / f"{stem}.fit.gr", r, best.g_calc,
              {"source": str(path), "composition": f"{element}{best.n_atoms}", "rwp": best.rwp,
               "model": model.hash, "what": "PDF of the predicted structure, scaled to the data"},
@@ -114,10 +98,10 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
         "candidates": [{"rank": i + 1, "n_atoms": c.n_atoms, "rwp": c.rwp, "size_factor": c.scale,
                         "recovery_loss": c.recovery_loss} for i, c in enumerate(pred.candidates)],
     }
-    _atomic(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+    atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
     outs = [f"{stem}.xyz", f"{stem}.fit.gr", f"{stem}.json"]
     if plot:
-        _atomic(outdir / f"{stem}.png", lambda p: plot_fit(p, r, g, best.g_calc, best.xyz,
+        atomic_write(outdir / f"{stem}.png", lambda p: plot_fit(p, r, g, best.g_calc, best.xyz,
                                                             f"{Path(path).name}: {element}{best.n_atoms}, "
                                                             f"Rwp {best.rwp:.3f}"))
         outs.append(f"{stem}.png")
@@ -127,7 +111,7 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
 def _patch_timings(path: Path, timings: dict) -> None:
     doc = json.loads(path.read_text())
     doc["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    _atomic(path, lambda p: p.write_text(json.dumps(doc, indent=1)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=1)))
 
 
 def plot_fit(path: Path, r: np.ndarray, g_obs: np.ndarray, g_fit: np.ndarray, xyz: np.ndarray,
@@ -173,5 +157,5 @@ def write_error(outdir: Path, path: Path, message: str) -> Path:
     while target.exists():
         k += 1
         target = outdir / f"{stem}-{k}.error.txt"
-    _atomic(target, lambda p: p.write_text(message.rstrip() + "\n"))
+    atomic_write(target, lambda p: p.write_text(message.rstrip() + "\n"))
     return target

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cbldm.runtime.fileutil import sha256_file
 from cbldm.runtime.pdfio import PDFInputError
 
 PDF_SUFFIXES = {".gr", ".dat", ".txt", ".csv", ".xy", ".fgr"}
@@ -36,10 +36,6 @@ def is_candidate(path: Path) -> bool:
     name = path.name
     return (path.suffix.lower() in PDF_SUFFIXES and not name.startswith(".")
             and not name.endswith(("~", ".tmp", ".part", ".swp")))
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Journal:
@@ -180,7 +176,7 @@ class Watcher:
 
     def _try(self, p: Path, st: dict, now: float) -> None:
         try:
-            digest = _digest(p)
+            digest = sha256_file(p)
         except OSError:
             return
         if self.journal.seen(p, digest):

@@ -13,7 +13,6 @@ seed only draws the train/val/test split (stratified by type).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbldm.runtime.fileutil import atomic_write_text, read_json, sha256_file
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, PDFParams
 from cbldm.training.clusters import (BOND_FACTORS, MAX_ATOMS, METALS, MIN_ATOMS, TYPES,
                                      Cluster, enumerate_clusters)
@@ -36,14 +36,6 @@ SPLIT_FRACTIONS = {"train": 0.90, "val": 0.05, "test": 0.05}
 
 class DatasetError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stratified_subset(clusters: list[Cluster], limit: int) -> list[Cluster]:
@@ -207,22 +199,12 @@ def generate(out: Path, limit: int | None = None, workers: int = 1, seed: int = 
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def load_manifest(root: Path) -> dict:
-    path = Path(root) / "manifest.json"
-    if not path.exists():
-        raise DatasetError(f"{root}: no manifest.json (not a cbldm dataset, or generation unfinished)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path}: unknown format {manifest.get('format')!r}")
-    return manifest
+    return read_json(Path(root) / "manifest.json", DatasetError,
+                     "not a cbldm dataset, or generation unfinished", FORMAT)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from cbldm.runtime.kernel import KERNEL_WIDTH
 from cbldm.runtime.preprocess import PDF_CHANNELS, PDF_LENGTH
 from cbldm.runtime.sampling import Schedule
 from cbldm.training.augment import AugmentConfig, PDFAugmenter
-from cbldm.training.dataset import load_arrays, load_manifest, sha256_file
+from cbldm.runtime.fileutil import atomic_write, sha256_file
+from cbldm.training.dataset import load_arrays
 from cbldm.training.models import CbLDM, ModelConfig, full_to_blocks, gaussian_kl, preset
 
 STAGES = ("condition", "structure", "denoiser")
@@ -109,16 +110,10 @@ class Data:
 
 # -- checkpoints -----------------------------------------------------------------------------
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_weights(model: CbLDM, path: Path) -> None:
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
                for name, mod in model.modules().items() for k, v in mod.state_dict().items()}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "cbldm-weights/1"}))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "cbldm-weights/1"}))
 
 
 def load_weights(model: CbLDM, path: Path, strict: bool = True) -> None:
@@ -135,7 +130,7 @@ def _save_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: int) -
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"param_groups": json.dumps(sd["param_groups"]), "epoch": str(epoch), "step": str(step)}
-    _atomic(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata=meta))
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata=meta))
 
 
 def _load_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
@@ -208,7 +203,7 @@ class Trainer:
                "data": {"root": str(self.data_root), "manifest_sha256": self.manifest_hash},
                "stages_done": self.done, "param_counts": self.model.param_counts(),
                "schedule": self.sched.as_dict(), "torch": torch.__version__}
-        _atomic(self.run / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+        atomic_write(self.run / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
 
     def _log_row(self, row: dict) -> None:
         if self.rank:
@@ -334,7 +329,7 @@ class Trainer:
                 seen += len(idx)
                 total_loss += float(loss.detach())
                 if progress:
-                    progress(stage, epoch, b + 1, steps_per_epoch, float(loss),
+                    progress(stage, epoch, b + 1, steps_per_epoch, float(loss.detach()),
                              seen / (time.perf_counter() - t_epoch))
             val = self.validate(stage, beta_max)
             dt = time.perf_counter() - t_epoch
