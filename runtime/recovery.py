@@ -85,7 +85,7 @@ def _fit_scale(x: np.ndarray, w: np.ndarray, t: float) -> np.ndarray:
 
 
 def recover_xyz(w: np.ndarray, t: float = KERNEL_WIDTH, method: str = "L-BFGS-B",
-                init: str = "auto", gtol: float = 1e-10, maxiter: int = 20000) -> Recovery:
+                init: str = "auto", gtol: float = 1e-10, maxiter: int = 3000) -> Recovery:
     """Coordinates (N, 3) whose kernel best matches ``w`` (N, N; padding already removed)."""
     t0 = time.perf_counter()
     w = _prepare(w)

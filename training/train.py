@@ -112,7 +112,8 @@ class Data:
 
 def save_weights(model: CbLDM, path: Path) -> None:
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
-               for name, mod in model.modules().items() for k, v in mod.state_dict().items()}
+               for name, mod in model.modules().items()
+               for k, v in getattr(mod, "module", mod).state_dict().items()}  # through DDP wrappers
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "cbldm-weights/1"}))
 
 
@@ -300,7 +301,8 @@ class Trainer:
             for n in names:  # gradients averaged across ranks
                 setattr(self.model, n, DDP(self.model.modules()[n]))
         opt = torch.optim.AdamW(params, lr=self.tcfg.lr[stage], weight_decay=self.tcfg.weight_decay)
-        bs = self.tcfg.batch[stage]
+        # small datasets: every rank must still get a non-empty batch
+        bs = max(1, min(self.tcfg.batch[stage], len(self.train) // self.world))
         steps_per_epoch = max(1, len(self.train) // (bs * self.world))
         total = steps_per_epoch * epochs
         start_epoch, step = 0, 0
@@ -338,21 +340,15 @@ class Trainer:
             self.log(f"{stage} epoch {epoch + 1}/{epochs}: train {total_loss / steps_per_epoch:.5g}, "
                      f"val {val:.5g}, {seen / dt:.0f} samples/s")
             if not self.rank:
-                save_weights(self._unwrapped(), self.run / "weights.safetensors")
+                save_weights(self.model, self.run / "weights.safetensors")
                 _save_state(state_path, opt, epoch + 1, step)
-        if self.world > 1:
-            for n in names:
-                setattr(self.model, n, getattr(self.model, n).module)
+        for n in names:  # drop the DDP wrappers
+            mod = self.model.modules()[n]
+            setattr(self.model, n, getattr(mod, "module", mod))
         self.done.append(stage)
         self._save_config()
         for mod in self.model.modules().values():
             mod.eval()
-
-    def _unwrapped(self) -> CbLDM:
-        for n, mod in self.model.modules().items():
-            if hasattr(mod, "module"):
-                setattr(self.model, n, mod.module)
-        return self.model
 
     @torch.no_grad()
     def validate(self, stage: str, beta: float) -> float:
