@@ -327,13 +327,18 @@ def calculate_pdf_diffpy(xyz: np.ndarray, element: str | Sequence[str] = "Au",
     return np.asarray(g)
 
 
+def best_scale(observed: np.ndarray, calculated: np.ndarray) -> float:
+    den = float(calculated @ calculated)
+    return max(0.0, float(observed @ calculated) / den) if den > 0 else 0.0
+
+
 def rwp(observed: np.ndarray, calculated: np.ndarray, fit_scale: bool = True) -> float:
-    """Rwp with unit weights; with ``fit_scale`` the calculated curve is scaled by least squares."""
+    """Rwp with unit weights; with ``fit_scale`` the calculated curve gets the least-squares
+    scale, clamped at zero (a negative scale would fit an anti-correlated curve)."""
     obs = np.asarray(observed, float)
     calc = np.asarray(calculated, float)
     if fit_scale:
-        den = float(calc @ calc)
-        calc = calc * (float(obs @ calc) / den if den > 0 else 0.0)
+        calc = calc * best_scale(obs, calc)
     num = float(np.sum((obs - calc) ** 2))
     den = float(np.sum(obs**2))
     return math.sqrt(num / den) if den > 0 else math.inf

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks
-from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, rwp
+from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, best_scale, rwp
 from cbldm.runtime.preprocess import LATENT_SHAPE, normalise_pdf
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
@@ -122,6 +122,5 @@ def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: s
     r_raw = r
     if refine_size and n > 1:
         s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element)
-    den = float(g_calc @ g_calc)
-    g_scaled = g_calc * (float(g_obs @ g_calc) / den if den > 0 else 0.0)
+    g_scaled = g_calc * best_scale(g_obs, g_calc)
     return Candidate(rec.xyz * s, n, r, r_raw, s, g_scaled, rec.loss)

@@ -147,3 +147,8 @@ def test_bad_parameters_rejected():
 def test_diffpy_backend_agrees(reference):
     for name, xyz, element, _, g_ref in reference_graphs(reference)[:3]:
         assert rwp(g_ref, calculate_pdf_diffpy(xyz, element), fit_scale=False) < 1e-9
+
+
+def test_rwp_scale_is_never_negative():
+    obs = np.array([1.0, 2.0, 3.0])
+    assert rwp(obs, -obs) == pytest.approx(1.0)  # anti-correlated: no fit, not a perfect one
