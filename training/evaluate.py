@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -257,10 +256,6 @@ def experimental(nets, files: list[Path], outdir: Path, sampler: SamplerConfig, 
                     "candidates": [{"n_atoms": c.n_atoms, "rwp": c.rwp} for c in pred.candidates],
                     "plot": png.name})
     return out
-
-
-def with_sampler(cfg: SamplerConfig, **kw) -> SamplerConfig:
-    return replace(cfg, **kw)
 
 
 def dump(path: Path, doc: dict) -> None:
