@@ -52,8 +52,10 @@ class Prediction:
 
 
 def _fit_size(xyz: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
-              span: float = 0.03) -> tuple[float, float, np.ndarray]:
-    """Best isotropic scale of the structure (within +-span) by Rwp, golden-section search."""
+              r_one: float, g_one: np.ndarray, span: float = 0.03) -> tuple[float, float, np.ndarray]:
+    """Best isotropic scale of the structure (within +-span) by Rwp, bounded scalar search.
+
+    ``r_one``, ``g_one``: the Rwp and PDF at scale 1, which the caller already has."""
     from scipy.optimize import minimize_scalar
 
     def cost(s):
@@ -61,7 +63,9 @@ def _fit_size(xyz: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
 
     res = minimize_scalar(cost, bounds=(1 - span, 1 + span), method="bounded",
                           options={"xatol": 2e-4, "maxiter": 25})
-    s = float(res.x) if res.fun < cost(1.0) else 1.0
+    if res.fun >= r_one:
+        return 1.0, r_one, g_one
+    s = float(res.x)
     g = calc.calc(xyz * s, element, method="histogram")
     return s, rwp(g_obs, g), g
 
@@ -121,6 +125,6 @@ def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: s
     s, r = 1.0, rwp(g_obs, g_calc)
     r_raw = r
     if refine_size and n > 1:
-        s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element)
+        s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element, r, g_calc)
     g_scaled = g_calc * best_scale(g_obs, g_calc)
     return Candidate(rec.xyz * s, n, r, r_raw, s, g_scaled, rec.loss)

@@ -66,19 +66,19 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     outdir.mkdir(parents=True, exist_ok=True)
     stem = free_stem(outdir, Path(path).stem)
     best = pred.best
-    t0 = time.perf_counter()
-    outputs = _write_outputs(outdir, stem, path, data, g, record, pred, model, el, plot)
-    timings = {"read_s": t_read, **pred.timings, "write_s": time.perf_counter() - t0}
-    timings["total_s"] = time.perf_counter() - t_start
-    _patch_timings(outdir / f"{stem}.json", timings)
-    return FileResult(str(path), stem, best.n_atoms, best.rwp, timings["total_s"], outputs)
+    outputs, total = _write_outputs(outdir, stem, path, data, g, record, pred, model, el, plot,
+                                    t_start, {"read_s": t_read, **pred.timings})
+    return FileResult(str(path), stem, best.n_atoms, best.rwp, total, outputs)
 
 
 def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model: LoadedModel,
-                   element: str, plot: bool) -> list[str]:
+                   element: str, plot: bool, t_start: float, timings: dict) -> tuple[list[str], float]:
+    """xyz, fit.gr and png first; the JSON last, once, with the timings: its presence means
+    the result set is complete. ``write_s`` covers every output but the JSON itself."""
     import ase.io
     from ase import Atoms
 
+    t0 = time.perf_counter()
     best = pred.best
     r = rgrid()
     atoms = Atoms(f"{element}{best.n_atoms}", positions=best.xyz)
@@ -88,30 +88,27 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
              {"source": str(path), "composition": f"{element}{best.n_atoms}", "rwp": best.rwp,
               "model": model.hash, "what": "PDF of the predicted structure, scaled to the data"},
              title="cbldm-run fit")
+    outs = [f"{stem}.xyz", f"{stem}.fit.gr"]
+    if plot:
+        atomic_write(outdir / f"{stem}.png", lambda p: plot_fit(p, r, g, best.g_calc, best.xyz,
+                                                            f"{Path(path).name}: {element}{best.n_atoms}, "
+                                                            f"Rwp {best.rwp:.3f}"))
+        outs.append(f"{stem}.png")
+    timings = {**timings, "write_s": time.perf_counter() - t0}
+    timings["total_s"] = time.perf_counter() - t_start
     doc = {
         "source": str(path), "source_format": data.format, "element": element,
         "n_atoms": best.n_atoms, "rwp": best.rwp, "rwp_before_size_fit": best.rwp_unrefined,
         "size_factor": best.scale,
         "model": {"hash": model.hash, "dir": str(model.model_dir), "backend": model.backend,
                   "precision": model.precision, "providers": model.providers.get("unet")},
-        "sampler": pred.sampler, "resampling": record, "timings": {},
+        "sampler": pred.sampler, "resampling": record,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
         "candidates": [{"rank": i + 1, "n_atoms": c.n_atoms, "rwp": c.rwp, "size_factor": c.scale,
                         "recovery_loss": c.recovery_loss} for i, c in enumerate(pred.candidates)],
     }
     atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
-    outs = [f"{stem}.xyz", f"{stem}.fit.gr", f"{stem}.json"]
-    if plot:
-        atomic_write(outdir / f"{stem}.png", lambda p: plot_fit(p, r, g, best.g_calc, best.xyz,
-                                                            f"{Path(path).name}: {element}{best.n_atoms}, "
-                                                            f"Rwp {best.rwp:.3f}"))
-        outs.append(f"{stem}.png")
-    return outs
-
-
-def _patch_timings(path: Path, timings: dict) -> None:
-    doc = json.loads(path.read_text())
-    doc["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=1)))
+    return outs + [f"{stem}.json"], timings["total_s"]
 
 
 def plot_fit(path: Path, r: np.ndarray, g_obs: np.ndarray, g_fit: np.ndarray, xyz: np.ndarray,
