@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cbldm.runtime.fileutil import read_json, sha256_file
+from cbldm.runtime.preprocess import constants
 
 GRAPH_NAMES = ("condition", "prior", "unet", "decoder")
 FORMAT = "cbldm-model/1"
@@ -27,6 +28,12 @@ class ModelError(RuntimeError):
 def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     model_dir = Path(model_dir)
     manifest = read_json(model_dir / "manifest.json", ModelError, "not an exported cbldm model", FORMAT)
+    theirs, ours = manifest.get("preprocessing", {}), constants()
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        # feeding a model inputs prepared differently from its training gives confident garbage
+        raise ModelError(f"{model_dir}: trained with other preprocessing than this runtime applies "
+                         f"({', '.join(differ)}); re-export it with this version")
     if verify:
         for name in GRAPH_NAMES:
             for precision in ("fp32", "fp16"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, best_scale, rwp
-from cbldm.runtime.preprocess import LATENT_SHAPE, normalise_pdf
+from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, model_input
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 
@@ -89,7 +89,8 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
     rng = np.random.default_rng(seed)
     schedule = schedule or Schedule()
     t0 = time.perf_counter()
-    pdf = np.repeat(normalise_pdf(gs), candidates, axis=0)  # rows: pdf0 x K, pdf1 x K, ...
+    pdf, d_nn = model_input(gs)  # networks work at first-shell distance D_REF
+    pdf = np.repeat(pdf, candidates, axis=0)  # rows: pdf0 x K, pdf1 x K, ...
     cond = nets.condition(pdf)
     mu, logvar = nets.prior(pdf)
     timings["encode_s"] = time.perf_counter() - t0
@@ -107,8 +108,8 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
     results = []
     for i in range(p_n):
         t0 = time.perf_counter()
-        out = [_candidate(blocks[i * candidates + k], gs[i], calc, elements[i], refine_size, t)
-               for k in range(candidates)]
+        out = [_candidate(blocks[i * candidates + k], gs[i], calc, elements[i], refine_size, t,
+                          d_nn[i] / D_REF) for k in range(candidates)]
         out.sort(key=lambda c: c.rwp)
         tm = {k: v / p_n for k, v in timings.items()} | {"recover_s": time.perf_counter() - t0}
         results.append(Prediction(out, tm, sampler.as_dict() | {"candidates": candidates, "seed": seed,
@@ -117,14 +118,16 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
 
 
 def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
-               refine_size: bool, t: float) -> Candidate:
+               refine_size: bool, t: float, frame: float) -> Candidate:
+    """``frame``: d / D_REF, the factor from the networks' frame back to angstroms."""
     w = from_blocks(np.asarray(blocks, dtype=np.float64))
     n = max(count_atoms(w, t), 1)
     rec = recover_xyz(w[:n, :n], t=t)
-    g_calc = calc.calc(rec.xyz, element, method="histogram")
+    xyz = rec.xyz * frame
+    g_calc = calc.calc(xyz, element, method="histogram")
     s, r = 1.0, rwp(g_obs, g_calc)
     r_raw = r
     if refine_size and n > 1:
-        s, r, g_calc = _fit_size(rec.xyz, g_obs, calc, element, r, g_calc)
+        s, r, g_calc = _fit_size(xyz, g_obs, calc, element, r, g_calc)
     g_scaled = g_calc * best_scale(g_obs, g_calc)
-    return Candidate(rec.xyz * s, n, r, r_raw, s, g_scaled, rec.loss)
+    return Candidate(xyz * s, n, r, r_raw, s, g_scaled, rec.loss)

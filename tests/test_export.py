@@ -64,6 +64,19 @@ def test_corrupt_graph_is_refused(tiny_model, tmp_path):
         load_model(bad)
 
 
+def test_model_with_other_preprocessing_is_refused(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "m"
+    shutil.copytree(tiny_model, old)
+    doc = json.loads((old / "manifest.json").read_text())
+    del doc["preprocessing"]["scale_normalisation"]  # what a model from before it looks like
+    (old / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="other preprocessing.*scale_normalisation"):
+        load_model(old)
+
+
 def test_cuda_backend_refuses_silent_cpu_fallback(tiny_model):
     import onnxruntime as ort
 

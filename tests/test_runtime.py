@@ -32,12 +32,15 @@ def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
 def test_predict_bad_input_one_line_each_and_others_still_done(tiny_model, tmp_path):
     (tmp_path / "empty.gr").write_text("")
     (tmp_path / "nan.gr").write_text("\n".join(f"{0.1 * i} nan" for i in range(200)))
+    # valid numbers, but no nearest-neighbour peak (r in nm, say): nothing to scale by
+    (tmp_path / "ramp.gr").write_text("\n".join(f"{0.01 * i} {-0.01 * i}" for i in range(3000)))
     out = tmp_path / "out"
     res = run("predict", tmp_path / "empty.gr", EXAMPLE, tmp_path / "nan.gr", tmp_path / "missing.gr",
-              "-o", out, "--model", tiny_model, "-k", "1", "--no-plot")
+              tmp_path / "ramp.gr", "-o", out, "--model", tiny_model, "-k", "1", "--no-plot")
     assert res.returncode == 1
     errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 3 and "Traceback" not in res.stderr
+    assert len(errors) == 4 and "Traceback" not in res.stderr
+    assert any("ramp.gr" in e and "nearest-neighbour peak" in e for e in errors), errors
     assert (out / "Pt_decahedron_p3_q2_r1.json").exists()
 
 
