@@ -66,11 +66,11 @@ def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int) -> di
 
 def _networks_only(nets, g: np.ndarray, sampler, candidates: int, batch: int, repeats: int) -> dict:
     """Encode + sample + decode (no recovery): what the graphs cost, per PDF."""
-    from cbldm.runtime.preprocess import LATENT_SHAPE, normalise_pdf
+    from cbldm.runtime.preprocess import LATENT_SHAPE, model_input
     from cbldm.runtime.sampling import Schedule, skip_step_sample
 
     sched = Schedule()
-    pdf = np.repeat(normalise_pdf(np.repeat(g[None], batch, 0)), candidates, axis=0)
+    pdf = np.repeat(model_input(np.repeat(g[None], batch, 0))[0], candidates, axis=0)
     times = []
     for rep in range(repeats + 1):
         t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def bench(
     except ModelError as exc:
         raise fail(str(exc))
     shipped = SamplerConfig(**m32.manifest["sampler"])
-    full = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm")
+    full = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm", clip=shipped.clip)
     g, _ = resample(read_pdf(files[0]), rgrid())
     rows = []
 

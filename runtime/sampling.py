@@ -64,6 +64,7 @@ class SamplerConfig:
     steps_after: int = 20    # U-Net calls from t2 down to 0
     kind: str = "ddim"       # "ddim" (eta 0) or "ddpm" (steps must then be the full count)
     eta: float = 0.0
+    clip: float | None = None  # clip each step's x0 estimate to +-clip (the latents' range)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,11 +75,26 @@ class SamplerConfig:
         return self.steps_before + self.steps_after
 
 
+def _clip_x0(x: np.ndarray, eps: np.ndarray, a_t: float, clip: float | None):
+    """x0 estimate, clipped to +-clip, and the eps consistent with it.
+
+    Near t = T-1 abar is ~5e-9 (cosine schedule), so x0 = (x - sqrt(1-abar) eps)/sqrt(abar)
+    multiplies the U-Net's error by ~1e4; without the clip one early step throws the
+    trajectory thousands of standard deviations off (measured). Clipping to the range of
+    the training latents is the usual remedy (DDPM's clip_denoised)."""
+    x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    if clip is None:
+        return x0, eps
+    x0 = np.clip(x0, -clip, clip)
+    return x0, (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+
+
 def ddim_step(sched: Schedule, x: np.ndarray, eps: np.ndarray, t: int, t_prev: int,
-              eta: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+              eta: float = 0.0, rng: np.random.Generator | None = None,
+              clip: float | None = None) -> np.ndarray:
     """One DDIM step from t to t_prev (t_prev = -1 means to clean data)."""
     a_t, a_p = sched.abar_at(t), sched.abar_at(t_prev)
-    x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    x0, eps = _clip_x0(x, eps, a_t, clip)
     sigma = eta * math.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)) if t_prev >= 0 else 0.0
     out = math.sqrt(a_p) * x0 + math.sqrt(max(1.0 - a_p - sigma**2, 0.0)) * eps
     if sigma > 0:
@@ -87,9 +103,11 @@ def ddim_step(sched: Schedule, x: np.ndarray, eps: np.ndarray, t: int, t_prev: i
 
 
 def ddpm_step(sched: Schedule, x: np.ndarray, eps: np.ndarray, t: int,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator, clip: float | None = None) -> np.ndarray:
     """One ancestral DDPM step t -> t-1 with the posterior variance (sqrt applied)."""
     beta, alpha, a_t = sched.betas[t], sched.alphas[t], sched.abar_at(t)
+    if clip is not None:
+        eps = _clip_x0(x, eps, a_t, clip)[1]
     mean = (x - beta / math.sqrt(1.0 - a_t) * eps) / math.sqrt(alpha)
     if t == 0:
         return mean
@@ -99,17 +117,17 @@ def ddpm_step(sched: Schedule, x: np.ndarray, eps: np.ndarray, t: int,
 
 def denoise(sched: Schedule, eps_fn: EpsFn, x: np.ndarray, context: np.ndarray,
             t_start: int, t_end: int, n_steps: int, kind: str = "ddim", eta: float = 0.0,
-            rng: np.random.Generator | None = None) -> np.ndarray:
+            rng: np.random.Generator | None = None, clip: float | None = None) -> np.ndarray:
     """Run from noise level t_start down to t_end (t_end = -1: all the way to x0)."""
     b = x.shape[0]
     if kind == "ddpm":
         for t in range(t_start, t_end, -1):
             eps = eps_fn(x, np.full(b, t, np.int64), context)
-            x = ddpm_step(sched, x, eps, t, rng)
+            x = ddpm_step(sched, x, eps, t, rng, clip)
         return x
     if kind != "ddim":
         raise ValueError(f"unknown sampler kind {kind!r}")
-    return _ddim_to(sched, eps_fn, x, context, t_start, t_end, n_steps, eta, rng)
+    return _ddim_to(sched, eps_fn, x, context, t_start, t_end, n_steps, eta, rng, clip)
 
 
 def skip_step_sample(sched: Schedule, eps_fn: EpsFn, context: np.ndarray,
@@ -128,21 +146,22 @@ def skip_step_sample(sched: Schedule, eps_fn: EpsFn, context: np.ndarray,
         raise ValueError(f"need 0 <= t2 <= t1 <= {T - 1}, got t1={cfg.t1}, t2={cfg.t2}")
     x = rng.standard_normal(shape) if x_T is None else x_T
     if cfg.kind == "ddpm":
-        x = denoise(sched, eps_fn, x, context, T - 1, cfg.t1, 0, "ddpm", rng=rng)
+        x = denoise(sched, eps_fn, x, context, T - 1, cfg.t1, 0, "ddpm", rng=rng, clip=cfg.clip)
     else:
-        x = _ddim_to(sched, eps_fn, x, context, T - 1, cfg.t1, cfg.steps_before, cfg.eta, rng)
+        x = _ddim_to(sched, eps_fn, x, context, T - 1, cfg.t1, cfg.steps_before, cfg.eta, rng, cfg.clip)
     if cfg.t1 != cfg.t2:
         a_t1, a_t2 = sched.abar_at(cfg.t1), sched.abar_at(cfg.t2)
         u = math.sqrt(1.0 - a_t2) / math.sqrt(1.0 - a_t1)
         a = math.sqrt(a_t2) - math.sqrt(a_t1) * u
         x = a * x0_p + u * x
     if cfg.kind == "ddpm":
-        return denoise(sched, eps_fn, x, context, cfg.t2, -1, 0, "ddpm", rng=rng)
-    return _ddim_to(sched, eps_fn, x, context, cfg.t2, -1, cfg.steps_after, cfg.eta, rng)
+        return denoise(sched, eps_fn, x, context, cfg.t2, -1, 0, "ddpm", rng=rng, clip=cfg.clip)
+    return _ddim_to(sched, eps_fn, x, context, cfg.t2, -1, cfg.steps_after, cfg.eta, rng, cfg.clip)
 
 
 def _ddim_to(sched: Schedule, eps_fn: EpsFn, x: np.ndarray, context: np.ndarray,
-             t_from: int, t_to: int, n_calls: int, eta: float, rng) -> np.ndarray:
+             t_from: int, t_to: int, n_calls: int, eta: float, rng,
+             clip: float | None = None) -> np.ndarray:
     """n_calls DDIM steps from t_from to exactly t_to (t_to = -1: to x0)."""
     if t_from == t_to or n_calls <= 0:
         return x
@@ -153,12 +172,12 @@ def _ddim_to(sched: Schedule, eps_fn: EpsFn, x: np.ndarray, context: np.ndarray,
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else t_to
         eps = eps_fn(x, np.full(b, t, np.int64), context)
-        x = ddim_step(sched, x, eps, t, t_prev, eta, rng)
+        x = ddim_step(sched, x, eps, t, t_prev, eta, rng, clip)
     return x
 
 
 def full_ddpm_sample(sched: Schedule, eps_fn: EpsFn, context: np.ndarray, shape: tuple,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, clip: float | None = None) -> np.ndarray:
     """The full 1000-call ancestral sampler (the paper's baseline cost)."""
     x = rng.standard_normal(shape)
-    return denoise(sched, eps_fn, x, context, sched.T - 1, -1, 0, "ddpm", rng=rng)
+    return denoise(sched, eps_fn, x, context, sched.T - 1, -1, 0, "ddpm", rng=rng, clip=clip)
