@@ -12,6 +12,7 @@ manifest; a graph outside tolerance is an export error.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from cbldm.runtime.fileutil import sha256_file
-from cbldm.runtime.preprocess import constants, normalise_pdf
+from cbldm.runtime.preprocess import constants, model_input
 from cbldm.runtime.sampling import SamplerConfig, Schedule
 from cbldm.training.models import (CbLDM, ConditionGraph, DecoderGraph, ModelConfig, PriorGraph,
                                    UNetGraph)
@@ -82,7 +83,7 @@ def example_pdfs(n: int = 8, seed: int = 0) -> np.ndarray:
     for i in range(n):
         shapes = unit_shapes(TYPES[i % len(TYPES)])
         s = shapes[int(rng.integers(len(shapes)))]
-        out.append(normalise_pdf(calc.calc(s.xyz_unit * float(rng.uniform(2.3, 3.2)), "Au")))
+        out.append(model_input(calc.calc(s.xyz_unit * float(rng.uniform(2.3, 3.2)), "Au"))[0])
     return np.stack(out).astype(np.float32)
 
 
@@ -300,6 +301,11 @@ def _pdf_params() -> dict:
 
 
 def default_sampler(run: Path) -> SamplerConfig:
-    """The shipped sampler settings: the run's sweep choice (sampler.json) when there is one."""
+    """The shipped sampler settings: the run's sweep choice (sampler.json) when there is one,
+    with the x0 clip of the run's latents where the settings give none."""
     path = Path(run) / "sampler.json"
-    return SamplerConfig(**json.loads(path.read_text())["sampler"]) if path.exists() else SamplerConfig()
+    cfg = SamplerConfig(**json.loads(path.read_text())["sampler"]) if path.exists() else SamplerConfig()
+    if cfg.clip is None:
+        clip = json.loads((Path(run) / "config.json").read_text())["model"].get("latent_clip")
+        cfg = dataclasses.replace(cfg, clip=clip)
+    return cfg

@@ -8,21 +8,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cbldm.runtime.kernel import kernel_matrix, to_blocks  # noqa: E402
-from cbldm.runtime.preprocess import normalise_pdf  # noqa: E402
 from cbldm.training.models import CbLDM, preset  # noqa: E402
-from cbldm.training.train import (TrainConfig, Trainer, kernels, load_weights,  # noqa: E402
-                                  normalise_pdf_torch)
+from cbldm.training.train import TrainConfig, Trainer, kernels, load_weights  # noqa: E402
 
 
-def test_torch_kernels_and_normalisation_match_runtime(rng):
+def test_torch_kernels_match_runtime(rng):
     xyz = np.zeros((2, 256, 3), np.float32)
     xyz[0, :40] = rng.normal(size=(40, 3)) * 4
     xyz[1, :7] = rng.normal(size=(7, 3)) * 4
     w = kernels(torch.from_numpy(xyz), torch.tensor([40, 7])).numpy()
     np.testing.assert_allclose(w[0], to_blocks(kernel_matrix(xyz[0, :40])), atol=2e-6)
     np.testing.assert_allclose(w[1], to_blocks(kernel_matrix(xyz[1, :7])), atol=2e-6)
-    g = rng.normal(size=(3, 3000)).astype(np.float32)
-    np.testing.assert_allclose(normalise_pdf_torch(torch.from_numpy(g)).numpy(), normalise_pdf(g), rtol=1e-6)
 
 
 def test_network_shapes_and_symmetric_decoder():
@@ -119,3 +115,46 @@ def test_torchrun_two_processes(tiny_dataset, tmp_path):
     assert cfg["stages_done"] == ["condition", "structure", "denoiser"]
     rows = (tmp_path / "ddp" / "log.csv").read_text().splitlines()
     assert len(rows) == 4  # one header, one row per stage: only rank 0 writes
+
+
+def test_slot_normal_equations_match_masked_least_squares(rng):
+    from cbldm.training.train import slot_normal_equations
+
+    n = torch.tensor([3, 5, 5, 2, 4, 5, 1, 3])
+    x = torch.from_numpy(rng.normal(size=(8, 4)))
+    y = torch.from_numpy(rng.normal(size=(8, 5, 3)))
+    y[torch.arange(5)[None] >= n[:, None]] = 0.0  # padding, as stored
+    gram, rhs = slot_normal_equations(x, y, n)
+    for k in range(5):
+        rows = (n > k).numpy()
+        xs, ys = x.numpy()[rows], y.numpy()[rows, k]
+        np.testing.assert_allclose(gram[k].numpy(), xs.T @ xs, atol=1e-12)
+        np.testing.assert_allclose(rhs[k].numpy(), xs.T @ ys, atol=1e-12)
+
+
+def test_decoder_head_refit_fits_training_coordinates(tiny_dataset, tmp_path):
+    """The closed-form head is the least-squares optimum: with more features (33) than
+    training structures (14) and a vanishing ridge it interpolates their coordinates."""
+    from cbldm.training.train import Data
+
+    torch.manual_seed(0)
+    tr = Trainer(tmp_path / "r", tiny_dataset, TrainConfig(preset="tiny", refit_head=False,
+                                                          epochs={"condition": 1, "structure": 1, "denoiser": 1}),
+                 log=lambda m: None)
+    tr.run_stage("condition")
+    tr.run_stage("structure")
+
+    def coord_rmse(data: Data) -> float:
+        with torch.no_grad():
+            from cbldm.runtime.preprocess import model_input
+            pdf = torch.from_numpy(model_input(data.pdf.numpy(), data.d.numpy())[0])
+            z = tr.model.encoder(kernels(data.xyz, data.n_atoms), tr.model.cond_vae.encode(pdf)[0])[0]
+            pts, _ = tr.model.decoder.points(z)
+        real = torch.arange(256)[None] < data.n_atoms[:, None]
+        return float(((pts - data.xyz) ** 2).sum(-1)[real].mean().sqrt())
+
+    before = coord_rmse(tr.train)
+    report = tr.refit_decoder_head(lambdas=(1e-12,))
+    after = coord_rmse(tr.train)
+    assert before > 1.0 and after < 0.05, (before, after)
+    assert report["val_coord_rmse_A"] >= 0 and 0 <= report["val_count_accuracy"] <= 1

@@ -16,12 +16,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _sampler(model: Path, t1, t2, steps_before, steps_after):
     from cbldm.runtime.sampling import SamplerConfig
 
-    base = {}
-    for p in (model / "sampler.json", model / "manifest.json"):
-        if p.exists():
-            doc = json.loads(p.read_text())
-            base = doc.get("sampler", doc)
-            break
+    if (model / "manifest.json").exists():
+        base = dict(json.loads((model / "manifest.json").read_text())["sampler"])
+    elif (model / "config.json").exists():  # a run: its sweep choice and latent clip
+        from cbldm.export.onnx_export import default_sampler
+
+        base = default_sampler(model).as_dict()
+    else:
+        base = {}
     for k, v in (("t1", t1), ("t2", t2), ("steps_before", steps_before), ("steps_after", steps_after)):
         if v is not None:
             base[k] = v
@@ -57,6 +59,31 @@ def accuracy(
 
 
 @app.command()
+def reconstruction(
+    model: Path = typer.Option(..., help="Training run directory (needs the structure encoder)."),
+    data: Path = typer.Option(..., help="Dataset directory."),
+    split: str = typer.Option("test"),
+    per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
+    out: Path = typer.Option(Path("eval")),
+):
+    """The structure VAE's ceiling: true structure -> encoder -> decoder -> recovery."""
+    from cbldm.training.dataset import DatasetError
+    from cbldm.training.evaluate import dump, reconstruction as run_rec, table_markdown
+
+    if not (model / "config.json").exists():
+        raise fail(f"{model}: not a training run (config.json missing); the encoder is not exported")
+    try:
+        doc = run_rec(model, data, split, per_type, log=typer.echo)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc))
+    dump(out / "reconstruction.json", doc)
+    typer.echo(table_markdown(doc["table"]))
+    typer.echo("median RMSD (A, right atom count): " + ", ".join(
+        f"{t} {r['rmsd_A_median']:.3f}" for t, r in doc["table"].items()))
+    typer.echo(f"wrote {out / 'reconstruction.json'}")
+
+
+@app.command()
 def sweep(
     model: Path = typer.Option(..., help="Training run directory (the choice is saved there) or model dir."),
     data: Path = typer.Option(..., help="Dataset directory."),
@@ -67,7 +94,8 @@ def sweep(
     from cbldm.training.evaluate import dump, open_networks, plot_sweep, sweep as run_sweep
 
     nets = open_networks(model)
-    doc = run_sweep(nets, data, per_type, candidates, log=typer.echo)
+    doc = run_sweep(nets, data, per_type, candidates, clip=_sampler(model, None, None, None, None).clip,
+                    log=typer.echo)
     dump(out / "sweep.json", doc)
     plot_sweep(doc, out / "sweep.png")
     if (model / "config.json").exists():

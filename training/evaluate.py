@@ -120,6 +120,53 @@ def evaluate(nets, data_root: Path, split: str = "test", per_type: int | None = 
             "results": results}
 
 
+def reconstruction(run: Path, data_root: Path, split: str = "test", per_type: int | None = 20,
+                   seed: int = 0, log=print) -> dict:
+    """The structure VAE's ceiling: encode each TRUE structure, decode the posterior mean,
+    recover xyz exactly as the runtime does. Generation can only be as good as this; a poor
+    number here points at stage 2, a good one with poor ``accuracy`` at the sampler/U-Net."""
+    import torch
+
+    from cbldm.export.onnx_export import load_run
+    from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, rwp
+    from cbldm.runtime.pipeline import _candidate
+    from cbldm.runtime.preprocess import D_REF, model_input
+    from cbldm.runtime.recovery import kabsch_rmsd
+    from cbldm.training.dataset import load_arrays
+    from cbldm.training.train import kernels
+
+    m = load_run(run).model.eval()
+    arr = load_arrays(data_root, split=split)
+    rows = select(arr, per_type, seed)
+    calc = DebyePDF(DEEPSTRUC_PARAMS)
+    results, t0 = [], time.perf_counter()
+    for lo in range(0, len(rows), 32):
+        chunk = rows[lo:lo + 32]
+        g = arr.pdf[chunk].astype(np.float64)
+        pdf, d = model_input(g)
+        xyz = torch.from_numpy(arr.xyz[chunk] * (D_REF / d)[:, None, None]).float()
+        n = torch.from_numpy(arr.n_atoms[chunk].astype(np.int64))
+        with torch.no_grad():
+            cond = m.cond_vae.encode(torch.from_numpy(pdf))[0]
+            blocks = m.decoder(m.encoder(kernels(xyz, n), cond)[0]).numpy()
+        for j, i in enumerate(chunk):
+            c = _candidate(blocks[j], g[j], calc, arr.element[i].decode(), True, 260.0, d[j] / D_REF)
+            n_true = int(arr.n_atoms[i])
+            truth = arr.xyz[i, :n_true].astype(float)
+            results.append({"name": arr.name[i].decode(), "type": SHORT[TYPES[arr.type[i]]],
+                            "n_atoms_true": n_true, "n_atoms_pred": c.n_atoms, "rwp": c.rwp,
+                            "rwp_before_size_fit": c.rwp_unrefined,
+                            "rmsd_A": kabsch_rmsd(c.xyz, truth) if c.n_atoms == n_true else float("nan"),
+                            "pair_distance_error_A": _pair_distance_error(c.xyz, truth)})
+        log(f"{len(results)}/{len(rows)} structures, {time.perf_counter() - t0:.0f} s")
+    table = summarise(results)
+    for t, row in table.items():
+        rs = [r["rmsd_A"] for r in results if (t == "total" or r["type"] == t) and np.isfinite(r["rmsd_A"])]
+        row["rmsd_A_median"] = float(np.median(rs)) if rs else float("nan")
+    return {"split": split, "per_type": per_type, "what": "structure-VAE reconstruction (upper bound)",
+            "seconds": time.perf_counter() - t0, "n": len(results), "table": table, "results": results}
+
+
 def summarise(results: list[dict]) -> dict:
     table = {}
     for t in ORDER + ["total"]:
@@ -156,6 +203,8 @@ SWEEP = [
     SamplerConfig(t1=900, t2=800, steps_before=10, steps_after=20),
     SamplerConfig(t1=900, t2=500, steps_before=5, steps_after=10),
     SamplerConfig(t1=900, t2=300, steps_before=5, steps_after=8),
+    SamplerConfig(t1=999, t2=300, steps_before=0, steps_after=20),      # prior sample noised to 300
+    SamplerConfig(t1=999, t2=100, steps_before=0, steps_after=10),      # prior sample noised to 100
     SamplerConfig(t1=700, t2=400, steps_before=8, steps_after=8),
     SamplerConfig(t1=500, t2=200, steps_before=10, steps_after=5),
     SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm"),  # the full sampler
@@ -163,9 +212,12 @@ SWEEP = [
 
 
 def sweep(nets, data_root: Path, per_type: int = 10, candidates: int = 2, split: str = "val",
-          configs=SWEEP, log=print) -> dict:
+          configs=SWEEP, clip: float | None = None, log=print) -> dict:
+    import dataclasses
+
     rows = []
     for cfg in configs:
+        cfg = dataclasses.replace(cfg, clip=clip)
         ev = evaluate(nets, data_root, split, per_type, candidates, cfg, log=lambda m: None)
         calls = 1000 if cfg.kind == "ddpm" else cfg.unet_calls()
         rows.append({"sampler": cfg.as_dict(), "unet_calls": calls, "rwp": ev["table"]["total"]["rwp"],

@@ -30,12 +30,14 @@ class ModelConfig:
     stem: int = 4
     enc_channels: tuple[int, ...] = (32, 64)
     enc_blocks: int = 1
-    encoder: str = "rows"     # "rows": kernel rows as atom-slot tokens; "conv": 2-D conv on blocks
-    decoder: str = "points"   # "points": atom-slot transformer -> xyz -> W; "conv": pixels
+    encoder: str = "rowmlp"   # "rowmlp": per-row features -> MLP; "rows": row-token transformer; "conv": 2-D conv
+    decoder: str = "mlp"      # "mlp": MLP -> xyz, occupancy -> W; "points": slot transformer -> xyz -> W; "conv": pixels
     dec_channels: tuple[int, ...] = (64, 32)
     dec_blocks: int = 1
     dec_dim: int = 64         # points decoder: token width
     dec_layers: int = 3       # points decoder: transformer layers
+    mlp_hidden: int = 512     # rowmlp encoder / mlp decoder width
+    row_features: int = 8     # rowmlp encoder: features kept per atom slot
     prior_hidden: tuple[int, ...] = (128, 256, 512)
     # latent U-Net
     unet_channels: int = 48
@@ -44,8 +46,10 @@ class ModelConfig:
     ctx_tokens: int = 25
     ctx_dim: int = 64
     heads: int = 4
-    # filled in after stage 2: 1 / std of the training latents
+    # filled in after stage 2: 1 / std of the training latents, and the range of the scaled
+    # latents (the samplers clip their x0 estimates to it)
     latent_scale: float = 1.0
+    latent_clip: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,8 +71,8 @@ PRESETS = {
                          unet_channels=192, unet_mult=(1, 2, 4), unet_blocks=2, ctx_dim=256, heads=8),
     # for tests: seconds to train
     "tiny": ModelConfig(preset="tiny", cond_channels=8, enc_channels=(8, 16), dec_channels=(16, 8),
-                        dec_blocks=1, dec_dim=16, dec_layers=1, prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2),
-                        ctx_dim=16, heads=2),
+                        dec_blocks=1, dec_dim=16, dec_layers=1, mlp_hidden=32, row_features=2,
+                        prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2), ctx_dim=16, heads=2),
 }
 
 
@@ -338,14 +342,81 @@ class PointsDecoder(nn.Module):
         return 10.0 * out[..., :3], torch.sigmoid(out[..., 3])  # xyz (B, 256, 3) in A, m (B, 256)
 
     def forward(self, z):
-        xyz, m = self.points(z)
-        sq = (xyz * xyz).sum(-1)
-        d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * xyz @ xyz.transpose(1, 2)).clamp_min(0.0)
-        w = torch.exp(-d2 / self.t) * (m[:, :, None] * m[:, None, :])
-        return full_to_blocks(w)
+        return pairwise_kernel(*self.points(z), self.t)
+
+
+def pairwise_kernel(xyz, m, t: float):
+    """W_ij = m_i m_j exp(-|x_i - x_j|^2 / t) as blocks (B, 4, 128, 128)."""
+    sq = (xyz * xyz).sum(-1)
+    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * xyz @ xyz.transpose(1, 2)).clamp_min(0.0)
+    return full_to_blocks(torch.exp(-d2 / t) * (m[:, :, None] * m[:, None, :]))
+
+
+class RowMLPEncoder(nn.Module):
+    """Kernel (B, 4, 128, 128) -> q(z) (B, 1, 16, 16); the condition argument is not used.
+
+    Row i of W is atom i's view of the particle. A shared linear map reads each row into a few
+    features, an MLP over all slots' features gives the latent. O(256^2) per sample: an order
+    of magnitude cheaper than attention over the 256 slot tokens, which is what makes the
+    structure stage fit a CPU budget. It does not read the PDF (the reference encoder does):
+    in the D_REF frame one shape has one kernel whatever its bond length, but its PDFs differ
+    (fixed Biso, Q-range ripples), and feeding them in spread one shape's latents by ~1/3 of
+    the distance to the nearest other shape (measured), noise the decoder has to undo. The
+    conditional prior still ties z to the PDF through the KL term.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        f, h = cfg.row_features, cfg.mlp_hidden
+        self.row = nn.Sequential(nn.Linear(256, 4 * f), nn.SiLU(), nn.Linear(4 * f, f))
+        self.net = nn.Sequential(nn.Linear(256 * f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
+                                 nn.Linear(h, 512))
+
+    def forward(self, kernel, cond=None):
+        feats = self.row(blocks_to_full(kernel)).flatten(1)  # (B, 256 * f)
+        mu, logvar = self.net(feats).view(-1, 2, 1, 16, 16).unbind(1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+class MLPDecoder(nn.Module):
+    """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128) through atom coordinates.
+
+    An MLP gives every atom slot (canonical order) its coordinates (A, in the D_REF frame)
+    and occupancy m; W is computed from them as in ``PointsDecoder``, so it is symmetric and
+    a valid kernel by construction and the runtime's recovery reads it back exactly."""
+
+    COORD_SCALE = 10.0  # A per output unit
+
+    def __init__(self, cfg: ModelConfig, t: float = 260.0):
+        super().__init__()
+        h = cfg.mlp_hidden
+        self.t = t
+        self.body = nn.Sequential(nn.Linear(256, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
+                                  nn.Linear(h, h), nn.SiLU())
+        self.head = nn.Linear(h, 256 * 4)
+
+    def hidden(self, z):
+        return self.body(z.flatten(1))
+
+    def points(self, z):
+        out = self.head(self.hidden(z)).view(-1, 256, 4)
+        return self.COORD_SCALE * out[..., :3], torch.sigmoid(out[..., 3])
+
+    @torch.no_grad()
+    def set_head(self, w_xyz, w_occ):
+        """w_xyz (256 slots, h + 1, 3), w_occ (h + 1, 256): last row the bias (closed-form refit)."""
+        w = torch.cat([w_xyz, w_occ.T[:, :, None]], dim=2)  # (256, h + 1, 4)
+        w = w.permute(0, 2, 1).reshape(256 * 4, -1)          # output o = slot * 4 + c
+        self.head.weight.copy_(w[:, :-1].to(self.head.weight))
+        self.head.bias.copy_(w[:, -1].to(self.head.bias))
+
+    def forward(self, z):
+        return pairwise_kernel(*self.points(z), self.t)
 
 
 def make_decoder(cfg: ModelConfig) -> nn.Module:
+    if cfg.decoder == "mlp":
+        return MLPDecoder(cfg)
     if cfg.decoder == "points":
         return PointsDecoder(cfg)
     if cfg.decoder == "conv":
@@ -470,7 +541,10 @@ class CbLDM:
 
     def __post_init__(self):
         self.cond_vae = ConditionVAE(self.cfg)
-        self.encoder = RowEncoder(self.cfg) if self.cfg.encoder == "rows" else StructureEncoder(self.cfg)
+        encoders = {"rowmlp": RowMLPEncoder, "rows": RowEncoder, "conv": StructureEncoder}
+        if self.cfg.encoder not in encoders:
+            raise ValueError(f"unknown encoder {self.cfg.encoder!r} ({', '.join(encoders)})")
+        self.encoder = encoders[self.cfg.encoder](self.cfg)
         self.decoder = make_decoder(self.cfg)
         self.prior = ConditionalPrior(self.cfg)
         self.unet = LatentUNet(self.cfg)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from cbldm.runtime.kernel import KERNEL_WIDTH
-from cbldm.runtime.preprocess import PDF_CHANNELS, PDF_LENGTH
+from cbldm.runtime.preprocess import D_REF, model_input, nn_distance
 from cbldm.runtime.sampling import Schedule
 from cbldm.training.augment import AugmentConfig, PDFAugmenter
 from cbldm.runtime.fileutil import atomic_write, sha256_file
@@ -41,18 +41,20 @@ TRAINED = {"condition": ("cond_vae",), "structure": ("encoder", "decoder", "prio
 @dataclass
 class TrainConfig:
     preset: str = "edge"
-    epochs: dict = field(default_factory=lambda: {"condition": 3, "structure": 6, "denoiser": 8})
+    epochs: dict = field(default_factory=lambda: {"condition": 2, "structure": 20, "denoiser": 6})
     batch: dict = field(default_factory=lambda: {"condition": 64, "structure": 32, "denoiser": 64})
-    lr: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 5e-4, "denoiser": 5e-4})
+    lr: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 1e-3, "denoiser": 5e-4})
     beta: dict = field(default_factory=lambda: {"condition": 1e-3, "structure": 1e-5})
     warmup_frac: float = 0.05
     dist_weight: float = 0.02      # points decoder: weight of the neighbour-distance loss (A)
-    coord_weight: float = 0.01     # points decoder: weight of the coordinate MSE (A^2)
+    coord_weight: float = 0.03     # points decoder: weight of the coordinate MSE (A^2)
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
     augment_cfg: dict = field(default_factory=lambda: AugmentConfig().as_dict())
     max_train: int | None = None   # cap on training samples (tests, quick runs)
+    refit_head: bool = True        # mlp decoder: closed-form refit of its output layer after stage 2
+    head_noise: float = 0.6        # latent noise (per dim, unscaled) the refit head is fitted under
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,26 +88,43 @@ def _distance_loss(pred: torch.Tensor, xyz: torch.Tensor, n_atoms: torch.Tensor,
     return diff.sum() / mask.sum().clamp_min(1)
 
 
-def normalise_pdf_torch(g: torch.Tensor) -> torch.Tensor:
-    """Same transform as cbldm.runtime.preprocess.normalise_pdf, in torch."""
-    peak = g.amax(dim=-1, keepdim=True)
-    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    return (g / peak).view(-1, PDF_CHANNELS, PDF_LENGTH)
-
-
 class Data:
+    """One split in memory. Structures are stored in the networks' frame: scaled so the
+    first-shell peak of their own clean PDF sits at D_REF (see cbldm.runtime.preprocess)."""
+
     def __init__(self, root: Path, split: str, limit: int | None = None):
         self.split = split
         arr = load_arrays(root, split=split)
         if limit is not None:
             arr = arr.subset(np.arange(min(limit, len(arr))))
-        self.xyz = torch.from_numpy(arr.xyz.astype(np.float32))
+        self.d = torch.from_numpy(nn_distance(arr.pdf))
+        self.xyz = torch.from_numpy(arr.xyz.astype(np.float32)) * (D_REF / self.d.float())[:, None, None]
         self.n_atoms = torch.from_numpy(arr.n_atoms.astype(np.int64))
         self.pdf = torch.from_numpy(arr.pdf.astype(np.float32))
         self.type = arr.type
 
     def __len__(self) -> int:
         return len(self.n_atoms)
+
+
+def slot_normal_equations(x: torch.Tensor, y: torch.Tensor, n: torch.Tensor):
+    """Normal equations of per-slot least squares: slot k fits y[:, k] on x over the rows
+    that have an atom k (n > k). Returns Grams (slots, f, f) and right-hand sides (slots, f, c).
+
+    Grams are summed over structure sizes from the largest down (one f x f product per
+    distinct size, not one per slot); padding targets are zero, so the right-hand sides
+    need no mask."""
+    slots, f = y.shape[1], x.shape[1]
+    rhs = torch.einsum("nf,nkc->kfc", x, y)
+    gram = torch.zeros(slots, f, f, dtype=x.dtype)
+    acc = torch.zeros(f, f, dtype=x.dtype)
+    values = torch.unique(n)
+    for j in range(len(values) - 1, -1, -1):
+        sel = x[n == values[j]]
+        acc = acc + sel.T @ sel
+        lo = int(values[j - 1]) if j > 0 else 0
+        gram[lo:int(values[j])] = acc  # slots lo..v-1 are real for every n >= v
+    return gram, rhs
 
 
 # -- checkpoints -----------------------------------------------------------------------------
@@ -220,10 +239,18 @@ class Trainer:
     # -- losses -------------------------------------------------------------------------
     def _batch(self, data: Data, idx: torch.Tensor, gen: torch.Generator | None):
         g = data.pdf[idx]
-        g_in = self.aug(g, gen) if (self.aug is not None and gen is not None) else g
+        d = data.d[idx].numpy()
+        clean = torch.from_numpy(model_input(g.numpy(), d)[0])
+        if self.aug is not None and gen is not None:
+            g_aug = self.aug(g, gen).numpy()
+            # the augmented PDF's own peak, as at the beamline (the clean one if it has none)
+            d_aug = nn_distance(g_aug, strict=False)
+            pdf = torch.from_numpy(model_input(g_aug, np.where(np.isfinite(d_aug), d_aug, d))[0])
+        else:
+            pdf = clean
         dev = self.device
-        return (normalise_pdf_torch(g).to(dev), normalise_pdf_torch(g_in).to(dev),
-                data.xyz[idx].to(dev), data.n_atoms[idx].to(dev), idx, data.split)
+        return (clean.to(dev), pdf.to(dev), data.xyz[idx].to(dev), data.n_atoms[idx].to(dev),
+                idx, data.split)
 
     def _loss(self, stage: str, batch, beta: float):
         pdf_clean, pdf, xyz, n, idx, split = batch
@@ -259,6 +286,16 @@ class Trainer:
         a = self.abar[t].view(-1, 1, 1, 1)
         return F.mse_loss(m.unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, cond), eps)
 
+    def _set_latent_stats(self, z0: torch.Tensor) -> None:
+        if self.mcfg.latent_scale == 1.0:
+            self.mcfg.latent_scale = float(1.0 / z0.std().clamp_min(1e-6))
+            self.log(f"latent scale 1/std = {self.mcfg.latent_scale:.4f}")
+        if self.mcfg.latent_clip is None:
+            self.mcfg.latent_clip = round(1.05 * float((z0 * self.mcfg.latent_scale).abs().max()), 3)
+            self.log(f"sampler x0 clip +-{self.mcfg.latent_clip}")
+        self.model.cfg.latent_scale = self.mcfg.latent_scale
+        self.model.cfg.latent_clip = self.mcfg.latent_clip
+
     @torch.no_grad()
     def _encode_latents(self, data: Data) -> torch.Tensor:
         """Posterior means of the frozen structure encoder, once per stage (unscaled)."""
@@ -284,10 +321,7 @@ class Trainer:
         si = STAGES.index(stage)
         if stage == "denoiser":
             self._z0 = {"train": self._encode_latents(self.train), "val": self._encode_latents(self.val)}
-            if self.mcfg.latent_scale == 1.0:
-                self.mcfg.latent_scale = float(1.0 / self._z0["train"].std().clamp_min(1e-6))
-                self.model.cfg.latent_scale = self.mcfg.latent_scale
-                self.log(f"latent scale 1/std = {self.mcfg.latent_scale:.4f}")
+            self._set_latent_stats(self._z0["train"])
         self._save_config()
         names = TRAINED[stage]
         for name, mod in self.model.modules().items():
@@ -345,10 +379,80 @@ class Trainer:
         for n in names:  # drop the DDP wrappers
             mod = self.model.modules()[n]
             setattr(self.model, n, getattr(mod, "module", mod))
+        if stage == "structure" and hasattr(self.model.decoder, "hidden") and self.tcfg.refit_head:
+            self.refit_decoder_head()
+            if not self.rank:
+                save_weights(self.model, self.run / "weights.safetensors")
         self.done.append(stage)
         self._save_config()
         for mod in self.model.modules().values():
             mod.eval()
+
+    @torch.no_grad()
+    def _head_features(self, data: Data, noise: float = 0.0, seed: int = 0):
+        m = self.model
+        feats = []
+        gen = torch.Generator().manual_seed(seed)
+        for lo in range(0, len(data), 256):
+            idx = torch.arange(lo, min(lo + 256, len(data)))
+            pdf_clean, _, xyz, n, _, _ = self._batch(data, idx, None)
+            z = m.encoder(kernels(xyz, n), m.cond_vae.encode(pdf_clean)[0])[0]
+            if noise:
+                z = z + noise * torch.randn(z.shape, generator=gen).to(z)
+            feats.append(m.decoder.hidden(z).double().cpu())
+        x = torch.cat(feats)
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
+
+    @torch.no_grad()
+    def refit_decoder_head(self, lambdas=(1e-12, 1e-10, 1e-8, 1e-6, 1e-4)) -> dict:
+        """Solve the MLP decoder's output layer in closed form on the frozen features.
+
+        SGD brings the coordinates to ~1 A in a CPU budget, then crawls; the last layer is
+        linear, so its optimum for the coordinate MSE is a ridge regression. Slot k's
+        coordinates are fitted on the structures that have an atom k (targets in the D_REF
+        frame), its occupancy logit on all of them (+-8: m^2 > 0.99 or < 1e-6). The ridge
+        strength (relative to the Gram trace) is chosen by coordinate RMSE on the
+        validation split, which holds other bond lengths of the training shapes.
+        """
+        m = self.model
+        for mod in m.modules().values():
+            mod.eval()
+        # fitted under latent noise when asked: sampled latents are never the encoder's exact
+        # means, and an interpolating head amplifies the difference (0.03 -> 0.3 A, measured)
+        x = self._head_features(self.train, self.tcfg.head_noise)
+        xv = self._head_features(self.val, self.tcfg.head_noise, seed=1)
+        n, nv = self.train.n_atoms, self.val.n_atoms
+        y = self.train.xyz.double() / m.decoder.COORD_SCALE  # (N, 256, 3)
+        slots = y.shape[1]
+        f = x.shape[1]
+        gram, rhs = slot_normal_equations(x, y, n)
+        full = x.T @ x
+        occ_t = torch.where(torch.arange(slots)[None] < n[:, None], 8.0, -8.0).double()
+        occ_rhs = x.T @ occ_t
+        best = None
+        scale = float(torch.diagonal(full).mean())
+        eye = torch.eye(f, dtype=x.dtype)
+        for lam in lambdas:
+            reg = lam * scale * eye
+            try:
+                # slot by slot: the batched LU solve failed spuriously with 2 threads here
+                w_xyz = torch.stack([torch.linalg.solve(gram[k] + reg, rhs[k]) for k in range(slots)])
+                w_occ = torch.linalg.solve(full + reg, occ_rhs)   # (f, slots)
+            except RuntimeError:  # numerically singular at this ridge: a larger one follows
+                self.log(f"decoder head refit: ridge {lam:g}: singular, skipped")
+                continue
+            pred = torch.einsum("nf,sfc->nsc", xv, w_xyz) * m.decoder.COORD_SCALE
+            real = torch.arange(slots)[None] < nv[:, None]
+            err = ((pred - self.val.xyz.double()) ** 2).sum(-1)[real].mean().sqrt().item()
+            count = ((xv @ w_occ > 0).sum(1) == nv).double().mean().item()
+            self.log(f"decoder head refit: ridge {lam:g}: validation coordinate RMSE {err:.4f} A, "
+                     f"atom count right {100 * count:.1f} %")
+            if best is None or err < best[0]:
+                best = (err, lam, w_xyz, w_occ, count)
+        err, lam, w_xyz, w_occ, count = best
+        m.decoder.set_head(w_xyz, w_occ)
+        self.log(f"decoder head refit: kept ridge {lam:g} (RMSE {err:.4f} A, count {100 * count:.1f} %)")
+        return {"ridge": lam, "val_coord_rmse_A": err, "val_count_accuracy": count}
 
     @torch.no_grad()
     def validate(self, stage: str, beta: float) -> float:
