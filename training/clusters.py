@@ -213,7 +213,9 @@ def enumerate_clusters(types=TYPES, metals=METALS, factors=BOND_FACTORS,
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        # spawn, not fork: forking a process whose torch/ONNX Runtime thread pools already
+        # ran can leave a child blocked on a lock copied mid-use (it hung the test suite)
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             all_shapes = pool.starmap(unit_shapes, jobs)
     else:
         all_shapes = [unit_shapes(*job) for job in jobs]

@@ -163,7 +163,7 @@ def generate(out: Path, limit: int | None = None, workers: int = 1, seed: int = 
         if workers > 1:
             import multiprocessing as mp
 
-            with mp.get_context("fork").Pool(workers) as pool:
+            with mp.get_context("spawn").Pool(workers) as pool:
                 for _, k, _ in pool.imap_unordered(_shard_job, jobs):
                     done += k
                     if progress:
