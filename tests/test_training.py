@@ -138,7 +138,7 @@ def test_decoder_head_refit_fits_training_coordinates(tiny_dataset, tmp_path):
     from cbldm.training.train import Data
 
     torch.manual_seed(0)
-    tr = Trainer(tmp_path / "r", tiny_dataset, TrainConfig(preset="tiny", refit_head=False,
+    tr = Trainer(tmp_path / "r", tiny_dataset, TrainConfig(preset="tiny", refit_head=False, head_noise=0.0,
                                                           epochs={"condition": 1, "structure": 1, "denoiser": 1}),
                  log=lambda m: None)
     tr.run_stage("condition")
