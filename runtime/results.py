@@ -19,7 +19,7 @@ from cbldm.runtime.fileutil import atomic_write
 from cbldm.runtime.pdf import rgrid
 from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, resample, write_gr
 from cbldm.runtime.pipeline import Prediction, predict
-from cbldm.runtime.preprocess import NoPeakError, nn_distance
+from cbldm.runtime.preprocess import NoPeakError
 from cbldm.runtime.sampling import SamplerConfig
 
 SUFFIXES = (".xyz", ".fit.gr", ".json", ".png")
@@ -62,12 +62,11 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     data = read_pdf(path)
     el = element_for(data, element)
     g, record = resample(data, rgrid())
-    try:
-        nn_distance(g)
+    t_read = time.perf_counter() - t_start
+    try:  # the first-shell peak is read in the model's preprocessing, before any output
+        pred = predict(model, g, sampler, candidates=candidates, element=el, seed=seed)
     except NoPeakError as exc:
         raise PDFInputError(path, f"{exc}: not a metal-particle PDF on an r grid in A?") from None
-    t_read = time.perf_counter() - t_start
-    pred = predict(model, g, sampler, candidates=candidates, element=el, seed=seed)
     outdir.mkdir(parents=True, exist_ok=True)
     stem = free_stem(outdir, Path(path).stem)
     best = pred.best

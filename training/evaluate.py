@@ -128,7 +128,7 @@ def reconstruction(run: Path, data_root: Path, split: str = "test", per_type: in
     import torch
 
     from cbldm.export.onnx_export import load_run
-    from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, rwp
+    from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF
     from cbldm.runtime.pipeline import _candidate
     from cbldm.runtime.preprocess import D_REF, model_input
     from cbldm.runtime.recovery import kabsch_rmsd

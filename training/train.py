@@ -449,6 +449,8 @@ class Trainer:
                      f"atom count right {100 * count:.1f} %")
             if best is None or err < best[0]:
                 best = (err, lam, w_xyz, w_occ, count)
+        if best is None:
+            raise RuntimeError(f"decoder head refit: singular at every ridge in {lambdas}")
         err, lam, w_xyz, w_occ, count = best
         m.decoder.set_head(w_xyz, w_occ)
         self.log(f"decoder head refit: kept ridge {lam:g} (RMSE {err:.4f} A, count {100 * count:.1f} %)")
