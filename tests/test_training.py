@@ -36,13 +36,31 @@ def test_network_shapes_and_symmetric_decoder():
 
 def test_cross_attention_depends_on_context():
     """Several context tokens: unlike a single token, changing the condition changes eps."""
-    m = CbLDM(preset("tiny")).eval()
+    cfg = preset("tiny")
+    cfg.unet_global_cond = False  # cross-attention the only path from the condition
+    m = CbLDM(cfg).eval()
     for p in m.unet.out.parameters():  # the zero-initialised output layer would hide it
         torch.nn.init.normal_(p, std=0.1)
     x, t = torch.randn(1, 1, 16, 16), torch.tensor([300])
     a = m.unet(x, t, torch.randn(1, 2, 125))
     b = m.unet(x, t, torch.randn(1, 2, 125))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_global_condition_embedding_reaches_the_blocks():
+    """With the cross-attention's context made constant, the condition still changes eps
+    through the embedding added to the time embedding."""
+    m = CbLDM(preset("tiny")).eval()
+    assert m.unet.cond_emb is not None
+    for p in m.unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    torch.nn.init.zeros_(m.unet.ctx.proj.weight)
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([300])
+    a = m.unet(x, t, torch.randn(1, 2, 125))
+    b = m.unet(x, t, torch.randn(1, 2, 125))
+    assert (a - b).abs().max() > 1e-4
+    m.unet.cond_emb = None
+    assert torch.equal(m.unet(x, t, torch.randn(1, 2, 125)), m.unet(x, t, torch.randn(1, 2, 125)))
 
 
 def test_frozen_stages_stay_in_eval_mode(tiny_dataset, tmp_path):
@@ -73,10 +91,17 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tiny_dataset, tmp_path
     full.run_stage("condition")
 
     part = Trainer(tmp_path / "part", tiny_dataset, TrainConfig(preset="tiny", epochs=epochs), log=lambda m: None)
-    part.run_stage("condition", epochs=1)  # the "kill": stop after one of two epochs
-    cfg = json.loads((tmp_path / "part" / "config.json").read_text())
-    cfg["stages_done"] = []  # as if killed before the stage ended
-    (tmp_path / "part" / "config.json").write_text(json.dumps(cfg))
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_second_epoch(stage, epoch, b, n, loss, rate):
+        if epoch == 1:  # a step of epoch 2 has run but was never saved
+            raise Killed
+
+    with pytest.raises(Killed):
+        part.run_stage("condition", progress=kill_in_second_epoch)
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["stages_done"] == []
     with pytest.raises(FileExistsError):
         Trainer(tmp_path / "part", tiny_dataset, TrainConfig(preset="tiny"), log=lambda m: None)
     resumed = Trainer(tmp_path / "part", tiny_dataset, None, resume=True, log=lambda m: None)

@@ -106,6 +106,27 @@ def sweep(
 
 
 @app.command()
+def latents(
+    model: Path = typer.Option(..., help="Training run directory."),
+    data: Path = typer.Option(..., help="Dataset directory."),
+    split: str = typer.Option("val"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    out: Path = typer.Option(Path("eval"), help="Output directory (latents.json)."),
+):
+    """Sampled latents vs the encoder's, per sampler: right-shape rate and RMS error (no recovery)."""
+    from cbldm.export.onnx_export import ExportError
+    from cbldm.training.dataset import DatasetError
+    from cbldm.training.evaluate import dump, latent_generation
+
+    try:
+        doc = latent_generation(model, data, split, device, log=typer.echo)
+    except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc))
+    dump(out / "latents.json", doc)
+    typer.echo(f"nearest other shape: {doc['nearest_other_shape_rms']:.3f} RMS per dim; wrote {out / 'latents.json'}")
+
+
+@app.command()
 def experimental(
     model: Path = typer.Option(...),
     files: list[Path] = typer.Argument(..., help="Measured PDF files."),

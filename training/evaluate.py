@@ -37,7 +37,7 @@ class TorchNetworks:
         bundle = load_run(run)
         self.config = bundle.config
         m = bundle.model.to(device)
-        self.device = device
+        self.model, self.device = m, device
         self.graphs = {"condition": ConditionGraph(m).eval(), "prior": PriorGraph(m).eval(),
                        "unet": UNetGraph(m).eval(), "decoder": DecoderGraph(m).eval()}
 
@@ -118,6 +118,86 @@ def evaluate(nets, data_root: Path, split: str = "test", per_type: int | None = 
     return {"split": split, "per_type": per_type, "candidates": candidates, "sampler": sampler.as_dict(),
             "seconds": time.perf_counter() - t0, "n": len(results), "table": summarise(results),
             "results": results}
+
+
+GEN_SAMPLERS = {  # name -> (t1, t2, steps_before, steps_after, kind); clip added from the run
+    "prior only": (None, 0, 0, 0, "ddim"),
+    "prior + 20 DDIM from t=100": (999, 100, 0, 20, "ddim"),
+    "prior + 20 DDIM from t=300": (999, 300, 0, 20, "ddim"),
+    "skip 900->800, 10+20": (900, 800, 10, 20, "ddim"),
+    "plain DDIM 20": (999, 999, 0, 20, "ddim"),
+    "plain DDIM 50": (999, 999, 0, 50, "ddim"),
+    "full DDPM 1000": (999, 999, 0, 0, "ddpm"),
+}
+
+
+def _shape_names(names) -> np.ndarray:
+    """The shape a structure was cut as: its name without element and lattice constant."""
+    return np.array([n.decode().split("_atom_")[0] for n in names])
+
+
+def latent_generation(run: Path, data_root: Path, split: str = "val", device: str = "cpu",
+                      samplers: dict | None = None, seed: int = 0, log=print) -> dict:
+    """How close sampled latents land to the encoder's, without structure recovery.
+
+    For each PDF of ``split`` the sampler draws one latent; it counts as the right shape when
+    the nearest training latent (encoder mean, D_REF frame) belongs to the structure's own
+    shape: one shape has one latent whatever its bond length, so this is the decoder's input
+    being right. Also the RMS distance to the true latent per dimension (scaled space). Seconds
+    per sampler on ``device``: a quick proxy for Rwp while choosing between runs.
+    """
+    import torch
+
+    from cbldm.export.onnx_export import default_sampler
+    from cbldm.runtime.preprocess import model_input
+    from cbldm.runtime.sampling import Schedule, skip_step_sample
+    from cbldm.training.dataset import load_arrays
+    from cbldm.training.train import Data, kernels
+
+    nets = TorchNetworks(run, device)
+    model, scale = nets.model, float(nets.config["model"]["latent_scale"])
+    clip = default_sampler(run).clip
+
+    @torch.no_grad()
+    def encode(data: Data) -> np.ndarray:
+        zs = []
+        for lo in range(0, len(data), 256):
+            sl = slice(lo, lo + 256)
+            pdf = torch.from_numpy(model_input(data.pdf[sl].numpy(), data.d[sl].numpy())[0]).to(device)
+            w = kernels(data.xyz[sl].to(device), data.n_atoms[sl].to(device))
+            zs.append(model.encoder(w, model.cond_vae.encode(pdf)[0])[0].float().cpu() * scale)
+        return torch.cat(zs).flatten(1).numpy()
+
+    train, held = Data(data_root, "train"), Data(data_root, split)
+    z_train, z_true = encode(train), encode(held)
+    shape_train = _shape_names(load_arrays(data_root, split="train").name)
+    shape_true = _shape_names(load_arrays(data_root, split=split).name)
+    pdf, _ = model_input(held.pdf.numpy().astype(np.float64))
+    pdf = pdf.astype(np.float32)
+    cond = np.concatenate([nets.condition(pdf[i:i + 512]) for i in range(0, len(pdf), 512)])
+    mu, lv = (np.concatenate(v) for v in zip(*[nets.prior(pdf[i:i + 512]) for i in range(0, len(pdf), 512)]))
+    z_t = torch.from_numpy(z_train).to(device)
+    rows = []
+    for name, (t1, t2, sb, sa, kind) in (samplers or GEN_SAMPLERS).items():
+        cfg = SamplerConfig(t1=t1, t2=t2, steps_before=sb, steps_after=sa, kind=kind, clip=clip)
+        t0 = time.perf_counter()
+        z = skip_step_sample(Schedule(), nets.unet, cond, mu.astype(np.float64), lv.astype(np.float64), cfg,
+                             np.random.default_rng(seed))
+        dt = time.perf_counter() - t0
+        z = z.reshape(len(z), -1).astype(np.float32)
+        nearest = torch.cdist(torch.from_numpy(z).to(device), z_t).argmin(1).cpu().numpy()
+        calls = 1000 if kind == "ddpm" else cfg.unet_calls()
+        rows.append({"sampler": name, "settings": cfg.as_dict(), "unet_calls": calls,
+                     "shape_right": float(np.mean(shape_train[nearest] == shape_true)),
+                     "latent_rms": float(np.sqrt(np.mean((z - z_true) ** 2))), "seconds": dt})
+        log(f"{name:30s} {calls:5d} calls  shape right {100 * rows[-1]['shape_right']:5.1f} %  "
+            f"latent RMS {rows[-1]['latent_rms']:.3f}  {dt:.1f} s")
+    # reference points: how far apart shapes are, and what the prior mean alone gives
+    d = torch.cdist(torch.from_numpy(z_true).to(device), z_t)
+    other = torch.from_numpy(shape_train[None, :] != shape_true[:, None]).to(device)
+    gap = float((d.masked_fill(~other, float("inf")).min(1).values / z_true.shape[1] ** 0.5).median())
+    return {"run": str(run), "split": split, "n": len(z_true), "device": device,
+            "nearest_other_shape_rms": gap, "samplers": rows}
 
 
 def reconstruction(run: Path, data_root: Path, split: str = "test", per_type: int | None = 20,

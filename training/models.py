@@ -46,6 +46,9 @@ class ModelConfig:
     ctx_tokens: int = 25
     ctx_dim: int = 64
     heads: int = 4
+    # the condition also enters every ResBlock, added to the time embedding (as class labels
+    # do in conditional diffusion); off in runs made before it existed
+    unet_global_cond: bool = False
     # filled in after stage 2: 1 / std of the training latents, and the range of the scaled
     # latents (the samplers clip their x0 estimates to it)
     latent_scale: float = 1.0
@@ -64,15 +67,17 @@ class ModelConfig:
 
 
 PRESETS = {
-    "edge": ModelConfig(),
+    "edge": ModelConfig(unet_global_cond=True),
     # the reference's sizes: encoder ~6.7 M, decoder ~8.7 M, a large U-Net
     "paper": ModelConfig(preset="paper", encoder="conv", decoder="conv", cond_channels=64, stem=1, enc_channels=(64, 128, 128, 256),
                          enc_blocks=2, dec_channels=(256, 256, 128, 64), dec_blocks=3,
-                         unet_channels=192, unet_mult=(1, 2, 4), unet_blocks=2, ctx_dim=256, heads=8),
+                         unet_channels=192, unet_mult=(1, 2, 4), unet_blocks=2, ctx_dim=256, heads=8,
+                         unet_global_cond=True),
     # for tests: seconds to train
     "tiny": ModelConfig(preset="tiny", cond_channels=8, enc_channels=(8, 16), dec_channels=(16, 8),
                         dec_blocks=1, dec_dim=16, dec_layers=1, mlp_hidden=32, row_features=2,
-                        prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2), ctx_dim=16, heads=2),
+                        prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2), ctx_dim=16, heads=2,
+                        unet_global_cond=True),
 }
 
 
@@ -477,6 +482,10 @@ class LatentUNet(nn.Module):
         self.c0 = c0
         self.time = nn.Sequential(nn.Linear(c0, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.ctx = ContextTokens(cfg)
+        # cross-attention alone reaches the 8x8 levels only; a global embedding tells every
+        # block which of the few hundred shapes it is denoising towards
+        self.cond_emb = nn.Sequential(nn.Linear(250, temb), nn.SiLU(), nn.Linear(temb, temb)) \
+            if cfg.unet_global_cond else None
         self.conv_in = nn.Conv2d(1, c0, 3, padding=1)
         chans = [c0 * m for m in cfg.unet_mult]
         self.down, skips, c = nn.ModuleList(), [c0], c0
@@ -506,6 +515,8 @@ class LatentUNet(nn.Module):
 
     def forward(self, x, t, cond):
         emb = self.time(timestep_embedding(t, self.c0))
+        if self.cond_emb is not None:
+            emb = emb + self.cond_emb(cond.flatten(1))
         ctx = self.ctx(cond)
         h = self.conv_in(x)
         hs = [h]

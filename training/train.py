@@ -88,6 +88,13 @@ def _distance_loss(pred: torch.Tensor, xyz: torch.Tensor, n_atoms: torch.Tensor,
     return diff.sum() / mask.sum().clamp_min(1)
 
 
+def _bce(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE on probabilities, in fp32: autocast refuses it in bf16 (the decoder's occupancy is a
+    probability because the exported graph returns one)."""
+    with torch.autocast(p.device.type, enabled=False):
+        return F.binary_cross_entropy(p.float().clamp(1e-6, 1 - 1e-6), target.float())
+
+
 class Data:
     """One split in memory. Structures are stored in the networks' frame: scaled so the
     first-shell peak of their own clean PDF sits at D_REF (see cbldm.runtime.preprocess)."""
@@ -180,7 +187,7 @@ def _lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
 
 class Trainer:
     def __init__(self, run: Path, data_root: Path, tcfg: TrainConfig, resume: bool = False,
-                 device: str | None = None, log=print):
+                 device: str | None = None, log=print, model_overrides: dict | None = None):
         self.run, self.data_root, self.log = Path(run), Path(data_root), log
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -201,7 +208,8 @@ class Trainer:
             self.mcfg = ModelConfig.from_dict(saved["model"])
             self.done = saved["stages_done"]
         else:
-            self.tcfg, self.mcfg, self.done = tcfg, preset(tcfg.preset), []
+            self.tcfg, self.done = tcfg, []
+            self.mcfg = ModelConfig.from_dict({**preset(tcfg.preset).as_dict(), **(model_overrides or {})})
         torch.manual_seed(self.tcfg.seed)
         self.model = CbLDM(self.mcfg).to(self.device)
         if (self.run / "weights.safetensors").exists():
@@ -274,7 +282,7 @@ class Trainer:
                 # direct targets: canonical order and the builders' orientation fix them
                 coord = (((pts - xyz) ** 2).sum(-1) * real).sum() / real.sum()
                 loss = loss + self.tcfg.coord_weight * coord \
-                    + F.binary_cross_entropy(occ.clamp(1e-6, 1 - 1e-6), real) \
+                    + _bce(occ, real) \
                     + self.tcfg.dist_weight * _distance_loss(pts, xyz, n)
             return loss
         # denoiser: the target latent is the frozen encoder's posterior mean for the clean PDF
@@ -285,6 +293,26 @@ class Trainer:
         eps = torch.randn_like(z0)
         a = self.abar[t].view(-1, 1, 1, 1)
         return F.mse_loss(m.unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, cond), eps)
+
+    def _prefetch(self, perm: torch.Tensor, bs: int, steps: int, gen: torch.Generator):
+        """Yield (idx, batch) for one epoch, preparing batch b+1 on a thread while b trains.
+
+        On a GPU the CPU-side augmentation and preprocessing would otherwise leave the device
+        idle half the time. One worker keeps the order in which ``gen`` is drawn, so the data
+        (and a resumed run) stay exactly those of the serial loop."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def prep(b):
+            idx = perm[(b * self.world + self.rank) * bs:(b * self.world + self.rank + 1) * bs]
+            return idx, self._batch(self.train, idx, gen)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(prep, 0)
+            for b in range(steps):
+                cur = nxt.result()
+                if b + 1 < steps:
+                    nxt = pool.submit(prep, b + 1)
+                yield cur
 
     def _set_latent_stats(self, z0: torch.Tensor) -> None:
         if self.mcfg.latent_scale == 1.0:
@@ -317,7 +345,9 @@ class Trainer:
         for s in STAGES[: STAGES.index(stage)]:
             if s not in self.done:
                 raise RuntimeError(f"stage {stage} needs {s} first")
-        epochs = epochs or self.tcfg.epochs[stage]
+        if epochs:  # an override is part of the run's recipe: the config records it
+            self.tcfg.epochs = {**self.tcfg.epochs, stage: int(epochs)}
+        epochs = self.tcfg.epochs[stage]
         si = STAGES.index(stage)
         if stage == "denoiser":
             self._z0 = {"train": self._encode_latents(self.train), "val": self._encode_latents(self.val)}
@@ -349,9 +379,9 @@ class Trainer:
             gen = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + si * 10_007 + epoch)
             perm = torch.randperm(len(self.train), generator=gen)
             t_epoch, seen, total_loss = time.perf_counter(), 0, 0.0
+            batches = self._prefetch(perm, bs, steps_per_epoch, gen)
             for b in range(steps_per_epoch):
-                idx = perm[(b * self.world + self.rank) * bs:(b * self.world + self.rank + 1) * bs]
-                batch = self._batch(self.train, idx, gen)
+                idx, batch = next(batches)
                 beta = beta_max * min(1.0, step / max(1, 0.3 * total))
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, total, self.tcfg.lr[stage], self.tcfg.warmup_frac)
