@@ -17,7 +17,9 @@ import torch
 
 @dataclass
 class AugmentConfig:
-    p: float = 0.8                 # fraction of samples augmented
+    # half the samples stay clean: p 0.5 kept the measured Au144 answer (Rwp 0.77 vs 0.96
+    # without augmentation) at a small cost on clean simulated PDFs (0.763 vs 0.731)
+    p: float = 0.5                 # fraction of samples augmented
     qmax: tuple = (16.0, 25.0)
     qmin: tuple = (0.5, 1.5)
     dbiso: tuple = (0.0, 0.6)      # extra Biso (A^2)
