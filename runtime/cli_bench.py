@@ -47,15 +47,18 @@ def machine_info() -> dict:
     return info
 
 
-def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int) -> dict:
+def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refine=None) -> dict:
+    from cbldm.runtime.pipeline import RefineConfig
     from cbldm.runtime.results import process_file
 
+    refine = RefineConfig() if refine is None else refine
     totals, stages = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             for f in files:
                 t0 = time.perf_counter()
-                process_file(f, model, Path(tmp), sampler, candidates, None, seed=rep, plot=False)
+                process_file(f, model, Path(tmp), sampler, candidates, None, seed=rep, plot=False,
+                             refine=refine)
                 totals.append(time.perf_counter() - t0)
                 doc = json.loads(sorted(Path(tmp).glob("*.json"), key=os.path.getmtime)[-1].read_text())
                 for k, v in doc["timings"].items():
@@ -98,6 +101,7 @@ def bench(
 ):
     """Latency table: skip-step vs full sampler, backends, precisions, batch sizes."""
     from cbldm.runtime.backends import ModelError, load_model
+    from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig
     from cbldm.runtime.pdf import rgrid
     from cbldm.runtime.pdfio import read_pdf, resample
     from cbldm.runtime.sampling import SamplerConfig
@@ -119,20 +123,27 @@ def bench(
     g, _ = resample(read_pdf(files[0]), rgrid())
     rows = []
 
-    def add(name, backend, precision, sampler_name, calls, b, res):
+    def add(name, backend, precision, sampler_name, calls, b, res, refine="-"):
         rows.append({"row": name, "backend": backend, "precision": precision, "sampler": sampler_name,
-                     "unet_calls": calls, "batch": b, **{k: v for k, v in res.items() if k != "stages_p50_s"},
+                     "unet_calls": calls, "batch": b, "refine": refine, **{k: v for k, v in res.items() if k != "stages_p50_s"},
                      **({"stages_p50_s": res["stages_p50_s"]} if "stages_p50_s" in res else {})})
 
     calls = shipped.unet_calls()
-    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, _e2e(m32, files, shipped, candidates, repeats))
-    add("end to end", "ort-cpu", "fp32", "full DDPM", 1000, 1, _e2e(m32, files, full, candidates, full_repeats))
+    # the shipped defaults first: every ratio in the table is against this row
+    top = RefineConfig().top
+    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, _e2e(m32, files, shipped, candidates, repeats),
+        top)
+    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1,
+        _e2e(m32, files, shipped, candidates, repeats, NO_REFINEMENT), 0)
+    add("end to end", "ort-cpu", "fp32", "full DDPM", 1000, 1, _e2e(m32, files, full, candidates, full_repeats),
+        top)
     add("networks", "ort-cpu", "fp32", "skip-step", calls, 1, _networks_only(m32, g, shipped, candidates, 1, repeats))
     add("networks", "ort-cpu", "fp32", "skip-step", calls, batch,
         _networks_only(m32, g, shipped, candidates, batch, max(2, repeats // 2)))
     if any("fp16" in v for v in m32.manifest["graphs"].values()):
         m16 = load_model(model, backend="cpu", precision="fp16", threads=threads)
-        add("end to end", "ort-cpu", "fp16", "skip-step", calls, 1, _e2e(m16, files, shipped, candidates, repeats))
+        add("end to end", "ort-cpu", "fp16", "skip-step", calls, 1, _e2e(m16, files, shipped, candidates, repeats),
+            top)
         add("networks", "ort-cpu", "fp16", "skip-step", calls, 1,
             _networks_only(m16, g, shipped, candidates, 1, repeats))
     for backend in ("cuda", "tensorrt"):
@@ -141,7 +152,8 @@ def bench(
         except ModelError:
             continue
         add("networks", backend, "fp32", "skip-step", calls, 1, _networks_only(mb, g, shipped, candidates, 1, repeats))
-        add("end to end", backend, "fp32", "skip-step", calls, 1, _e2e(mb, files, shipped, candidates, repeats))
+        add("end to end", backend, "fp32", "skip-step", calls, 1, _e2e(mb, files, shipped, candidates, repeats),
+            top)
     if run is not None:
         from cbldm.training.evaluate import TorchNetworks  # torch: only for this comparison
 
@@ -154,7 +166,8 @@ def bench(
     base = rows[0]["p50_s"]
     for r in rows:
         r["x_vs_shipped_e2e"] = r["p50_s"] / base
-    cols = ["row", "backend", "precision", "sampler", "unet_calls", "batch", "p50_s", "p95_s", "x_vs_shipped_e2e"]
+    cols = ["row", "backend", "precision", "sampler", "unet_calls", "refine", "batch", "p50_s", "p95_s",
+            "x_vs_shipped_e2e"]
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
     typer.echo("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:

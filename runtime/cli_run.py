@@ -50,6 +50,18 @@ def _sampler(m, t1: Optional[int], t2: Optional[int], steps_before: Optional[int
         raise fail(f"sampler settings: {exc}", EXIT_USAGE)
 
 
+REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off; "
+               "the structure as the networks gave it).")
+
+
+def _refine(top: int, maxiter: int):
+    from cbldm.runtime.pipeline import RefineConfig
+
+    if top < 0 or maxiter < 1:
+        raise fail("--refine must be >= 0 and --refine-iter >= 1", EXIT_USAGE)
+    return RefineConfig(top=top, maxiter=maxiter)
+
+
 def _describe(m) -> str:
     provs = m.providers.get("unet", [])
     return f"model {m.hash} ({m.model_dir}), backend {m.backend} [{', '.join(provs)}], {m.precision}"
@@ -71,6 +83,8 @@ def predict(
     t2: Optional[int] = typer.Option(None, help="Skip-step t2."),
     steps_before: Optional[int] = typer.Option(None, help="U-Net calls before the jump."),
     steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
+    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
+    refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
 ):
     """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR."""
     from cbldm.runtime.pdfio import PDFInputError
@@ -80,11 +94,12 @@ def predict(
         raise fail("--candidates must be >= 1", EXIT_USAGE)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
+    ref = _refine(refine, refine_iter)
     typer.echo(_describe(m), err=True)
     failed = 0
     for path in files:
         try:
-            res = process_file(path, m, outdir, sampler, candidates, element, seed, plot)
+            res = process_file(path, m, outdir, sampler, candidates, element, seed, plot, ref)
         except PDFInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
@@ -110,6 +125,8 @@ def watch(
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None),
     plot: bool = typer.Option(True),
+    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
+    refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
 ):
     """Process every new PDF once, as soon as it is completely written; runs until SIGINT/SIGTERM."""
     from cbldm.runtime.results import process_file
@@ -120,12 +137,13 @@ def watch(
     out = outdir or directory / "cbldm-results"
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
+    ref = _refine(refine, refine_iter)
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     def handle(path: Path):
-        res = process_file(path, m, out, sampler, candidates, element, seed, plot)
+        res = process_file(path, m, out, sampler, candidates, element, seed, plot, ref)
         log(f"{path.name}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> {res.stem}.*")
         return "ok", {"outputs": res.outputs, "n_atoms": res.n_atoms, "rwp": res.rwp, "seconds": res.seconds}
 

@@ -18,7 +18,7 @@ from cbldm.runtime.backends import LoadedModel
 from cbldm.runtime.fileutil import atomic_write
 from cbldm.runtime.pdf import rgrid
 from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, resample, write_gr
-from cbldm.runtime.pipeline import Prediction, predict
+from cbldm.runtime.pipeline import Prediction, RefineConfig, predict
 from cbldm.runtime.preprocess import NoPeakError
 from cbldm.runtime.sampling import SamplerConfig
 
@@ -56,7 +56,7 @@ def element_for(data: PDFData, override: str | None, default: str = "Au") -> str
 
 def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerConfig,
                  candidates: int = 4, element: str | None = None, seed: int = 0,
-                 plot: bool = True) -> FileResult:
+                 plot: bool = True, refine: RefineConfig = RefineConfig()) -> FileResult:
     """Read, predict, write. Raises PDFInputError for bad input (nothing is written then)."""
     t_start = time.perf_counter()
     data = read_pdf(path)
@@ -64,7 +64,7 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     g, record = resample(data, rgrid())
     t_read = time.perf_counter() - t_start
     try:  # the first-shell peak is read in the model's preprocessing, before any output
-        pred = predict(model, g, sampler, candidates=candidates, element=el, seed=seed)
+        pred = predict(model, g, sampler, candidates=candidates, element=el, seed=seed, refine=refine)
     except NoPeakError as exc:
         raise PDFInputError(path, f"{exc}: not a metal-particle PDF on an r grid in A?") from None
     outdir.mkdir(parents=True, exist_ok=True)
@@ -103,16 +103,40 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
     doc = {
         "source": str(path), "source_format": data.format, "element": element,
         "n_atoms": best.n_atoms, "rwp": best.rwp, "rwp_before_size_fit": best.rwp_unrefined,
-        "size_factor": best.scale,
+        "rwp_before_refinement": best.rwp_size_fit, "refined": best.refined,
+        "refine_shift_rms_A": round(best.shift_rms, 4), "size_factor": best.scale,
+        # sanity numbers for the reader: metals have no pair far below the first shell, and
+        # no atom without a neighbour (atoms beyond the PDF's r range are invisible to Rwp)
+        "min_pair_distance_A": _min_pair_distance(best.xyz),
+        "detached_atoms": detached_atoms(best.xyz),
         "model": {"hash": model.hash, "dir": str(model.model_dir), "backend": model.backend,
                   "precision": model.precision, "providers": model.providers.get("unet")},
         "sampler": pred.sampler, "resampling": record,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "candidates": [{"rank": i + 1, "n_atoms": c.n_atoms, "rwp": c.rwp, "size_factor": c.scale,
+                        "rwp_before_refinement": c.rwp_size_fit, "refined": c.refined,
                         "recovery_loss": c.recovery_loss} for i, c in enumerate(pred.candidates)],
     }
     atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
     return outs + [f"{stem}.json"], timings["total_s"]
+
+
+def detached_atoms(xyz: np.ndarray, factor: float = 1.25) -> int:
+    """Atoms with no neighbour within ``factor`` x the structure's median nearest-neighbour
+    distance: the PDF cannot see an atom placed far from the particle, so Rwp won't flag it."""
+    from scipy.spatial import cKDTree
+
+    if len(xyz) < 2:
+        return 0
+    d, _ = cKDTree(xyz).query(xyz, k=2)
+    nn = d[:, 1]
+    return int(np.sum(nn > factor * np.median(nn)))
+
+
+def _min_pair_distance(xyz: np.ndarray) -> float | None:
+    from scipy.spatial.distance import pdist
+
+    return round(float(pdist(xyz).min()), 4) if len(xyz) > 1 else None
 
 
 def plot_fit(path: Path, r: np.ndarray, g_obs: np.ndarray, g_fit: np.ndarray, xyz: np.ndarray,

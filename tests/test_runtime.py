@@ -22,7 +22,11 @@ def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
         assert (tmp_path / f"Pt_decahedron_p3_q2_r1{suffix}").exists()
     doc = json.loads((tmp_path / "Pt_decahedron_p3_q2_r1.json").read_text())
     assert doc["element"] == "Pt" and len(doc["candidates"]) == 2 and doc["model"]["backend"] == "cpu"
-    assert set(doc["timings"]) >= {"read_s", "encode_s", "sample_s", "decode_s", "recover_s", "total_s"}
+    assert set(doc["timings"]) >= {"read_s", "encode_s", "sample_s", "decode_s", "recover_s", "refine_s",
+                                   "total_s"}
+    assert {"rwp_before_refinement", "refined", "refine_shift_rms_A", "min_pair_distance_A",
+            "detached_atoms"} <= set(doc)
+    assert doc["sampler"]["refine"]["top"] == 4
     first = (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes()
     res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1", "--no-plot")
     assert res.returncode == 0 and (tmp_path / "Pt_decahedron_p3_q2_r1-2.json").exists()

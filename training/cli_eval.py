@@ -30,6 +30,17 @@ def _sampler(model: Path, t1, t2, steps_before, steps_after):
     return SamplerConfig(**base)
 
 
+REFINE_HELP = "Refine the best N candidates' coordinates against the PDF (0: off)."
+
+
+def _refine(top: int, maxiter: int):
+    from cbldm.runtime.pipeline import RefineConfig
+
+    if top < 0 or maxiter < 1:
+        raise fail("--refine must be >= 0 and --refine-iter >= 1")
+    return RefineConfig(top=top, maxiter=maxiter)
+
+
 @app.command()
 def accuracy(
     model: Path = typer.Option(..., help="Training run directory or exported model directory."),
@@ -41,19 +52,22 @@ def accuracy(
     t1: Optional[int] = typer.Option(None), t2: Optional[int] = typer.Option(None),
     steps_before: Optional[int] = typer.Option(None), steps_after: Optional[int] = typer.Option(None),
     seed: int = typer.Option(0),
+    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
+    refine_iter: int = typer.Option(100),
 ):
     """Rwp per type on held-out structures, atom-count accuracy, pair-distance error."""
     from cbldm.training.dataset import DatasetError
     from cbldm.training.evaluate import dump, evaluate, open_networks, plot_examples, table_markdown
 
+    ref = _refine(refine, refine_iter)
     try:
         nets = open_networks(model)
         sampler = _sampler(model, t1, t2, steps_before, steps_after)
-        doc = evaluate(nets, data, split, per_type, candidates, sampler, seed, log=typer.echo)
+        doc = evaluate(nets, data, split, per_type, candidates, sampler, seed, log=typer.echo, refine=ref)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc))
     dump(out / "evaluation.json", doc)
-    plot_examples(nets, data, out / "examples.png", sampler)
+    plot_examples(nets, data, out / "examples.png", sampler, refine=ref)
     typer.echo(table_markdown(doc["table"]))
     typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'examples.png'}")
 
@@ -89,13 +103,18 @@ def sweep(
     data: Path = typer.Option(..., help="Dataset directory."),
     per_type: int = typer.Option(10), candidates: int = typer.Option(2),
     out: Path = typer.Option(Path("eval")),
+    refine: int = typer.Option(0, "--refine", help=REFINE_HELP + " Off by default: the sweep "
+                               "compares samplers, and refinement narrows their differences."),
+    refine_iter: int = typer.Option(100),
+    quick: bool = typer.Option(False, help="Six settings instead of twelve (limits, shipped kind, full)."),
 ):
     """Rwp vs U-Net calls over skip-step settings (validation split); saves the chosen default."""
-    from cbldm.training.evaluate import dump, open_networks, plot_sweep, sweep as run_sweep
+    from cbldm.training.evaluate import SWEEP, SWEEP_QUICK, dump, open_networks, plot_sweep, sweep as run_sweep
 
     nets = open_networks(model)
     doc = run_sweep(nets, data, per_type, candidates, clip=_sampler(model, None, None, None, None).clip,
-                    log=typer.echo)
+                    log=typer.echo, refine=_refine(refine, refine_iter),
+                    configs=SWEEP_QUICK if quick else SWEEP)
     dump(out / "sweep.json", doc)
     plot_sweep(doc, out / "sweep.png")
     if (model / "config.json").exists():
@@ -132,12 +151,15 @@ def experimental(
     files: list[Path] = typer.Argument(..., help="Measured PDF files."),
     candidates: int = typer.Option(8),
     out: Path = typer.Option(Path("eval/experimental")),
+    refine: int = typer.Option(8, "--refine", help=REFINE_HELP),
+    refine_iter: int = typer.Option(100),
 ):
     """Predicted structure and Rwp for measured PDFs, with plots."""
     from cbldm.training.evaluate import dump, experimental as run_exp, open_networks
 
     nets = open_networks(model)
-    res = run_exp(nets, files, out, _sampler(model, None, None, None, None), candidates)
+    res = run_exp(nets, files, out, _sampler(model, None, None, None, None), candidates,
+                  refine=_refine(refine, refine_iter))
     dump(out / "experimental.json", {"results": res})
     for r in res:
         typer.echo(f"{r['file']}: {r['element']}{r['n_atoms']}, Rwp {r['rwp']:.3f} -> {out / r['plot']}")

@@ -1,0 +1,147 @@
+"""Real-space refinement: move the atoms of a candidate until its PDF fits the data.
+
+The networks hand back a structure that is usually the right shape with positions off by
+0.05-0.3 A. At Qmax 25 A^-1 and Biso 0.3 A^2 the PDF peaks are ~0.1 A wide, so such errors
+alone leave Rwp at 0.3-0.8 even when every atom is in the right place to within a bond
+length. This is the step a crystallographer runs next anyway (a PDFgui / DiffPy-CMI
+real-space fit); here it is the same calculator as ``cbldm.runtime.pdf`` with an analytic
+gradient, so a 256-atom cluster refines in about a second.
+
+Objective: Rwp^2 with the scale profiled out (the same Rwp the pipeline reports),
+minimised over all coordinates with L-BFGS. The forward model is the ``histogram``
+Debye sum of ``DebyePDF`` (pair distances binned on a 1e-3 A grid with linear weights):
+
+    F   = (2/N) sum_p [(1 - w_p) K[l_p] + w_p K[l_p + 1]] * DW(Q)
+    G   = T F                      (T: Qmin cut, sine FFT, interpolation, Qdamp; linear)
+
+so dF/dd_p = (K[l_p + 1] - K[l_p]) / h * DW is the exact derivative of what is evaluated
+(no finite differences, no mismatch between function and gradient for the line search).
+Single-element clusters only (f_i f_j / <f>^2 = 1), which is what the pipeline predicts.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from cbldm.runtime.pdf import DebyePDF
+
+
+CLASH_WEIGHT = 10.0  # per A^2 of intrusion: 0.1 A inside costs as much as Rwp 0.3
+
+
+@dataclass
+class Refinement:
+    xyz: np.ndarray     # (N, 3) refined coordinates
+    rwp: float          # Rwp after refinement (scale fitted), histogram calculator
+    rwp_start: float    # Rwp of the starting coordinates, same calculator
+    iterations: int
+    seconds: float
+
+
+class PDFRefiner:
+    """Coordinates -> Rwp^2 and its gradient against one observed PDF, for one calculator.
+
+    Build once per calculator (it caches the linear map T and the sine kernel) and call
+    ``refine`` for any number of structures.
+    """
+
+    def __init__(self, calc: DebyePDF, stride: int = 4):
+        self.calc = calc
+        # Bins of stride x 1e-3 A: the sine kernel varies on 2 pi / Qmax = 0.25 A, so linear
+        # interpolation at 4e-3 A is still ~1e-3 accurate, and the two kernel products
+        # (the whole cost) shrink by the stride. The reported Rwp is recomputed by the
+        # calculator itself afterwards.
+        self.h = calc.HIST_STEP * stride
+        # G is linear in F: the columns of T are the PDFs of unit F vectors.
+        self.T = calc._fq_to_gr(np.eye(calc.nq)).T                      # (n_r, nq)
+        dw = np.exp(-0.5 * 2.0 * calc.params.uiso * calc.q**2)           # Debye-Waller
+        self.K = np.ascontiguousarray(calc._hist_kernel()[::stride] * dw[None, :])  # (n_bins, nq)
+        self.rmax_pair = (len(self.K) - 2) * self.h
+        self._pair_cache: tuple = (-1, None)
+
+    def _pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._pair_cache[0] != n:
+            self._pair_cache = (n, np.triu_indices(n, k=1))
+        return self._pair_cache[1]
+
+    def loss(self, x_flat: np.ndarray, g_obs: np.ndarray, gg: float,
+             min_distance: float = 0.0) -> tuple[float, np.ndarray]:
+        x = x_flat.reshape(-1, 3)
+        n = len(x)
+        iu, ju = self._pairs(n)
+        diff = x[iu] - x[ju]
+        d = np.sqrt(np.sum(diff * diff, axis=1))
+        # Atoms closer than min_distance are unphysical but cost the PDF fit little (a pair
+        # at 0.7 A puts one small peak where the data has none; on measured data, whose
+        # low-r region the model does not describe, the fit even seeks such pairs): a
+        # stiff hard-core penalty that outweighs any Rwp^2 gain.
+        close = d < min_distance
+        penalty = CLASH_WEIGHT * float(np.sum((min_distance - d[close]) ** 2))
+        dpen = np.zeros_like(d)
+        dpen[close] = -2.0 * CLASH_WEIGHT * (min_distance - d[close])
+        # pairs beyond the calculator's range do not enter G; keep them out of the gradient
+        keep = d < self.rmax_pair
+        iu, ju, diff, d, dpen = iu[keep], ju[keep], diff[keep], d[keep], dpen[keep]
+        xs = d / self.h
+        lo = np.floor(xs).astype(np.int64)
+        w = xs - lo
+        # only the kernel rows up to the longest pair distance take part (a 3 nm cluster
+        # uses half of them)
+        nb = int(lo.max()) + 2 if len(lo) else 1
+        kern = self.K[:nb]
+        hist = np.bincount(lo, weights=1.0 - w, minlength=nb)
+        hist += np.bincount(lo + 1, weights=w, minlength=nb)
+        f = (2.0 / n) * (hist @ kern)
+        g = self.T @ f
+        hh = float(g @ g)
+        if hh <= 0:
+            return 1.0 + penalty, np.zeros_like(x_flat)
+        s = max(0.0, float(g_obs @ g) / hh)
+        res = g_obs - s * g
+        value = float(res @ res) / gg + penalty
+        # scale profiled out: by the envelope theorem dL/dg = -2 s res / gg at the optimum
+        v = self.T.T @ (-2.0 * s * res / gg)
+        psi = (2.0 / n) * (kern @ v)
+        dd = (psi[lo + 1] - psi[lo]) / self.h + dpen
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.where(d[:, None] > 0, diff / d[:, None], 0.0)
+        gpair = dd[:, None] * u
+        grad = np.empty_like(x)
+        for k in range(3):  # bincount scatters ~10x faster than np.add.at
+            grad[:, k] = np.bincount(iu, gpair[:, k], minlength=n) \
+                - np.bincount(ju, gpair[:, k], minlength=n)
+        return value, grad.ravel()
+
+    def refine(self, xyz: np.ndarray, g_obs: np.ndarray, maxiter: int = 200,
+               max_shift: float | None = 0.5, min_distance: float = 0.0) -> Refinement:
+        """L-BFGS on all coordinates. ``max_shift`` (A) boxes every coordinate around its
+        start: the fit corrects positions, it does not get to invent a different cluster.
+        ``min_distance`` (A): pairs closer than this are pushed apart (see ``loss``).
+        ``rwp`` and ``rwp_start`` are the Rwp alone, without the penalty."""
+        t0 = time.perf_counter()
+        x0 = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        g_obs = np.asarray(g_obs, dtype=np.float64)
+        gg = float(g_obs @ g_obs)
+        n = len(x0)
+        if n < 2 or gg <= 0 or not np.all(np.isfinite(g_obs)):
+            r = math.inf if gg <= 0 else 1.0
+            return Refinement(x0.copy(), r, r, 0, time.perf_counter() - t0)
+        l0, _ = self.loss(x0.ravel(), g_obs, gg, min_distance)
+        bounds = None
+        if max_shift is not None:
+            flat = x0.ravel()
+            bounds = list(zip(flat - max_shift, flat + max_shift))
+        res = optimize.minimize(self.loss, x0.ravel(), args=(g_obs, gg, min_distance), jac=True,
+                                method="L-BFGS-B", bounds=bounds,
+                                options={"maxiter": maxiter, "ftol": 1e-10, "gtol": 1e-9,
+                                         "maxcor": 20})
+        r0 = math.sqrt(self.loss(x0.ravel(), g_obs, gg)[0])
+        if not (np.isfinite(res.fun) and res.fun <= l0):
+            return Refinement(x0.copy(), r0, r0, int(res.nit), time.perf_counter() - t0)
+        x = res.x.reshape(n, 3)
+        r1 = math.sqrt(self.loss(res.x, g_obs, gg)[0])
+        return Refinement(x - x.mean(axis=0), r1, r0, int(res.nit), time.perf_counter() - t0)

@@ -1,0 +1,128 @@
+"""Real-space refinement of candidate structures against the PDF."""
+import numpy as np
+import pytest
+
+from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, rwp
+from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig, predict
+from cbldm.runtime.refine import PDFRefiner
+from cbldm.runtime.sampling import SamplerConfig
+from cbldm.training.clusters import sorted_distances, unit_shapes
+
+
+@pytest.fixture(scope="module")
+def calc():
+    return DebyePDF(DEEPSTRUC_PARAMS)
+
+
+def _cluster(kind="Decahedron", atoms=80, d=2.77):
+    x = next(s for s in unit_shapes(kind) if s.n_atoms >= atoms).xyz_unit * d
+    return x - x.mean(axis=0)
+
+
+def test_objective_is_the_pipelines_rwp_and_gradient_is_exact(calc, rng):
+    x = _cluster() + rng.normal(0, 0.1, (len(_cluster()), 3))
+    g_obs = calc.calc(_cluster(), "Pt")
+    ref = PDFRefiner(calc, stride=1)  # the calculator's own 1e-3 A bins: identical numbers
+    value, grad = ref.loss(x.ravel(), g_obs, float(g_obs @ g_obs))
+    assert np.sqrt(value) == pytest.approx(rwp(g_obs, calc.calc(x, "Pt", method="histogram")), rel=1e-10)
+    eps = 1e-6
+    for k in rng.choice(x.size, 12, replace=False):
+        e = np.zeros(x.size)
+        e[k] = eps
+        num = (ref.loss(x.ravel() + e, g_obs, float(g_obs @ g_obs))[0]
+               - ref.loss(x.ravel() - e, g_obs, float(g_obs @ g_obs))[0]) / (2 * eps)
+        assert grad[k] == pytest.approx(num, rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.parametrize("kind,atoms", [("Decahedron", 100), ("Icosahedron", 147), ("FCC", 60)])
+def test_refinement_moves_perturbed_atoms_back(calc, rng, kind, atoms):
+    truth = _cluster(kind, atoms)
+    start = truth + rng.normal(0, 0.1, truth.shape)
+    g_obs = calc.calc(truth, "Pt")
+    res = PDFRefiner(calc).refine(start, g_obs)
+    assert res.rwp_start > 0.3 and res.rwp < 0.1, (res.rwp_start, res.rwp)
+    # the PDF fit is not bought with a wrong structure: pair distances approach the truth
+    err = lambda x: np.mean(np.abs(sorted_distances(x) - sorted_distances(truth)))  # noqa: E731
+    assert err(res.xyz) < 0.5 * err(start)
+    assert rwp(g_obs, calc.calc(res.xyz, "Pt")) == pytest.approx(res.rwp, abs=2e-3)
+
+
+def test_clashing_atoms_are_pushed_apart(calc, rng):
+    truth = _cluster("Icosahedron", 55)
+    start = truth + rng.normal(0, 0.05, truth.shape)
+    start[1] = start[0] + np.array([0.5, 0.0, 0.0])  # two atoms 0.5 A apart
+    g_obs = calc.calc(truth, "Pt")
+    ref = PDFRefiner(calc)
+    gg = float(g_obs @ g_obs)
+    value, grad = ref.loss(start.ravel(), g_obs, gg, min_distance=2.2)
+    eps = 1e-6
+    for k in (0, 1, 3, 4):  # the two clashing atoms' x and y
+        e = np.zeros(start.size)
+        e[k] = eps
+        num = (ref.loss(start.ravel() + e, g_obs, gg, 2.2)[0]
+               - ref.loss(start.ravel() - e, g_obs, gg, 2.2)[0]) / (2 * eps)
+        assert grad[k] == pytest.approx(num, rel=1e-3, abs=1e-7)
+    res = ref.refine(start, g_obs, min_distance=2.2, max_shift=None)
+    from scipy.spatial.distance import pdist
+    assert pdist(start).min() < 0.6 and pdist(res.xyz).min() > 2.0
+
+
+def test_refinement_respects_the_shift_box_and_never_worsens(calc, rng):
+    truth = _cluster()
+    start = truth + rng.normal(0, 0.3, truth.shape)
+    g_obs = calc.calc(truth, "Pt")
+    res = PDFRefiner(calc).refine(start, g_obs, maxiter=30, max_shift=0.05)
+    # the result is centred: its offset from the centred start is the shift minus its mean,
+    # so at most twice the box
+    moved = res.xyz - (start - start.mean(axis=0))
+    assert 0.02 < np.abs(moved).max() <= 0.1 + 1e-9
+    assert res.rwp <= res.rwp_start
+    flat = PDFRefiner(calc).refine(start, np.zeros_like(g_obs))  # no data: nothing to fit
+    assert flat.iterations == 0 and np.array_equal(flat.xyz, start)
+
+
+def test_pipeline_refines_the_best_candidates_only(tiny_model):
+    from cbldm.runtime.backends import load_model
+    from cbldm.runtime.pdf import rgrid
+    from cbldm.runtime.pdfio import read_pdf, resample
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "Pt_decahedron_p3_q2_r1.gr"
+    g, _ = resample(read_pdf(example), rgrid())
+    m = load_model(tiny_model, backend="cpu")
+    sampler = SamplerConfig(**m.manifest["sampler"])
+    plain = predict(m, g, sampler, candidates=3, element="Pt", seed=1, refine=NO_REFINEMENT)
+    assert not any(c.refined for c in plain.candidates)
+    assert all(c.rwp == c.rwp_size_fit for c in plain.candidates)
+    ref = predict(m, g, sampler, candidates=3, element="Pt", seed=1, refine=RefineConfig(top=1))
+    assert sum(c.refined for c in ref.candidates) <= 1
+    from scipy.spatial.distance import pdist
+
+    from cbldm.runtime.preprocess import model_input
+
+    # ranking: physical structures (no pair inside 0.9 of the first shell) first, then Rwp
+    dmin = 0.9 * float(model_input(g[None])[1][0])
+    phys = [c for c in ref.candidates if pdist(c.xyz).min() >= 0.99 * dmin]
+    assert ref.best is min(phys or ref.candidates, key=lambda c: c.rwp)
+
+    for c in ref.candidates:
+        if c.refined:
+            assert c.shift_rms > 0
+            # better fit, unless the start had atoms on top of each other: then pushed apart
+            start = plain.candidates[0]  # the same structure before refinement (same seed)
+            assert c.rwp_size_fit == start.rwp
+            assert c.rwp < c.rwp_size_fit or pdist(c.xyz).min() > pdist(start.xyz).min() + 0.1
+            # the reported Rwp is the calculator's, for the coordinates that are returned
+            assert c.rwp == pytest.approx(rwp(g, DebyePDF().calc(c.xyz, "Pt", method="histogram")))
+
+
+def test_detached_atoms_are_counted():
+    from cbldm.runtime.results import detached_atoms
+
+    for kind in ("Icosahedron", "BCC", "SC", "Decahedron"):
+        assert detached_atoms(_cluster(kind, 50)) == 0, kind
+    x = _cluster("Icosahedron", 55).copy()
+    far = int(np.argmax(np.linalg.norm(x, axis=1)))
+    x[far] *= 1.8  # a surface atom pulled 4-5 A out
+    x[0 if far else 1] += 40.0  # beyond the PDF's 30 A: the fit cannot see it
+    assert detached_atoms(x) == 2
