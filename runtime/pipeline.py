@@ -132,7 +132,7 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
     blocks = nets.decoder(z.astype(np.float32).reshape(len(pdf), *LATENT_SHAPE))
     timings["decode_s"] = time.perf_counter() - t0
 
-    calc = _calculator()
+    calc, refiner = _calculator()
     results = []
     for i in range(p_n):
         t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
         tm = {k: v / p_n for k, v in timings.items()} | {"recover_s": time.perf_counter() - t0}
         if refine.top > 0:
             t0 = time.perf_counter()
-            out[:refine.top] = [_refine(c, gs[i], calc, elements[i], refine, d_nn[i])
+            out[:refine.top] = [_refine(c, gs[i], calc, refiner, elements[i], refine, d_nn[i])
                                 for c in out[:refine.top]]
             # physical structures first: an unrefined candidate beyond ``top`` with atoms on
             # top of each other must not outrank one that was cleaned up at some cost in Rwp
@@ -164,22 +164,21 @@ def _min_pair_distance(xyz: np.ndarray) -> float:
     return float(pdist(xyz).min()) if len(xyz) > 1 else float("inf")
 
 
-def _calculator() -> DebyePDF:
+def _calculator() -> tuple[DebyePDF, PDFRefiner]:
     # the refiner's kernel and linear map take ~0.5 s to build: once per process
     global _CALC
     if _CALC is None:
         calc = DebyePDF(DEEPSTRUC_PARAMS)
         _CALC = (calc, PDFRefiner(calc))
-    return _CALC[0]
+    return _CALC
 
 
-def _refine(c: Candidate, g_obs: np.ndarray, calc: DebyePDF, element: str,
+def _refine(c: Candidate, g_obs: np.ndarray, calc: DebyePDF, refiner: PDFRefiner, element: str,
             cfg: RefineConfig, d_nn: float) -> Candidate:
     if c.n_atoms < 2:
         return c
-    assert _CALC is not None and _CALC[0] is calc
     dmin = cfg.min_distance * float(d_nn)
-    ref = _CALC[1].refine(c.xyz, g_obs, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
+    ref = refiner.refine(c.xyz, g_obs, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
                           min_distance=dmin)
     # a candidate with atoms on top of each other takes the refined (separated) structure
     # even at some cost in Rwp; a physical one only if the fit improved
