@@ -21,6 +21,7 @@ import _common  # noqa: F401
 import numpy as np
 
 from cbldm.runtime.pdf import DebyePDF, rwp
+from cbldm.runtime.pipeline import _fit_size
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.training.clusters import unit_shapes
 
@@ -51,8 +52,6 @@ def main() -> None:
         truth = truth - truth.mean(0)
         g = calc.calc(truth, "Pt")
         start = truth + rng.normal(0, args.sigma, truth.shape)
-
-        from cbldm.runtime.pipeline import _fit_size
         t0 = time.perf_counter()
         g0 = calc.calc(start, "Pt", method="histogram")
         s, r, _ = _fit_size(start, g, calc, "Pt", rwp(g, g0), g0)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import EXIT_INPUT, EXIT_USAGE, fail, run_app
+from cbldm.runtime.cliutil import EXIT_INPUT, EXIT_USAGE, fail, refine_config, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Predict nanoparticle structures from PDFs with an exported CbLDM model.")
@@ -54,14 +54,6 @@ REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF 
                "the structure as the networks gave it).")
 
 
-def _refine(top: int, maxiter: int):
-    from cbldm.runtime.pipeline import RefineConfig
-
-    if top < 0 or maxiter < 1:
-        raise fail("--refine must be >= 0 and --refine-iter >= 1", EXIT_USAGE)
-    return RefineConfig(top=top, maxiter=maxiter)
-
-
 def _describe(m) -> str:
     provs = m.providers.get("unet", [])
     return f"model {m.hash} ({m.model_dir}), backend {m.backend} [{', '.join(provs)}], {m.precision}"
@@ -94,7 +86,7 @@ def predict(
         raise fail("--candidates must be >= 1", EXIT_USAGE)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
-    ref = _refine(refine, refine_iter)
+    ref = refine_config(refine, refine_iter)
     typer.echo(_describe(m), err=True)
     failed = 0
     for path in files:
@@ -137,7 +129,7 @@ def watch(
     out = outdir or directory / "cbldm-results"
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
-    ref = _refine(refine, refine_iter)
+    ref = refine_config(refine, refine_iter)
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)

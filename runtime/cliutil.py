@@ -22,6 +22,16 @@ def fail(message: str, code: int = EXIT_INPUT) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def refine_config(top: int, maxiter: int):
+    """``--refine N --refine-iter I`` as a RefineConfig; a bad value is a usage error."""
+    from cbldm.runtime.pipeline import RefineConfig
+
+    try:
+        return RefineConfig(top=top, maxiter=maxiter)
+    except ValueError:
+        raise fail("--refine must be >= 0 and --refine-iter >= 1", EXIT_USAGE) from None
+
+
 def run_app(app: typer.Typer) -> None:
     """Run a Typer app; anything unexpected becomes one line on stderr and exit code 1."""
     try:

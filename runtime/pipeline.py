@@ -88,6 +88,11 @@ class RefineConfig:
     max_shift: float = 1.0
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
 
+    def __post_init__(self) -> None:
+        if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0:
+            raise ValueError(f"refinement needs top >= 0, maxiter >= 1, max_shift > 0 and "
+                             f"min_distance >= 0, got {self.as_dict()}")
+
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
                 "min_distance": self.min_distance}
@@ -147,7 +152,7 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
             # physical structures first: an unrefined candidate beyond ``top`` with atoms on
             # top of each other must not outrank one that was cleaned up at some cost in Rwp
             dmin = refine.min_distance * float(d_nn[i])
-            out.sort(key=lambda c: (_min_pair_distance(c.xyz) < 0.99 * dmin, c.rwp))
+            out.sort(key=lambda c: (min_pair_distance(c.xyz) < 0.99 * dmin, c.rwp))
             tm["refine_s"] = time.perf_counter() - t0
         results.append(Prediction(out, tm, sampler.as_dict() | {
             "candidates": candidates, "seed": seed, "refine_size": refine_size,
@@ -158,7 +163,8 @@ def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candid
 _CALC: tuple | None = None
 
 
-def _min_pair_distance(xyz: np.ndarray) -> float:
+def min_pair_distance(xyz: np.ndarray) -> float:
+    """The shortest interatomic distance (inf for fewer than two atoms)."""
     from scipy.spatial.distance import pdist
 
     return float(pdist(xyz).min()) if len(xyz) > 1 else float("inf")
@@ -182,7 +188,7 @@ def _refine(c: Candidate, g_obs: np.ndarray, calc: DebyePDF, refiner: PDFRefiner
                           min_distance=dmin)
     # a candidate with atoms on top of each other takes the refined (separated) structure
     # even at some cost in Rwp; a physical one only if the fit improved
-    clash = _min_pair_distance(c.xyz) < dmin
+    clash = min_pair_distance(c.xyz) < dmin
     if ref.iterations == 0 or not (clash or ref.rwp < c.rwp):
         return c
     g = calc.calc(ref.xyz, element, method="histogram")

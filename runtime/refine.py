@@ -139,9 +139,10 @@ class PDFRefiner:
                                 method="L-BFGS-B", bounds=bounds,
                                 options={"maxiter": maxiter, "ftol": 1e-10, "gtol": 1e-9,
                                          "maxcor": 20})
-        r0 = math.sqrt(self.loss(x0.ravel(), g_obs, gg)[0])
+        # the reported Rwp leaves the penalty out; without one, l0 already is Rwp^2
+        r0 = math.sqrt(self.loss(x0.ravel(), g_obs, gg)[0] if min_distance > 0 else l0)
         if not (np.isfinite(res.fun) and res.fun <= l0):
             return Refinement(x0.copy(), r0, r0, int(res.nit), time.perf_counter() - t0)
         x = res.x.reshape(n, 3)
-        r1 = math.sqrt(self.loss(res.x, g_obs, gg)[0])
+        r1 = math.sqrt(self.loss(res.x, g_obs, gg)[0] if min_distance > 0 else res.fun)
         return Refinement(x - x.mean(axis=0), r1, r0, int(res.nit), time.perf_counter() - t0)

@@ -18,7 +18,7 @@ from cbldm.runtime.backends import LoadedModel
 from cbldm.runtime.fileutil import atomic_write
 from cbldm.runtime.pdf import rgrid
 from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, resample, write_gr
-from cbldm.runtime.pipeline import Prediction, RefineConfig, predict
+from cbldm.runtime.pipeline import Prediction, RefineConfig, min_pair_distance, predict
 from cbldm.runtime.preprocess import NoPeakError
 from cbldm.runtime.sampling import SamplerConfig
 
@@ -107,7 +107,7 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
         "refine_shift_rms_A": round(best.shift_rms, 4), "size_factor": best.scale,
         # sanity numbers for the reader: metals have no pair far below the first shell, and
         # no atom without a neighbour (atoms beyond the PDF's r range are invisible to Rwp)
-        "min_pair_distance_A": _min_pair_distance(best.xyz),
+        "min_pair_distance_A": round(min_pair_distance(best.xyz), 4) if len(best.xyz) > 1 else None,
         "detached_atoms": detached_atoms(best.xyz),
         "model": {"hash": model.hash, "dir": str(model.model_dir), "backend": model.backend,
                   "precision": model.precision, "providers": model.providers.get("unet")},
@@ -131,12 +131,6 @@ def detached_atoms(xyz: np.ndarray, factor: float = 1.25) -> int:
     d, _ = cKDTree(xyz).query(xyz, k=2)
     nn = d[:, 1]
     return int(np.sum(nn > factor * np.median(nn)))
-
-
-def _min_pair_distance(xyz: np.ndarray) -> float | None:
-    from scipy.spatial.distance import pdist
-
-    return round(float(pdist(xyz).min()), 4) if len(xyz) > 1 else None
 
 
 def plot_fit(path: Path, r: np.ndarray, g_obs: np.ndarray, g_fit: np.ndarray, xyz: np.ndarray,

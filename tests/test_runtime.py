@@ -52,6 +52,8 @@ def test_bad_model_dir_and_usage(tmp_path):
     res = run("predict", EXAMPLE, "--model", tmp_path)
     assert res.returncode == 1 and res.stderr.strip().startswith("error:") and "manifest" in res.stderr
     assert run("predict", EXAMPLE, "--model", tmp_path, "-k", "0").returncode == 2
+    res = run("predict", EXAMPLE, "--refine", "-1")
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: --refine")
 
 
 def test_runtime_sampler_on_onnx_equals_training_sampler_on_torch(tiny_model, tiny_run):

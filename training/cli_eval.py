@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import fail, run_app
+from cbldm.runtime.cliutil import fail, refine_config, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evaluate a training run or an exported model on held-out simulated PDFs.")
@@ -33,14 +33,6 @@ def _sampler(model: Path, t1, t2, steps_before, steps_after):
 REFINE_HELP = "Refine the best N candidates' coordinates against the PDF (0: off)."
 
 
-def _refine(top: int, maxiter: int):
-    from cbldm.runtime.pipeline import RefineConfig
-
-    if top < 0 or maxiter < 1:
-        raise fail("--refine must be >= 0 and --refine-iter >= 1")
-    return RefineConfig(top=top, maxiter=maxiter)
-
-
 @app.command()
 def accuracy(
     model: Path = typer.Option(..., help="Training run directory or exported model directory."),
@@ -59,7 +51,7 @@ def accuracy(
     from cbldm.training.dataset import DatasetError
     from cbldm.training.evaluate import dump, evaluate, open_networks, plot_examples, table_markdown
 
-    ref = _refine(refine, refine_iter)
+    ref = refine_config(refine, refine_iter)
     try:
         nets = open_networks(model)
         sampler = _sampler(model, t1, t2, steps_before, steps_after)
@@ -113,7 +105,7 @@ def sweep(
 
     nets = open_networks(model)
     doc = run_sweep(nets, data, per_type, candidates, clip=_sampler(model, None, None, None, None).clip,
-                    log=typer.echo, refine=_refine(refine, refine_iter),
+                    log=typer.echo, refine=refine_config(refine, refine_iter),
                     configs=SWEEP_QUICK if quick else SWEEP)
     dump(out / "sweep.json", doc)
     plot_sweep(doc, out / "sweep.png")
@@ -159,7 +151,7 @@ def experimental(
 
     nets = open_networks(model)
     res = run_exp(nets, files, out, _sampler(model, None, None, None, None), candidates,
-                  refine=_refine(refine, refine_iter))
+                  refine=refine_config(refine, refine_iter))
     dump(out / "experimental.json", {"results": res})
     for r in res:
         typer.echo(f"{r['file']}: {r['element']}{r['n_atoms']}, Rwp {r['rwp']:.3f} -> {out / r['plot']}")

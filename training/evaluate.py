@@ -297,8 +297,8 @@ SWEEP = [
     SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm"),  # the full sampler
 ]
 
-# Five settings that span the trade-off: both limits of the skip-step sampler, the shipped
-# kind of setting, one real jump, and the full sampler (~10 min on 2 cores at 5 PDFs/type)
+# Six settings that span the trade-off: both limits of the skip-step sampler, the shipped
+# setting and its t=300 twin, one real jump, and the full sampler (~10 min on 2 cores at 5 PDFs/type)
 SWEEP_QUICK = [SWEEP[i] for i in (0, 2, 4, 7, 11)] + [
     SamplerConfig(t1=999, t2=100, steps_before=0, steps_after=20)]
 
