@@ -9,7 +9,7 @@ Layout of a dataset directory:
 
 Shards are written to a temporary name and renamed, so a shard that exists is complete;
 a re-run skips them. Content does not depend on the seed or the number of workers; the
-seed only draws the train/val/test split (stratified by type).
+seed only draws the train/val/test split (by shape, stratified by type: see ``split_indices``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from cbldm.training.clusters import (BOND_FACTORS, MAX_ATOMS, METALS, MIN_ATOMS,
 FORMAT = "cbldm-dataset/1"
 PAD_ATOMS = 256
 SHARD_SIZE = 512
-SPLIT_FRACTIONS = {"train": 0.90, "val": 0.05, "test": 0.05}
+SPLIT_FRACTIONS = {"train": 0.80, "val": 0.10, "test": 0.10}  # of the shapes of each type
 
 
 class DatasetError(RuntimeError):
@@ -60,19 +60,39 @@ def stratified_subset(clusters: list[Cluster], limit: int) -> list[Cluster]:
     return [clusters[i] for i in sorted(picked)]
 
 
-def split_indices(types: np.ndarray, seed: int, fractions=SPLIT_FRACTIONS) -> dict[str, list[int]]:
-    """Stratified by type: each type is shuffled with ``seed`` and cut by the fractions."""
+def shape_of(name: str) -> str:
+    """The shape a structure was cut as: its name without element and lattice constant (the
+    recipe names each distinct geometry by the first label that builds it)."""
+    return name.split("_atom_")[0]
+
+
+def split_indices(types: np.ndarray, shapes: np.ndarray, n_atoms: np.ndarray, seed: int,
+                  fractions=SPLIT_FRACTIONS) -> dict[str, list[int]]:
+    """Shape-disjoint split, stratified by type: every bond length and element of a shape lands
+    in one split, so validation and test shapes are ones the networks never see (the networks
+    work in a scale-normalised frame, where a shape's 38 bond lengths are one input).
+
+    Per type the shapes are shuffled with ``seed``; the smallest and the largest shape of each
+    type always train (held-out shapes lie inside the sizes the model learns, so the test
+    measures generalisation between shapes, not extrapolation beyond the recipe's sizes).
+    A type with 3 or more shapes gives at least one to test, with 4 or more one to validation.
+    """
     rng = np.random.default_rng(seed)
     out = {name: [] for name in fractions}
     for t in np.unique(types):
         idx = np.flatnonzero(types == t)
-        rng.shuffle(idx)
-        n = len(idx)
-        n_val = max(1, round(n * fractions["val"])) if n >= 3 else 0
-        n_test = max(1, round(n * fractions["test"])) if n >= 3 else 0
-        out["test"] += idx[:n_test].tolist()
-        out["val"] += idx[n_test:n_test + n_val].tolist()
-        out["train"] += idx[n_test + n_val:].tolist()
+        names = sorted(set(shapes[idx].tolist()), key=lambda s: (int(n_atoms[idx][shapes[idx] == s][0]), s))
+        inner = names[1:-1]
+        rng.shuffle(inner)
+        k = len(names)
+        n_test = max(1, round(k * fractions["test"])) if k >= 3 else 0
+        n_val = max(1, round(k * fractions["val"])) if k >= 4 else 0
+        n_test, n_val = min(n_test, len(inner)), min(n_val, max(0, len(inner) - n_test))
+        role = {s: "train" for s in names}
+        role.update({s: "test" for s in inner[:n_test]})
+        role.update({s: "val" for s in inner[n_test:n_test + n_val]})
+        for i in idx:
+            out[role[shapes[i]]].append(int(i))
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -176,7 +196,8 @@ def generate(out: Path, limit: int | None = None, workers: int = 1, seed: int = 
                     progress(min(done, n), n)
 
     types = np.array([TYPES.index(c.kind) for c in clusters])
-    splits = split_indices(types, seed)
+    shapes = np.array([c.label for c in clusters])
+    splits = split_indices(types, shapes, np.array([c.n_atoms for c in clusters]), seed)
     manifest = dict(plan)
     manifest.update({
         "created_by": "cbldm-data generate",
@@ -184,7 +205,9 @@ def generate(out: Path, limit: int | None = None, workers: int = 1, seed: int = 
         "counts_per_type": {k: int((types == i).sum()) for i, k in enumerate(TYPES)},
         "full_recipe_counts_per_type": {k: counts_full.get(k, 0) for k in TYPES},
         "dedup": stats,
+        "split_by": "shape",
         "split_fractions": SPLIT_FRACTIONS,
+        "split_shapes": {k: sorted(set(shapes[v].tolist())) for k, v in splits.items() if k != "train"},
         "split_counts": {k: len(v) for k, v in splits.items()},
         "split_counts_per_type": {k: {t: int((types[v] == i).sum()) for i, t in enumerate(TYPES)}
                                   for k, v in splits.items()},
