@@ -30,6 +30,7 @@ from cbldm.runtime.kernel import KERNEL_WIDTH
 from cbldm.runtime.preprocess import D_REF, model_input, nn_distance
 from cbldm.runtime.sampling import Schedule
 from cbldm.training.augment import AugmentConfig, PDFAugmenter
+from cbldm.training.variants import PerturbConfig
 from cbldm.runtime.fileutil import atomic_write, sha256_file
 from cbldm.training.dataset import load_arrays
 from cbldm.training.models import CbLDM, ModelConfig, full_to_blocks, gaussian_kl, preset
@@ -57,6 +58,14 @@ class TrainConfig:
     max_train: int | None = None   # cap on training samples (tests, quick runs)
     refit_head: bool = True        # mlp decoder: closed-form refit of its output layer after stage 2
     head_noise: float = 0.6        # latent noise (per dim, unscaled) the refit head is fitted under
+    # structures beyond the recipe (cbldm.training.variants): each epoch draws ``epoch_size``
+    # structures (default: as many as the recipe's training split) from the training shapes
+    # and the extra families, perturbed, at random bond lengths; PDFs computed on the fly
+    variants: bool = True
+    perturb: dict = field(default_factory=lambda: PerturbConfig().as_dict())
+    recipe_share: float = 0.5
+    epoch_size: int | None = None
+    draw_workers: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,16 +110,37 @@ class Data:
     """One split in memory. Structures are stored in the networks' frame: scaled so the
     first-shell peak of their own clean PDF sits at D_REF (see cbldm.runtime.preprocess)."""
 
-    def __init__(self, root: Path, split: str, limit: int | None = None):
+    def __init__(self, root: Path | None, split: str, limit: int | None = None, arrays=None):
         self.split = split
-        arr = load_arrays(root, split=split)
-        if limit is not None:
-            arr = arr.subset(np.arange(min(limit, len(arr))))
-        self.d = torch.from_numpy(nn_distance(arr.pdf))
-        self.xyz = torch.from_numpy(arr.xyz.astype(np.float32)) * (D_REF / self.d.float())[:, None, None]
-        self.n_atoms = torch.from_numpy(arr.n_atoms.astype(np.int64))
-        self.pdf = torch.from_numpy(arr.pdf.astype(np.float32))
-        self.type = arr.type
+        if arrays is None:
+            arr = load_arrays(root, split=split)
+            if limit is not None:
+                arr = arr.subset(np.arange(min(limit, len(arr))))
+            xyz, n, pdf, self.type = arr.xyz, arr.n_atoms, arr.pdf, arr.type
+        else:
+            xyz, n, pdf = arrays
+            self.type = None
+        d = nn_distance(pdf, strict=False)
+        if not np.all(np.isfinite(d)):  # no clean first peak: the structure's own bond length
+            from cbldm.training.variants import nn_length
+
+            bad = np.flatnonzero(~np.isfinite(d))
+            d[bad] = [nn_length(xyz[i, :n[i]]) for i in bad]
+        self.d = torch.from_numpy(d)
+        self.xyz = torch.from_numpy(xyz.astype(np.float32)) * (D_REF / self.d.float())[:, None, None]
+        self.n_atoms = torch.from_numpy(n.astype(np.int64))
+        self.pdf = torch.from_numpy(pdf.astype(np.float32))
+
+    @classmethod
+    def from_structures(cls, structures: list[np.ndarray], split: str, pdf_calc) -> "Data":
+        """Drawn structures (A): padded, their clean PDFs from ``pdf_calc`` (a TorchPDF)."""
+        n = np.array([len(x) for x in structures], np.int64)
+        xyz = np.zeros((len(structures), 256, 3), np.float32)
+        for i, x in enumerate(structures):
+            xyz[i, :len(x)] = x
+        pdf = torch.cat([pdf_calc(torch.from_numpy(xyz[lo:lo + 256]), torch.from_numpy(n[lo:lo + 256])).cpu()
+                         for lo in range(0, len(n), 256)]).numpy()
+        return cls(None, split, arrays=(xyz, n, pdf))
 
     def __len__(self) -> int:
         return len(self.n_atoms)
@@ -219,10 +249,50 @@ class Trainer:
         self.manifest_hash = manifest_hash
         self.sched = Schedule()
         self.abar = torch.tensor(self.sched.abar, dtype=torch.float32, device=self.device)
-        self.train = Data(self.data_root, "train", self.tcfg.max_train)
+        self.train_recipe = Data(self.data_root, "train", self.tcfg.max_train)
+        self.train = self.train_recipe
         self.val = Data(self.data_root, "val", None if self.tcfg.max_train is None else max(8, self.tcfg.max_train // 10))
+        self.pool = self._pool() if self.tcfg.variants else None
         self.aug = PDFAugmenter(AugmentConfig(**self.tcfg.augment_cfg)) if self.tcfg.augment else None
         self.amp = self.device.type == "cuda"
+
+    # -- structures beyond the recipe ---------------------------------------------------
+    def _pool(self):
+        """Training shapes of the recipe plus the extra families, minus every validation/test
+        shape and every structure of the out-of-recipe test set (cbldm.training.variants)."""
+        from cbldm.training.dataset import load_arrays, shape_of
+        from cbldm.training.offrecipe import excluded_keys
+        from cbldm.training.variants import base_pool, shape_key
+
+        def one_per_shape(split):
+            arr = load_arrays(self.data_root, split=split)
+            shapes = np.array([shape_of(x.decode()) for x in arr.name])
+            _, first = np.unique(shapes, return_index=True)
+            return [arr.xyz[i, :arr.n_atoms[i]].astype(float) for i in first], shapes[first].tolist()
+
+        train_xyz, train_names = one_per_shape("train")
+        held = {shape_key(x) for s in ("val", "test") for x in one_per_shape(s)[0]}
+        pool = base_pool(train_xyz, train_names, held | excluded_keys(), seed=self.tcfg.seed,
+                         recipe_share=self.tcfg.recipe_share)
+        self.log(f"structure pool: {pool.summary()}")
+        return pool
+
+    def _draw(self, stage: str, epoch: int) -> Data:
+        """This epoch's training structures: a function of (seed, stage, epoch) only, so a
+        resumed run draws what an uninterrupted one did."""
+        from cbldm.training.torchpdf import TorchPDF
+        from cbldm.training.variants import draw_structures
+
+        if not hasattr(self, "_tpdf"):
+            self._tpdf = TorchPDF(device=self.device)
+        t0 = time.perf_counter()
+        n = self.tcfg.epoch_size or len(self.train_recipe)
+        seed = self.tcfg.seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch + 7
+        xs, _ = draw_structures(self.pool, n, seed, PerturbConfig(**self.tcfg.perturb),
+                                workers=self.tcfg.draw_workers)
+        data = Data.from_structures(xs, "train", self._tpdf)
+        self.log(f"{stage} epoch {epoch + 1}: drew {n} structures in {time.perf_counter() - t0:.1f} s")
+        return data
 
     # -- bookkeeping ------------------------------------------------------------------
     def _save_config(self) -> None:
@@ -352,6 +422,8 @@ class Trainer:
         epochs = self.tcfg.epochs[stage]
         si = STAGES.index(stage)
         if stage == "denoiser":
+            if self.pool is not None:  # latent statistics from a draw of the training structures
+                self.train = self._draw(stage, -1)
             self._z0 = {"train": self._encode_latents(self.train), "val": self._encode_latents(self.val)}
             self._set_latent_stats(self._z0["train"])
         self._save_config()
@@ -368,8 +440,9 @@ class Trainer:
                 setattr(self.model, n, DDP(self.model.modules()[n]))
         opt = torch.optim.AdamW(params, lr=self.tcfg.lr[stage], weight_decay=self.tcfg.weight_decay)
         # small datasets: every rank must still get a non-empty batch
-        bs = max(1, min(self.tcfg.batch[stage], len(self.train) // self.world))
-        steps_per_epoch = max(1, len(self.train) // (bs * self.world))
+        n_train = (self.tcfg.epoch_size or len(self.train_recipe)) if self.pool is not None else len(self.train)
+        bs = max(1, min(self.tcfg.batch[stage], n_train // self.world))
+        steps_per_epoch = max(1, n_train // (bs * self.world))
         total = steps_per_epoch * epochs
         start_epoch, step = 0, 0
         state_path = self.run / f"state_{stage}.safetensors"
@@ -378,6 +451,10 @@ class Trainer:
             self.log(f"{stage}: resuming after epoch {start_epoch}")
         beta_max = self.tcfg.beta.get(stage, 0.0)
         for epoch in range(start_epoch, epochs):
+            if self.pool is not None:
+                self.train = self._draw(stage, epoch)
+                if stage == "denoiser":
+                    self._z0["train"] = self._encode_latents(self.train)
             gen = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + si * 10_007 + epoch)
             perm = torch.randperm(len(self.train), generator=gen)
             t_epoch, seen, total_loss = time.perf_counter(), 0, 0.0
@@ -444,17 +521,19 @@ class Trainer:
         coordinates are fitted on the structures that have an atom k (targets in the D_REF
         frame), its occupancy logit on all of them (+-8: m^2 > 0.99 or < 1e-6). The ridge
         strength (relative to the Gram trace) is chosen by coordinate RMSE on the
-        validation split, which holds other bond lengths of the training shapes.
+        validation split, whose shapes the networks never see (the split is by shape).
         """
         m = self.model
         for mod in m.modules().values():
             mod.eval()
         # fitted under latent noise when asked: sampled latents are never the encoder's exact
         # means, and an interpolating head amplifies the difference (0.03 -> 0.3 A, measured)
-        x = self._head_features(self.train, self.tcfg.head_noise)
+        # with drawn structures: a fixed draw of its own, so a resumed run refits identically
+        fit = self._draw("structure", 10_000) if self.pool is not None else self.train  # "epoch 10001"
+        x = self._head_features(fit, self.tcfg.head_noise)
         xv = self._head_features(self.val, self.tcfg.head_noise, seed=1)
-        n, nv = self.train.n_atoms, self.val.n_atoms
-        y = self.train.xyz.double() / m.decoder.COORD_SCALE  # (N, 256, 3)
+        n, nv = fit.n_atoms, self.val.n_atoms
+        y = fit.xyz.double() / m.decoder.COORD_SCALE  # (N, 256, 3)
         slots = y.shape[1]
         f = x.shape[1]
         gram, rhs = slot_normal_equations(x, y, n)
