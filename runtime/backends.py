@@ -87,13 +87,13 @@ def model_physics(manifest: dict, model_dir: Path | str = "model") -> tuple[Sche
     # The pipeline builds its calculator from DEEPSTRUC_PARAMS and samples with Schedule():
     # until it takes both from the model (LoadedModel.schedule / .pdf_params), other
     # values are refused rather than silently replaced.
-    ours = {"schedule": Schedule().as_dict(), "pdf_params": DEEPSTRUC_PARAMS.as_dict()}
-    theirs = {"schedule": schedule.as_dict(), "pdf_params": params.as_dict()}
-    for key in ours:
-        differ = [f"{k} {theirs[key][k]!r} (runtime {ours[key][k]!r})" for k in ours[key]
-                  if theirs[key][k] != ours[key][k]]
+    ours = {"a noise schedule": Schedule().as_dict(), "PDF parameters": DEEPSTRUC_PARAMS.as_dict()}
+    theirs = {"a noise schedule": schedule.as_dict(), "PDF parameters": params.as_dict()}
+    for what in ours:
+        differ = [f"{k} {theirs[what][k]!r} (runtime {ours[what][k]!r})" for k in ours[what]
+                  if theirs[what][k] != ours[what][k]]
         if differ:
-            raise ModelError(f"{model_dir}: trained with a {key} this runtime does not apply: "
+            raise ModelError(f"{model_dir}: trained with {what} this runtime does not apply: "
                              f"{', '.join(differ)}")
     return schedule, params
 

@@ -48,10 +48,10 @@ def test_loaded_model_exposes_the_manifest_physics():
     (lambda d: d.pop("schedule"), "manifest has no 'schedule'"),
     (lambda d: d.pop("pdf_params"), "manifest has no 'pdf_params'"),
     (lambda d: d["schedule"].update(kind="linear"), "schedule kind 'linear' is not implemented"),
-    (lambda d: d["schedule"].update(T=500), r"schedule this runtime does not apply: T 500 \(runtime 1000\)"),
+    (lambda d: d["schedule"].update(T=500), r"a noise schedule this runtime does not apply: T 500 \(runtime 1000\)"),
     (lambda d: d["pdf_params"].pop("biso"), "PDF parameters lack biso"),
     (lambda d: d["pdf_params"].update(qbroad=0.02), "does not know: qbroad"),
-    (lambda d: d["pdf_params"].update(qmax=20.0), r"pdf_params this runtime does not apply: qmax 20.0 \(runtime 25.0\)"),
+    (lambda d: d["pdf_params"].update(qmax=20.0), r"PDF parameters this runtime does not apply: qmax 20.0 \(runtime 25.0\)"),
     (lambda d: d["pdf_params"].update(rstep=0.02), "not the model grid"),
     (lambda d: d["graphs"].pop("decoder"), "no fp32 graph for decoder"),
 ])
