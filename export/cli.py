@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, require_extra, run_app
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -21,14 +21,17 @@ def export(
     e2e: int = typer.Option(0, help="Also compare fp16 vs fp32 end to end on N held-out PDFs (Rwp)."),
 ):
     """Export the four graphs, check each against PyTorch, write MODELDIR/manifest.json."""
-    from cbldm.export.onnx_export import ExportError, export_run
-
     try:
         sizes = tuple(sorted({int(x) for x in batch_sizes.split(",") if x.strip()}))
     except ValueError:
         raise fail(f"--batch-sizes must be integers like 1,8,32, got {batch_sizes!r}", EXIT_USAGE)
     if not sizes or min(sizes) < 1:
         raise fail("--batch-sizes must be positive", EXIT_USAGE)
+    if exporter not in ("dynamo", "torchscript"):
+        raise fail(f"--exporter {exporter!r}: choose dynamo or torchscript", EXIT_USAGE)
+    require_extra("cbldm-export", "export")
+    from cbldm.export.onnx_export import ExportError, export_run
+
     try:
         res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
                          log=typer.echo)

@@ -62,13 +62,23 @@ def build_engine(onnx_path: Path, engine_path: Path, input_shapes: dict[str, lis
 
 
 def build_engines(out: Path, graphs: dict, batch_sizes: tuple[int, ...], fp16: bool, log=print) -> dict:
+    """Engines per precision, the manifest's ``tensorrt`` section: {"fp32": {graph: entry},
+    "fp16": {...}} (fp16 only with ``fp16``). Each entry says the precision its engine computes
+    in: a graph without an fp16 ONNX reuses its fp32 engine in the fp16 set, marked fp32, so
+    the runtime can report what really runs (``cbldm.runtime.backends.select_engines``)."""
     ok, why = tensorrt_available()
     if not ok:
         raise RuntimeError(f"--tensorrt: {why}; engines are built on a machine with TensorRT and a GPU")
-    engines = {}
+    engines: dict[str, dict] = {}
     cache = out / "tensorrt.timing_cache"
-    for name, g in graphs.items():
-        src = g.get("fp16" if fp16 else "fp32", g["fp32"])["file"]
-        engines[name] = build_engine(out / src, out / f"{name}.plan", g["inputs"], batch_sizes,
-                                     timing_cache=cache, log=log)
+    for precision in ("fp32", "fp16") if fp16 else ("fp32",):
+        engines[precision] = {}
+        for name, g in graphs.items():
+            if precision not in g:
+                engines[precision][name] = engines["fp32"][name]
+                continue
+            suffix = "" if precision == "fp32" else f".{precision}"
+            entry = build_engine(out / g[precision]["file"], out / f"{name}{suffix}.plan", g["inputs"],
+                                 batch_sizes, timing_cache=cache, log=log)
+            engines[precision][name] = {**entry, "precision": precision}
     return engines

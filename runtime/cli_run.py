@@ -26,8 +26,13 @@ def _model_dir(model: Optional[Path]) -> Path:
 
 
 def _open(model: Optional[Path], backend: str, precision: str, threads: Optional[int]):
-    from cbldm.runtime.backends import ModelError, load_model
+    from cbldm.runtime.backends import BACKENDS, PRECISIONS, ModelError, load_model
 
+    # a value no model could satisfy is a usage error, whatever the model directory holds
+    if backend not in BACKENDS:
+        raise fail(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}", EXIT_USAGE)
+    if precision not in PRECISIONS:
+        raise fail(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}", EXIT_USAGE)
     try:
         return load_model(_model_dir(model), backend=backend, precision=precision, threads=threads)
     except ModelError as exc:
@@ -50,24 +55,42 @@ def _sampler(m, t1: Optional[int], t2: Optional[int], steps_before: Optional[int
         raise fail(f"sampler settings: {exc}", EXIT_USAGE)
 
 
+BACKEND_HELP = ("auto (tensorrt, cuda, cpu: the first that runs the model), tensorrt, cuda or cpu; "
+                "the one used is reported.")
+PRECISION_HELP = ("fp32 or fp16 graphs; a graph exported without an fp16 version runs fp32, "
+                  "and the report says so.")
+
 REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off; "
                "the structure as the networks gave it).")
 
 
 def _describe(m) -> str:
-    provs = m.providers.get("unet", [])
-    return f"model {m.hash} ({m.model_dir}), backend {m.backend} [{', '.join(provs)}], {m.precision}"
+    return m.describe()
+
+
+def _check_usage(candidates: int, element: Optional[str]) -> Optional[str]:
+    """Options a file cannot fix: exit 2 before the model loads. Returns the element symbol."""
+    from cbldm.runtime.formfactors import check_element
+
+    if candidates < 1:
+        raise fail("--candidates must be >= 1", EXIT_USAGE)
+    if element is None:
+        return None
+    try:
+        return check_element(element)
+    except ValueError:
+        raise fail(f"unknown element {element!r} (give a chemical symbol such as Au, Pt)", EXIT_USAGE) from None
 
 
 @app.command()
 def predict(
-    files: list[Path] = typer.Argument(..., help="PDF files (.gr .dat .txt .csv)."),
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (.gr .dat .txt .csv)."),
     outdir: Path = typer.Option(Path("cbldm-results"), "--outdir", "-o", help="Where results go."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
     element: Optional[str] = typer.Option(None, help="Element (default: the file's 'composition', else Au)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt, cuda or cpu."),
-    precision: str = typer.Option("fp32", help="fp32 or fp16 graphs."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for ONNX Runtime."),
     plot: bool = typer.Option(True, help="Write <stem>.png."),
@@ -79,14 +102,14 @@ def predict(
     refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
 ):
     """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR."""
+    from cbldm.runtime.backends import GraphError
     from cbldm.runtime.pdfio import PDFInputError
     from cbldm.runtime.results import process_file
 
-    if candidates < 1:
-        raise fail("--candidates must be >= 1", EXIT_USAGE)
+    element = _check_usage(candidates, element)
+    ref = refine_config(refine, refine_iter)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
-    ref = refine_config(refine, refine_iter)
     typer.echo(_describe(m), err=True)
     failed = 0
     for path in files:
@@ -94,6 +117,10 @@ def predict(
             res = process_file(path, m, outdir, sampler, candidates, element, seed, plot, ref)
         except PDFInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except GraphError as exc:  # the model failed on this input: no answer, say which graph
+            print(f"error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
         typer.echo(f"{path}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> "
@@ -104,19 +131,19 @@ def predict(
 
 @app.command()
 def watch(
-    directory: Path = typer.Argument(..., help="Directory the PDFs arrive in."),
+    directory: Path = typer.Argument(..., metavar="DIRECTORY", help="Directory the PDFs arrive in."),
     outdir: Optional[Path] = typer.Option(None, "--outdir", "-o", help="Results (default: DIRECTORY/cbldm-results)."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     poll: bool = typer.Option(False, help="Poll instead of inotify (network file systems)."),
     interval: float = typer.Option(1.0, help="Polling period (s)."),
     settle: float = typer.Option(2.0, help="--poll: size and mtime must hold still this long (s)."),
-    candidates: int = typer.Option(4, "--candidates", "-k"),
-    element: Optional[str] = typer.Option(None),
-    backend: str = typer.Option("auto"),
-    precision: str = typer.Option("fp32"),
-    seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None),
-    plot: bool = typer.Option(True),
+    candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
+    element: Optional[str] = typer.Option(None, help="Element (default: each file's 'composition', else Au)."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for ONNX Runtime."),
+    plot: bool = typer.Option(True, help="Write <stem>.png."),
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
     refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
 ):
@@ -124,12 +151,13 @@ def watch(
     from cbldm.runtime.results import process_file
     from cbldm.runtime.watch import WatchConfig, Watcher
 
+    element = _check_usage(candidates, element)
+    ref = refine_config(refine, refine_iter)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")
     out = outdir or directory / "cbldm-results"
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
-    ref = refine_config(refine, refine_iter)
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
@@ -145,18 +173,19 @@ def watch(
 
 @app.command()
 def info(model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
-         backend: str = typer.Option("auto"), precision: str = typer.Option("fp32")):
+         backend: str = typer.Option("auto", help=BACKEND_HELP),
+         precision: str = typer.Option("fp32", help=PRECISION_HELP),
+         as_json: bool = typer.Option(False, "--json", help="One JSON object instead of lines (for scripts).")):
     """What a model is, how it was made, and which backend would run it."""
+    from cbldm.runtime.modelinfo import info_lines, model_info
+
     m = _open(model, backend, precision, None)
-    man = m.manifest
-    typer.echo(_describe(m))
-    typer.echo(f"preset {man['model']['preset']}, params {json.dumps(man.get('param_counts'))}")
-    typer.echo(f"sampler {json.dumps(man['sampler'])}")
-    typer.echo(f"data manifest {man.get('data_manifest_sha256')}")
-    ev = m.model_dir / "evaluation.json"
-    if ev.exists():
-        total = json.loads(ev.read_text()).get("table", {}).get("total")
-        typer.echo(f"held-out Rwp (total): {total}")
+    doc = model_info(m)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    for label, value in info_lines(doc):
+        typer.echo(f"{label:<11} {value}")
 
 
 def main() -> None:

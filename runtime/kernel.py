@@ -55,6 +55,13 @@ def count_atoms(w: np.ndarray, t: float = KERNEL_WIDTH) -> int:
     Atoms occupy the leading rows by construction, so the caller keeps the first
     ``count_atoms`` rows. A real atom's row holds its diagonal (1.0) and padding rows hold
     ~0, so the threshold (0.78 at t=260) sits far from both under generation noise.
+
+    A kernel with NaN or inf entries raises ValueError: such a row is neither an atom nor
+    padding, and counting it as padding once turned a broken decode into a 1-atom answer.
     """
-    rowmax = np.max(np.nan_to_num(np.asarray(w), nan=0.0), axis=-1)
+    w = np.asarray(w)
+    bad = np.size(w) - int(np.count_nonzero(np.isfinite(w)))
+    if bad:
+        raise ValueError(f"kernel matrix has {bad} non-finite entries: no atom count from it")
+    rowmax = np.max(w, axis=-1)
     return int(np.count_nonzero(rowmax >= atom_threshold(t)))

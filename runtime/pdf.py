@@ -69,6 +69,24 @@ class PDFParams:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "PDFParams":
+        """The parameters a manifest or dataset records (``as_dict``). Every field must be
+        there: a missing one would silently take today's default, which need not be what
+        the data was made with. ValueError (one line) otherwise."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"PDF parameters must be a mapping, got {type(doc).__name__}")
+        names = set(cls.__dataclass_fields__)
+        missing, unknown = sorted(names - set(doc)), sorted(set(doc) - names)
+        if missing:
+            raise ValueError(f"PDF parameters lack {', '.join(missing)}")
+        if unknown:
+            raise ValueError(f"PDF parameters this calculator does not know: {', '.join(unknown)}")
+        bad = sorted(k for k, v in doc.items() if isinstance(v, bool) or not isinstance(v, (int, float)))
+        if bad:
+            raise ValueError(f"PDF parameters must be numbers: {', '.join(bad)}")
+        return cls(**{k: float(v) for k, v in doc.items()})
+
     def replace(self, **changes) -> "PDFParams":
         return replace(self, **changes)
 

@@ -32,8 +32,12 @@ class Recovery:
 
 def _prepare(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        # zeroing NaN would read as "atoms far apart" and still give coordinates
+        raise ValueError(f"kernel matrix has {int(np.size(w) - np.isfinite(w).sum())} non-finite "
+                         "entries: no structure from it")
     w = 0.5 * (w + w.T)
-    w = np.clip(np.nan_to_num(w, nan=0.0), 0.0, 1.0)
+    w = np.clip(w, 0.0, 1.0)
     np.fill_diagonal(w, 1.0)
     return w
 

@@ -45,6 +45,27 @@ class Schedule:
     def as_dict(self) -> dict:
         return {"T": self.T, "s": self.s, "kind": "cosine"}
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Schedule":
+        """The schedule a manifest records (``as_dict``); ValueError, one line, for anything
+        this code cannot rebuild exactly: another kind, a missing or an unknown key."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"schedule must be a mapping, got {type(doc).__name__}")
+        missing, unknown = sorted({"T", "s", "kind"} - set(doc)), sorted(set(doc) - {"T", "s", "kind"})
+        if missing:
+            raise ValueError(f"schedule lacks {', '.join(missing)}")
+        if unknown:
+            raise ValueError(f"schedule has keys this runtime does not know: {', '.join(unknown)}")
+        if doc["kind"] != "cosine":
+            raise ValueError(f"schedule kind {doc['kind']!r} is not implemented here (cosine)")
+        T, s = doc["T"], doc["s"]
+        # a float T would index the tables off by rounding; bool is an int to Python
+        if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+            raise ValueError(f"schedule T must be an integer >= 2, got {T!r}")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 <= s < 1):
+            raise ValueError(f"schedule s must be a number in [0, 1), got {s!r}")
+        return cls(T=T, s=float(s))
+
     def q_sample(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
         a = self.abar[np.asarray(t)].reshape(-1, *([1] * (x0.ndim - 1)))
         return np.sqrt(a) * x0 + np.sqrt(1.0 - a) * noise

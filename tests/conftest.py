@@ -86,3 +86,41 @@ def tiny_model(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("tinymodel") / "model"
     export_run(tiny_run, out, fp16=True, log=lambda m: None)
     return out
+
+
+@pytest.fixture
+def fake_model():
+    """``make(xyz=None, noise=0.0, **graphs)``: a LoadedModel whose four graphs are numpy
+    functions, so a test controls exactly what the "networks" return. The decoder gives, for
+    every row, the kernel of ``xyz`` (the networks' frame: first shell at D_REF; default a
+    51-atom decahedron) with row i's atoms moved by N(0, noise) from seed i, so repeated
+    calls give the same candidates. Keyword arguments replace graphs by name."""
+    from cbldm.runtime.backends import GRAPH_NAMES, LoadedModel
+    from cbldm.runtime.kernel import kernel_matrix, to_blocks
+    from cbldm.runtime.pdf import DEEPSTRUC_PARAMS
+    from cbldm.runtime.preprocess import D_REF
+    from cbldm.runtime.sampling import Schedule
+    from cbldm.training.clusters import unit_shapes
+
+    def make(xyz=None, noise=0.0, **graphs):
+        if xyz is None:
+            xyz = next(s for s in unit_shapes("Decahedron") if s.n_atoms == 51).xyz_unit * D_REF
+
+        def decoder(z):
+            rows = [xyz + np.random.default_rng(i).normal(0, noise, xyz.shape) for i in range(len(z))]
+            return np.stack([to_blocks(kernel_matrix(r)) for r in rows]).astype(np.float32)
+
+        nets = {"condition": lambda pdf: np.zeros((len(pdf), 2, 125), np.float32),
+                "prior": lambda pdf: (np.zeros((len(pdf), 1, 16, 16), np.float32),
+                                      np.zeros((len(pdf), 1, 16, 16), np.float32)),
+                "unet": lambda x, t, cond: np.zeros_like(x),
+                "decoder": decoder}
+        nets.update(graphs)
+        manifest = {"graphs": {n: {"fp32": {"file": f"{n}.onnx", "sha256": "0" * 64}} for n in GRAPH_NAMES},
+                    "sampler": {"t1": 999, "t2": 100, "steps_before": 0, "steps_after": 2},
+                    "schedule": Schedule().as_dict(), "pdf_params": DEEPSTRUC_PARAMS.as_dict()}
+        return LoadedModel(Path("fake-model"), manifest, "cpu", "fp32", nets,
+                           providers={n: ["numpy"] for n in GRAPH_NAMES},
+                           precisions={n: "fp32" for n in GRAPH_NAMES})
+
+    return make

@@ -95,8 +95,16 @@ def test_tensorrt_engines(tiny_run, tmp_path):
         pytest.skip(f"TensorRT path untested here: {why}")
     from cbldm.export.onnx_export import export_run
 
+    from cbldm.runtime.backends import GraphError
+
     export_run(tiny_run, tmp_path / "trt", fp16=True, tensorrt=True, batch_sizes=(1, 4, 8), log=lambda m: None)
+    engines = load_manifest(tmp_path / "trt")["tensorrt"]
+    assert set(engines) == {"fp32", "fp16"}  # one set per precision, each entry saying its own
     m = load_model(tmp_path / "trt", backend="tensorrt", precision="fp16")
+    assert m.backend == "tensorrt" and m.precisions == {n: e["precision"] for n, e in engines["fp16"].items()}
+    assert load_model(tmp_path / "trt", backend="tensorrt").precision == "fp32"
     ref = load_model(tmp_path / "trt", backend="cpu")
     pdf = example_pdfs(4)
     np.testing.assert_allclose(m.condition(pdf), ref.condition(pdf), rtol=FP16_RTOL, atol=1e-3)
+    with pytest.raises(GraphError, match=r"batch 9 is outside the TensorRT engine's profile 1\.\.8"):
+        m.condition(example_pdfs(9))

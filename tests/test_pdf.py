@@ -152,3 +152,15 @@ def test_diffpy_backend_agrees(reference):
 def test_rwp_scale_is_never_negative():
     obs = np.array([1.0, 2.0, 3.0])
     assert rwp(obs, -obs) == pytest.approx(1.0)  # anti-correlated: no fit, not a perfect one
+
+
+def test_params_rebuild_from_what_a_manifest_records_and_nothing_is_defaulted():
+    doc = DEEPSTRUC_PARAMS.as_dict()
+    assert PDFParams.from_dict(doc) == DEEPSTRUC_PARAMS
+    assert PDFParams.from_dict(doc | {"qmax": 20}).qmax == 20.0
+    with pytest.raises(ValueError, match="lack qmax"):
+        PDFParams.from_dict({k: v for k, v in doc.items() if k != "qmax"})
+    with pytest.raises(ValueError, match="does not know: qbroad"):
+        PDFParams.from_dict(doc | {"qbroad": 0.01})
+    with pytest.raises(ValueError, match="must be numbers: biso"):
+        PDFParams.from_dict(doc | {"biso": "0.3"})

@@ -69,3 +69,17 @@ def test_noisy_kernel_error_is_graceful(rng):
     noise = rng.normal(0, 3e-3, w.shape)
     res = recover_xyz(w + (noise + noise.T) / 2)
     assert kabsch_rmsd(res.xyz, x) < 0.1
+
+
+def test_non_finite_kernels_are_refused_not_read_as_padding():
+    """NaN used to become 0 ("no atom here", "atoms far apart"): a broken decode then came out
+    as a one-atom structure."""
+    w = np.eye(4)
+    w[1, 2] = w[2, 1] = np.nan
+    with pytest.raises(ValueError, match="2 non-finite entries"):
+        count_atoms(w)
+    with pytest.raises(ValueError, match="non-finite"):
+        recover_xyz(w)
+    w[1, 2] = w[2, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        count_atoms(w)

@@ -136,3 +136,15 @@ def test_x0_clip_bounds_the_first_step_and_leaves_an_ideal_denoiser_alone():
     cfg = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm", clip=clip)
     ddpm = skip_step_sample(S, ideal, None, X0, np.full(X0.shape, -30.0), cfg, np.random.default_rng(4))
     np.testing.assert_allclose(ddpm, X0, atol=1e-6)
+
+
+def test_schedule_rebuilds_from_what_a_manifest_records():
+    assert Schedule.from_dict(Schedule().as_dict()) == Schedule()
+    np.testing.assert_array_equal(Schedule.from_dict({"T": 50, "s": 0.01, "kind": "cosine"}).abar,
+                                  Schedule(T=50, s=0.01).abar)
+    for bad, match in [({"T": 1000, "s": 5e-4}, "lacks kind"),
+                       ({"T": 1000, "s": 5e-4, "kind": "linear"}, "'linear' is not implemented"),
+                       ({"T": 1000.0, "s": 5e-4, "kind": "cosine"}, "integer"),
+                       ({"T": 1000, "s": 5e-4, "kind": "cosine", "beta_end": 0.02}, "does not know: beta_end")]:
+        with pytest.raises(ValueError, match=match):
+            Schedule.from_dict(bad)

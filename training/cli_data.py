@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, require_extra, run_app
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, PDFParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -32,6 +32,7 @@ def generate(
         raise fail("--limit must be >= 1", EXIT_USAGE)
     if workers < 1:
         raise fail("--workers must be >= 1", EXIT_USAGE)
+    require_extra("cbldm-data generate", "data")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as bar:
         task = bar.add_task("enumerating clusters", total=None)
@@ -109,7 +110,7 @@ def pdf(
 
 @app.command()
 def resample(
-    files: list[Path] = typer.Argument(..., help="Measured or simulated PDF files (.gr .dat .txt .csv)."),
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="Measured or simulated PDF files (.gr .dat .txt .csv)."),
     outdir: Path = typer.Option(..., "--outdir", "-o", help="Where <stem>.model.gr files go."),
 ):
     """Read PDFs and write them on the model's r grid (0-30 A, 0.01 A), saying what was done."""
@@ -138,7 +139,7 @@ def resample(
 
 
 @app.command()
-def info(root: Path = typer.Argument(..., help="Dataset directory.")):
+def info(root: Path = typer.Argument(..., metavar="DIR", help="Dataset directory.")):
     """Counts per type, splits and physics parameters of a dataset."""
     from cbldm.training.dataset import DatasetError, load_manifest
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import fail, refine_config, run_app
+from cbldm.runtime.cliutil import fail, refine_config, require_extra, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evaluate a training run or an exported model on held-out simulated PDFs.")
@@ -31,23 +31,41 @@ def _sampler(model: Path, t1, t2, steps_before, steps_after):
 
 
 REFINE_HELP = "Refine the best N candidates' coordinates against the PDF (0: off)."
+SPLIT_HELP = "Dataset split: train, val or test."
+T1_HELP = "Skip-step t1 (default: the model's)."
+T2_HELP = "Skip-step t2 (default: the model's)."
+BEFORE_HELP = "U-Net calls before the jump (default: the model's)."
+AFTER_HELP = "U-Net calls after the jump (default: the model's)."
+SEED_HELP = "Sampling seed."
+ITER_HELP = "L-BFGS iterations of the refinement."
+
+
+def _needs(command: str, model: Path | None, data: bool) -> None:
+    """A training run is read with torch (the 'train' extra); a dataset with h5py ('data');
+    an exported model needs neither. Checked before anything is read or written."""
+    if model is not None and not (model / "manifest.json").exists():
+        require_extra(f"cbldm-eval {command}", "train")
+    elif data:
+        require_extra(f"cbldm-eval {command}", "data")
 
 
 @app.command()
 def accuracy(
     model: Path = typer.Option(..., help="Training run directory or exported model directory."),
     data: Path = typer.Option(..., help="Dataset directory."),
-    split: str = typer.Option("test"),
+    split: str = typer.Option("test", help=SPLIT_HELP),
     per_type: Optional[int] = typer.Option(100, help="At most N structures per type."),
     candidates: int = typer.Option(4, help="Candidates per PDF, best by Rwp."),
     out: Path = typer.Option(Path("eval"), help="Output directory (JSON, PNG)."),
-    t1: Optional[int] = typer.Option(None), t2: Optional[int] = typer.Option(None),
-    steps_before: Optional[int] = typer.Option(None), steps_after: Optional[int] = typer.Option(None),
-    seed: int = typer.Option(0),
+    t1: Optional[int] = typer.Option(None, help=T1_HELP), t2: Optional[int] = typer.Option(None, help=T2_HELP),
+    steps_before: Optional[int] = typer.Option(None, help=BEFORE_HELP),
+    steps_after: Optional[int] = typer.Option(None, help=AFTER_HELP),
+    seed: int = typer.Option(0, help=SEED_HELP),
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100),
+    refine_iter: int = typer.Option(100, help=ITER_HELP),
 ):
     """Rwp per type on held-out structures, atom-count accuracy, pair-distance error."""
+    _needs("accuracy", model, data=True)
     from cbldm.training.dataset import DatasetError
     from cbldm.training.evaluate import dump, evaluate, open_networks, plot_examples, table_markdown
 
@@ -68,16 +86,16 @@ def accuracy(
 def reconstruction(
     model: Path = typer.Option(..., help="Training run directory (needs the structure encoder)."),
     data: Path = typer.Option(..., help="Dataset directory."),
-    split: str = typer.Option("test"),
+    split: str = typer.Option("test", help=SPLIT_HELP),
     per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
-    out: Path = typer.Option(Path("eval")),
+    out: Path = typer.Option(Path("eval"), help="Output directory (reconstruction.json)."),
 ):
     """The structure VAE's ceiling: true structure -> encoder -> decoder -> recovery."""
-    from cbldm.training.dataset import DatasetError
-    from cbldm.training.evaluate import dump, reconstruction as run_rec, table_markdown
-
     if not (model / "config.json").exists():
         raise fail(f"{model}: not a training run (config.json missing); the encoder is not exported")
+    require_extra("cbldm-eval reconstruction", "train")
+    from cbldm.training.dataset import DatasetError
+    from cbldm.training.evaluate import dump, reconstruction as run_rec, table_markdown
     try:
         doc = run_rec(model, data, split, per_type, log=typer.echo)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
@@ -93,14 +111,16 @@ def reconstruction(
 def sweep(
     model: Path = typer.Option(..., help="Training run directory (the choice is saved there) or model dir."),
     data: Path = typer.Option(..., help="Dataset directory."),
-    per_type: int = typer.Option(10), candidates: int = typer.Option(2),
-    out: Path = typer.Option(Path("eval")),
+    per_type: int = typer.Option(10, help="PDFs per type (validation split)."),
+    candidates: int = typer.Option(2, help="Candidates per PDF, best by Rwp."),
+    out: Path = typer.Option(Path("eval"), help="Output directory (sweep.json, sweep.png)."),
     refine: int = typer.Option(0, "--refine", help=REFINE_HELP + " Off by default: the sweep "
                                "compares samplers, and refinement narrows their differences."),
-    refine_iter: int = typer.Option(100),
+    refine_iter: int = typer.Option(100, help=ITER_HELP),
     quick: bool = typer.Option(False, help="Six settings instead of twelve (limits, shipped kind, full)."),
 ):
     """Rwp vs U-Net calls over skip-step settings (validation split); saves the chosen default."""
+    _needs("sweep", model, data=True)
     from cbldm.training.evaluate import SWEEP, SWEEP_QUICK, dump, open_networks, plot_sweep, sweep as run_sweep
 
     nets = open_networks(model)
@@ -120,11 +140,12 @@ def sweep(
 def latents(
     model: Path = typer.Option(..., help="Training run directory."),
     data: Path = typer.Option(..., help="Dataset directory."),
-    split: str = typer.Option("val"),
+    split: str = typer.Option("val", help=SPLIT_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("eval"), help="Output directory (latents.json)."),
 ):
     """Sampled latents vs the encoder's, per sampler: right-shape rate and RMS error (no recovery)."""
+    require_extra("cbldm-eval latents", "train")
     from cbldm.export.onnx_export import ExportError
     from cbldm.training.dataset import DatasetError
     from cbldm.training.evaluate import dump, latent_generation
@@ -139,14 +160,15 @@ def latents(
 
 @app.command()
 def experimental(
-    model: Path = typer.Option(...),
-    files: list[Path] = typer.Argument(..., help="Measured PDF files."),
-    candidates: int = typer.Option(8),
-    out: Path = typer.Option(Path("eval/experimental")),
+    model: Path = typer.Option(..., help="Training run directory or exported model directory."),
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="Measured PDF files."),
+    candidates: int = typer.Option(8, help="Candidates per PDF, best by Rwp."),
+    out: Path = typer.Option(Path("eval/experimental"), help="Output directory (JSON, PNG per file)."),
     refine: int = typer.Option(8, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100),
+    refine_iter: int = typer.Option(100, help=ITER_HELP),
 ):
     """Predicted structure and Rwp for measured PDFs, with plots."""
+    _needs("experimental", model, data=False)
     from cbldm.training.evaluate import dump, experimental as run_exp, open_networks
 
     nets = open_networks(model)

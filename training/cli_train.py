@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, require_extra, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train the CbLDM networks: condition VAE, structure VAE + prior, latent denoiser.")
@@ -100,11 +100,12 @@ def _command(stages: list[str]):
         augment: bool = typer.Option(True, help="Randomised physics augmentation of the PDFs."),
         max_train: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
         device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if present)."),
-        sets: list[str] = typer.Option([], "--set", help="Override a config field of a new run: "
+        sets: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="Override a config field of a new run: "
                                        "model.unet_channels=64, train.beta.structure=1e-3 (repeatable)."),
     ):
         if preset not in ("edge", "paper", "tiny"):
             raise fail(f"unknown preset {preset!r} (edge, paper, tiny)", EXIT_USAGE)
+        require_extra("cbldm-train", "train")
         _train(stages, data, out, preset, epochs, resume, seed, augment, max_train, device, sets)
     return cmd
 

@@ -1,0 +1,72 @@
+"""What ``cbldm-run info`` says about a loaded model: the data, and the lines a person reads."""
+from __future__ import annotations
+
+import json
+
+from cbldm.runtime.backends import LoadedModel
+
+
+def model_info(m: LoadedModel) -> dict:
+    """Everything ``cbldm-run info`` reports, as plain data (its ``--json``)."""
+    man = m.manifest
+    ev, total = m.model_dir / "evaluation.json", None
+    if ev.exists():
+        try:
+            total = json.loads(ev.read_text()).get("table", {}).get("total")
+        except (json.JSONDecodeError, AttributeError):
+            total = None
+    return {"hash": m.hash, "dir": str(m.model_dir), "created": man.get("created"),
+            "exporter": man.get("exporter"), "torch": man.get("torch"),
+            "backend": m.backend, "providers": m.providers, "backends_unavailable": m.skipped,
+            "precision": m.precision, "precisions": m.precisions,
+            "preset": man.get("model", {}).get("preset"), "param_counts": man.get("param_counts"),
+            "sampler": man.get("sampler"), "schedule": man.get("schedule"), "pdf_params": man.get("pdf_params"),
+            "data_manifest_sha256": man.get("data_manifest_sha256"), "evaluation_total": total}
+
+
+def info_lines(doc: dict) -> list[tuple[str, str]]:
+    """``model_info`` as (label, text) rows for a person: no dicts, no JSON."""
+    def g(v) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    provs = {", ".join(p) for p in doc["providers"].values()}
+    lines = [("model", f"{doc['hash']} ({doc['dir']})"),
+             ("made", f"{doc['created']}, exporter {doc['exporter']}, torch {doc['torch']}"),
+             ("backend", f"{doc['backend']} ({'; '.join(sorted(provs))})")]
+    lines += [("", f"{b} unavailable: {why}") for b, why in doc["backends_unavailable"].items()]
+    if len(set(doc["precisions"].values())) > 1:
+        lines.append(("precision", ", ".join(f"{n} {p}" for n, p in doc["precisions"].items())))
+    else:
+        lines.append(("precision", f"{doc['precision']} (every graph)"))
+    counts = doc["param_counts"] or {}
+    if counts:
+        lines.append(("networks", f"{doc['preset']} preset, {sum(counts.values()) / 1e6:.2f} M parameters ("
+                      + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()) + ")"))
+    sp = doc["sampler"] or {}
+    if sp.get("t1") is None:
+        sampler = "prior only, no U-Net calls"
+    else:
+        sampler = (f"skip-step {sp.get('kind', 'ddim').upper()}: t1 {sp['t1']}, t2 {sp.get('t2')}, "
+                   f"{sp.get('steps_before')} + {sp.get('steps_after')} U-Net calls")
+    if sp.get("clip") is not None:
+        sampler += f", x0 clipped to +-{g(sp['clip'])}"
+    lines.append(("sampler", sampler))
+    sc = doc["schedule"] or {}
+    lines.append(("schedule", f"{sc.get('kind')}, T {sc.get('T')}, s {g(sc.get('s'))}"))
+    p = doc["pdf_params"] or {}
+    lines.append(("PDF", f"Qmin {g(p.get('qmin'))}, Qmax {g(p.get('qmax'))} 1/A, Biso {g(p.get('biso'))} A^2, "
+                         f"Qdamp {g(p.get('qdamp'))}, delta1 {g(p.get('delta1'))}, delta2 {g(p.get('delta2'))}, "
+                         f"r {g(p.get('rmin'))}-{g(p.get('rmax'))} A step {g(p.get('rstep'))}"))
+    lines.append(("data", f"training set manifest sha256 {doc['data_manifest_sha256']}"))
+    t = doc["evaluation_total"]
+    if isinstance(t, dict) and "rwp" in t:
+        held = f"Rwp {t['rwp']:.3f}"
+        extra = [f"{label} {t[k]:.3f}" for k, label in (("rwp_median", "median"),
+                                                          ("rwp_before_refinement", "before refinement")) if k in t]
+        held += f" ({', '.join(extra)})" if extra else ""
+        if "atom_count_accuracy" in t:
+            held += f", atom counts right {100 * t['atom_count_accuracy']:.0f} %"
+        if "n" in t:
+            held += f", {t['n']} structures"
+        lines.append(("held-out", held))
+    return lines

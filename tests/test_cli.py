@@ -1,0 +1,177 @@
+"""The commands as a user meets them: exit codes, one-line messages, help, info, extras."""
+import importlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr"
+SHIPPED = REPO / "models" / "default"
+CLIS = {"cbldm-run": "cbldm.runtime.cli_run", "cbldm-bench": "cbldm.runtime.cli_bench",
+        "cbldm-data": "cbldm.training.cli_data", "cbldm-train": "cbldm.training.cli_train",
+        "cbldm-eval": "cbldm.training.cli_eval", "cbldm-export": "cbldm.export.cli"}
+
+
+def run(module, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error_line(res) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["predict", EXAMPLE, "--backend", "gpu"], "error: --backend 'gpu': choose one of auto, tensorrt, cuda, cpu"),
+    (["predict", EXAMPLE, "--precision", "fp64"], "error: --precision 'fp64': choose one of fp32, fp16"),
+    (["predict", EXAMPLE, "-k", "0"], "error: --candidates must be >= 1"),
+    (["predict", EXAMPLE, "--element", "Xx"], "error: unknown element 'Xx' (give a chemical symbol such as Au, Pt)"),
+    (["watch", REPO / "examples", "-k", "0"], "error: --candidates must be >= 1"),
+    (["watch", REPO / "examples", "--element", "Xx"],
+     "error: unknown element 'Xx' (give a chemical symbol such as Au, Pt)"),
+    (["watch", REPO / "examples", "--backend", "gpu"], "error: --backend 'gpu': choose one of auto, tensorrt, cuda, cpu"),
+    (["info", "--precision", "int8"], "error: --precision 'int8': choose one of fp32, fp16"),
+])
+def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
+    res = run("cbldm.runtime.cli_run", *args, "-o" if args[0] != "info" else "--model",
+              tmp_path / "out" if args[0] != "info" else SHIPPED)
+    assert res.returncode == 2, res.stderr
+    assert one_error_line(res) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_usage_errors_exit_2(tmp_path):
+    res = run("cbldm.export.cli", tmp_path, "--out", tmp_path / "m", "--exporter", "onnx")
+    assert res.returncode == 2 and one_error_line(res) == "error: --exporter 'onnx': choose dynamo or torchscript"
+
+
+def test_element_given_is_used_canonically(tiny_model, tmp_path):
+    """--element is checked up front and spelled the way the outputs need it."""
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1",
+              "--element", "pt", "--no-plot", "--refine", "0", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / f"{EXAMPLE.stem}.json").read_text())["element"] == "Pt"
+
+
+def test_a_graph_error_fails_the_file_in_one_line(fake_model, tmp_path, monkeypatch, capsys):
+    """A model returning NaN for an input: exit 1, the file and the graph named, nothing written."""
+    import numpy as np
+
+    from cbldm.runtime import cli_run
+
+    bad = fake_model(unet=lambda x, t, cond: np.full_like(x, np.nan))
+    monkeypatch.setattr(cli_run, "_open", lambda *a: bad)
+    monkeypatch.setattr(sys, "argv", ["cbldm-run", "predict", str(EXAMPLE), "-o", str(tmp_path / "out"),
+                                      "-k", "2", "--no-plot"])
+    with pytest.raises(SystemExit) as exc:
+        cli_run.main()
+    assert exc.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {EXAMPLE}: graph unet returned non-finite values (512 NaN, 0 inf among 512); "
+                      "no structure is made from them"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_info_prints_readable_lines_and_json_on_request():
+    res = run("cbldm.runtime.cli_run", "info", "--model", SHIPPED, "--backend", "cpu")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    labels = [line[:11].strip() for line in lines if line[:11].strip()]
+    assert labels[:4] == ["model", "made", "backend", "precision"]
+    assert {"networks", "sampler", "schedule", "PDF", "data", "held-out"} <= set(labels)
+    # no Python dicts or JSON blobs for a person to decode
+    assert not any(ch in res.stdout for ch in "{}[]'\""), res.stdout
+    assert "cpu (CPUExecutionProvider)" in res.stdout and "fp32 (every graph)" in res.stdout
+    assert re.search(r"held-out\s+Rwp 0\.\d{3} \(median", res.stdout)
+    doc = json.loads(run("cbldm.runtime.cli_run", "info", "--model", SHIPPED, "--backend", "cpu", "--json").stdout)
+    assert doc["backend"] == "cpu" and doc["precisions"]["unet"] == "fp32"
+    assert doc["schedule"] == {"T": 1000, "s": 0.0005, "kind": "cosine"} and doc["pdf_params"]["qmax"] == 25.0
+
+
+def _commands():
+    import typer
+
+    from cbldm.runtime.cliutil import readable_help
+
+    for prog, module in CLIS.items():
+        cmd = typer.main.get_command(importlib.import_module(module).app)
+        readable_help(cmd)
+        subs = getattr(cmd, "commands", None)
+        for name, sub in (subs.items() if subs else [("", cmd)]):
+            yield prog, name, cmd, sub
+
+
+def test_every_option_and_argument_has_help():
+    missing = [f"{prog} {name} {p.name}" for prog, name, _, sub in _commands() for p in sub.params
+               if not getattr(p, "help", None)]
+    assert not missing
+
+
+def test_help_shows_readable_metavars(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    seen = 0
+    for prog, name, cmd, _ in _commands():
+        args = [name, "--help"] if name else ["--help"]
+        cmd.main(args, prog_name=prog, standalone_mode=False)
+        text = capsys.readouterr().out
+        assert "Usage:" in text, (prog, name)
+        assert "list[" not in text and not re.search(r"\{\w+\}", text), (prog, name, text)
+        seen += 1
+    assert seen >= 15
+    cmd = next(c for p, n, c, _ in _commands() if p == "cbldm-run")
+    cmd.main(["predict", "--help"], prog_name="cbldm-run", standalone_mode=False)
+    assert "Usage: cbldm-run predict [OPTIONS] FILE..." in capsys.readouterr().out
+
+
+BLOCK = r"""
+import importlib.abc, runpy, sys
+blocked = sys.argv[1]
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == blocked or name.startswith(blocked + "."):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("blocked,module,args,command,extra", [
+    ("h5py", "cbldm.training.cli_data", ["generate", "--out", "{tmp}/ds", "--limit", "5", "--workers", "1"],
+     "cbldm-data generate", "data"),
+    ("torch", "cbldm.training.cli_train", ["all", "--data", "{tmp}/ds", "--out", "{tmp}/run"], "cbldm-train", "train"),
+    ("torch", "cbldm.training.cli_eval", ["accuracy", "--model", "{tmp}/run", "--data", "{tmp}/ds", "--out",
+                                          "{tmp}/eval"], "cbldm-eval accuracy", "train"),
+    ("h5py", "cbldm.training.cli_eval", ["accuracy", "--model", str(SHIPPED), "--data", "{tmp}/ds", "--out",
+                                         "{tmp}/eval"], "cbldm-eval accuracy", "data"),
+    ("onnx", "cbldm.export.cli", ["{tmp}/run", "--out", "{tmp}/model"], "cbldm-export", "export"),
+])
+def test_a_missing_extra_fails_at_once_in_one_line_and_writes_nothing(tmp_path, blocked, module, args, command,
+                                                                      extra):
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", BLOCK, blocked, module, *[a.format(tmp=tmp_path) for a in args]],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    seconds = time.perf_counter() - t0
+    assert res.returncode == 1, res.stderr
+    assert one_error_line(res) == (f"error: {command} needs the '{extra}' extra ({blocked} not importable): "
+                                   f'pip install "cbldm[{extra}]"')
+    assert list(tmp_path.iterdir()) == []
+    assert seconds < 10, seconds  # about 0.3 s on an idle 2-core machine; it took 11 s and more before
+
+
+def test_extras_checked_are_the_ones_pyproject_installs():
+    tomllib = pytest.importorskip("tomllib")
+    from cbldm.runtime.cliutil import EXTRAS
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, modules in EXTRAS.items():
+        names = {re.split(r"[<>=!~ \[]", d)[0].replace("-", "_").lower() for d in declared[extra]}
+        assert names == set(modules), extra
