@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks
+from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, best_scale, rwp
 from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, model_input
 from cbldm.runtime.recovery import recover_xyz
@@ -203,7 +203,7 @@ def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: s
     """``frame``: d / D_REF, the factor from the networks' frame back to angstroms."""
     w = from_blocks(np.asarray(blocks, dtype=np.float64))
     n = max(count_atoms(w, t), 1)
-    rec = recover_xyz(w[:n, :n], t=t)
+    rec = recover_xyz(unit_diagonal(w[:n, :n]), t=t)
     xyz = rec.xyz * frame
     g_calc = calc.calc(xyz, element, method="histogram")
     s, r = 1.0, rwp(g_obs, g_calc)

@@ -59,7 +59,8 @@ def test_dataset_shards_manifest_and_splits(small_dataset):
     m = load_manifest(small_dataset)
     assert m["n_structures"] == 21
     assert m["counts_per_type"] == {t: 3 for t in TYPES}
-    assert all(v == {"train": 1, "val": 1, "test": 1}[k] for k, d in m["split_counts_per_type"].items() for v in d.values())
+    # three shapes per type: the smallest and largest train, the middle one is the test shape
+    assert all(v == {"train": 2, "val": 0, "test": 1}[k] for k, d in m["split_counts_per_type"].items() for v in d.values())
     all_idx = sorted(sum(m["splits"].values(), []))
     assert all_idx == list(range(21))
     for entry in m["shard_files"]:
@@ -73,6 +74,32 @@ def test_dataset_shards_manifest_and_splits(small_dataset):
         np.testing.assert_allclose(arr.pdf[i], g, atol=2e-6 * np.abs(g).max())
     test = load_arrays(small_dataset, split="test")
     assert sorted(test.type.tolist()) == list(range(7))
+    train = load_arrays(small_dataset, split="train")
+    for t in range(7):
+        sizes = arr.n_atoms[arr.type == t]
+        assert set(train.n_atoms[train.type == t].tolist()) == {sizes.min(), sizes.max()}
+
+
+def test_split_is_shape_disjoint():
+    """Every bond length of a shape lands in one split; a type with >= 4 shapes also validates."""
+    from cbldm.training.dataset import split_indices
+
+    rng = np.random.default_rng(0)
+    shapes = np.repeat([f"s{i}" for i in range(30)], 5)           # 30 shapes x 5 bond lengths
+    types = np.repeat(np.arange(30) % 2, 5)
+    n_atoms = np.repeat(rng.permutation(30) + 10, 5)
+    sp = split_indices(types, shapes, n_atoms, seed=1)
+    where = {}
+    for split, idx in sp.items():
+        for i in idx:
+            where.setdefault(shapes[i], set()).add(split)
+    assert all(len(v) == 1 for v in where.values())
+    assert sorted(sum(sp.values(), [])) == list(range(150))
+    for t in (0, 1):
+        held = {shapes[i] for s in ("val", "test") for i in sp[s] if types[i] == t}
+        assert len(held) == 4   # 10 % of 15 shapes is 1.5: two to test, two to validation
+        sizes = n_atoms[types == t]
+        assert not any(n_atoms[i] in (sizes.min(), sizes.max()) for s in ("val", "test") for i in sp[s])
 
 
 def test_dataset_resume_is_deterministic(small_dataset, tmp_path):

@@ -14,6 +14,7 @@ so a killed run resumed from its last epoch ends with the weights an uninterrupt
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from cbldm.training.dataset import load_arrays
 from cbldm.training.models import CbLDM, ModelConfig, full_to_blocks, gaussian_kl, preset
 
 STAGES = ("condition", "structure", "denoiser")
+POOL_VERSION = 1  # bump when cbldm.training.variants or offrecipe change what the pool holds
 TRAINED = {"condition": ("cond_vae",), "structure": ("encoder", "decoder", "prior"), "denoiser": ("unet",)}
 
 
@@ -57,7 +59,9 @@ class TrainConfig:
     augment_cfg: dict = field(default_factory=lambda: AugmentConfig().as_dict())
     max_train: int | None = None   # cap on training samples (tests, quick runs)
     refit_head: bool = True        # mlp decoder: closed-form refit of its output layer after stage 2
-    head_noise: float = 0.6        # latent noise (per dim, unscaled) the refit head is fitted under
+    # latent noise the refit head is fitted under, as a fraction of the latents' std (0.18 is
+    # the 0.6 absolute that suited the first shipped model's latents, std 3.4)
+    head_noise: float = 0.18
     # structures beyond the recipe (cbldm.training.variants): each epoch draws ``epoch_size``
     # structures (default: as many as the recipe's training split) from the training shapes
     # and the extra families, perturbed, at random bond lengths; PDFs computed on the fly
@@ -262,7 +266,7 @@ class Trainer:
         shape and every structure of the out-of-recipe test set (cbldm.training.variants)."""
         from cbldm.training.dataset import load_arrays, shape_of
         from cbldm.training.offrecipe import excluded_keys
-        from cbldm.training.variants import base_pool, shape_key
+        from cbldm.training.variants import BasePool, base_pool, shape_key
 
         def one_per_shape(split):
             arr = load_arrays(self.data_root, split=split)
@@ -270,10 +274,26 @@ class Trainer:
             _, first = np.unique(shapes, return_index=True)
             return [arr.xyz[i, :arr.n_atoms[i]].astype(float) for i in first], shapes[first].tolist()
 
-        train_xyz, train_names = one_per_shape("train")
-        held = {shape_key(x) for s in ("val", "test") for x in one_per_shape(s)[0]}
-        pool = base_pool(train_xyz, train_names, held | excluded_keys(), seed=self.tcfg.seed,
-                         recipe_share=self.tcfg.recipe_share)
+        # ~20 s to build (shape keys of 17k clusters): cached beside the data, keyed by what
+        # it depends on; the cache holds arrays only (no pickle)
+        key = hashlib.sha256(json.dumps([self.manifest_hash, self.tcfg.seed, self.tcfg.recipe_share,
+                                         POOL_VERSION]).encode()).hexdigest()[:16]
+        cache = self.data_root / f"pool-{key}.npz"
+        if cache.exists():
+            z = np.load(cache, allow_pickle=False)
+            xyz = [x.astype(np.float64) for x in np.split(z["xyz"], np.cumsum(z["n"])[:-1])]
+            pool = BasePool(xyz, z["names"].tolist(), z["family"], z["weight"])
+        else:
+            train_xyz, train_names = one_per_shape("train")
+            held = {shape_key(x) for s in ("val", "test") for x in one_per_shape(s)[0]}
+            pool = base_pool(train_xyz, train_names, held | excluded_keys(), seed=self.tcfg.seed,
+                             recipe_share=self.tcfg.recipe_share)
+            # what the cache stores (float32): a fresh pool and a cached one draw identically
+            pool.xyz = [x.astype(np.float32).astype(np.float64) for x in pool.xyz]
+            if not self.rank:
+                atomic_write(cache, lambda p: np.savez(
+                    open(p, "wb"), xyz=np.concatenate(pool.xyz).astype(np.float32), n=np.array([len(x) for x in pool.xyz]),
+                    names=np.array(pool.names), family=pool.family, weight=pool.weight))
         self.log(f"structure pool: {pool.summary()}")
         return pool
 
@@ -513,7 +533,7 @@ class Trainer:
         return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
 
     @torch.no_grad()
-    def refit_decoder_head(self, lambdas=(1e-12, 1e-10, 1e-8, 1e-6, 1e-4)) -> dict:
+    def refit_decoder_head(self, lambdas=(1e-10, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2)) -> dict:
         """Solve the MLP decoder's output layer in closed form on the frozen features.
 
         SGD brings the coordinates to ~1 A in a CPU budget, then crawls; the last layer is
@@ -530,8 +550,9 @@ class Trainer:
         # means, and an interpolating head amplifies the difference (0.03 -> 0.3 A, measured)
         # with drawn structures: a fixed draw of its own, so a resumed run refits identically
         fit = self._draw("structure", 10_000) if self.pool is not None else self.train  # "epoch 10001"
-        x = self._head_features(fit, self.tcfg.head_noise)
-        xv = self._head_features(self.val, self.tcfg.head_noise, seed=1)
+        noise = self.tcfg.head_noise * float(self._encode_latents(fit).std())
+        x = self._head_features(fit, noise)
+        xv = self._head_features(self.val, noise, seed=1)
         n, nv = fit.n_atoms, self.val.n_atoms
         y = fit.xyz.double() / m.decoder.COORD_SCALE  # (N, 256, 3)
         slots = y.shape[1]
@@ -540,6 +561,19 @@ class Trainer:
         full = x.T @ x
         occ_t = torch.where(torch.arange(slots)[None] < n[:, None], 8.0, -8.0).double()
         occ_rhs = x.T @ occ_t
+        def score(w_xyz, w_occ):
+            pred = torch.einsum("nf,sfc->nsc", xv, w_xyz) * m.decoder.COORD_SCALE
+            real = torch.arange(slots)[None] < nv[:, None]
+            err = ((pred - self.val.xyz.double()) ** 2).sum(-1)[real].mean().sqrt().item()
+            count = ((xv @ w_occ > 0).sum(1) == nv).double().mean().item()
+            return err, count
+
+        # the head SGD trained, scored the same way: the refit must beat it on validation
+        wh = torch.cat([m.decoder.head.weight, m.decoder.head.bias[:, None]], 1).double()  # (1024, f)
+        wh = wh.view(slots, 4, -1)
+        sgd = score(wh[:, :3].permute(0, 2, 1), wh[:, 3].T)
+        self.log(f"decoder head as trained: validation coordinate RMSE {sgd[0]:.4f} A, "
+                 f"atom count right {100 * sgd[1]:.1f} %")
         best = None
         scale = float(torch.diagonal(full).mean())
         eye = torch.eye(f, dtype=x.dtype)
@@ -552,10 +586,7 @@ class Trainer:
             except RuntimeError:  # numerically singular at this ridge: a larger one follows
                 self.log(f"decoder head refit: ridge {lam:g}: singular, skipped")
                 continue
-            pred = torch.einsum("nf,sfc->nsc", xv, w_xyz) * m.decoder.COORD_SCALE
-            real = torch.arange(slots)[None] < nv[:, None]
-            err = ((pred - self.val.xyz.double()) ** 2).sum(-1)[real].mean().sqrt().item()
-            count = ((xv @ w_occ > 0).sum(1) == nv).double().mean().item()
+            err, count = score(w_xyz, w_occ)
             self.log(f"decoder head refit: ridge {lam:g}: validation coordinate RMSE {err:.4f} A, "
                      f"atom count right {100 * count:.1f} %")
             if best is None or err < best[0]:
@@ -563,6 +594,10 @@ class Trainer:
         if best is None:
             raise RuntimeError(f"decoder head refit: singular at every ridge in {lambdas}")
         err, lam, w_xyz, w_occ, count = best
+        if err >= sgd[0]:
+            self.log(f"decoder head refit: best ridge {lam:g} (RMSE {err:.4f} A) does not beat the trained "
+                     "head; kept the trained head")
+            return {"ridge": None, "val_coord_rmse_A": sgd[0], "val_count_accuracy": sgd[1]}
         m.decoder.set_head(w_xyz, w_occ)
         self.log(f"decoder head refit: kept ridge {lam:g} (RMSE {err:.4f} A, count {100 * count:.1f} %)")
         return {"ridge": lam, "val_coord_rmse_A": err, "val_count_accuracy": count}

@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # Train edge-preset variants side by side on one lent GPU within one 10-minute call.
 #
-#   bash training/recipes/device_train.sh BUDGET_S [LOCAL_MANIFEST]
+#   bash training/recipes/device_train.sh BUDGET_S
 #
-# 1. installs the package, regenerates data/full (CPU, all cores) unless present, and when a
-#    local dataset manifest is given checks every shard is byte-identical to it (then uses
-#    that manifest, so the runs record the same data hash as the local copy);
-# 2. probes two short epochs of every stage (times the second) for all variants at once (they share the GPU and
+# 1. installs the package, regenerates data/full (CPU, all cores) unless present and builds
+#    the structure pool cache once (cbldm.training.variants; each run would otherwise build it);
+# 2. probes two short epochs of every stage for all variants at once (they share the GPU and
 #    the CPU cores, so the probe measures them under the same contention), then picks per-stage
 #    epochs that fit what is left of BUDGET_S;
-# 3. trains the variants concurrently (cbldm-train all), compares their sampled latents on
-#    the validation split (cbldm-eval latents), and packs the best run and the no-augmentation
-#    run into $OUT (weights split into < 16 MB parts: the device tool's file limit).
+# 3. trains the variants concurrently (cbldm-train all), scores each on the validation split
+#    (shapes no run has seen: cbldm-eval accuracy --refine 0, the networks alone), times the
+#    PyTorch networks on the GPU, and packs the best run by exact atom counts into $OUT
+#    (weights split into < 16 MB parts: the device tool's file limit) with every run's
+#    config, log and validation table.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-budget=${1:-540}
-local_manifest=${2:-}
+budget=${1:-560}
 out=${OUT:-/tmp/cbldm-out}
 data=${DATA:-data/full}
 export CBLDM_DATA=$data
 device=${DEVICE:-cuda}
-probe_n=${PROBE_N:-1024}
+probe_n=${PROBE_N:-256}
+val_per_type=${VAL_PER_TYPE:-5}
 mkdir -p "$out" work
 say() { echo "[$SECONDS s] $*"; }
 
@@ -37,43 +38,41 @@ if [ ! -f "$data/manifest.json" ]; then
         || { tail -5 work/data.log; exit 1; }
 fi
 say "dataset ready"
-if [ -n "$local_manifest" ]; then
-    python3 - "$local_manifest" <<'PY' || exit 1
-import json, os, shutil, sys
-man = os.path.join(os.environ["CBLDM_DATA"], "manifest.json")
-here = json.load(open(man)); ref = json.load(open(sys.argv[1]))
-same = here["shard_files"] == ref["shard_files"] and here["splits"] == ref["splits"]
-print("shards byte-identical to the local dataset:", same)
-if same:
-    shutil.copy(sys.argv[1], man)
+python3 - <<'PY' || exit 1
+import os, tempfile
+from pathlib import Path
+from cbldm.training.train import TrainConfig, Trainer
+Trainer(Path(tempfile.mkdtemp()), Path(os.environ["CBLDM_DATA"]), TrainConfig(max_train=8), device="cpu")
 PY
-fi
+say "structure pool cached"
 
 # name | extra cbldm-train arguments; VARIANTS="name|args;name|args" replaces the list.
-# "noaug" is always packed (the augmentation comparison on measured PDFs needs it), and
-# the best of the others by right-shape rate.
-# The defaults are what made the shipped model (they were the "final" variant of
-# "beta 1e-3, prior 256-512-512, augmentation p 0.5" against global/xattn/beta3 before).
+#   final:  the edge defaults (structures drawn beyond the recipe each epoch)
+#   wide:   the same with twice the structure-VAE and prior width
+#   recipe: the recipe's training shapes only (the ablation: what the drawn structures buy)
 variants=(
     "final|"
-    "noaug|--no-augment"
+    "wide|--set model.mlp_hidden=1024 --set model.prior_hidden=[512,1024,1024]"
+    "recipe|--set train.variants=false"
 )
 if [ -n "${VARIANTS:-}" ]; then IFS=';' read -r -a variants <<<"$VARIANTS"; fi
 names=""; for v in "${variants[@]}"; do names="$names ${v%%|*}"; done
 export CBLDM_VARIANTS=$names
 threads=$(( $(nproc) / ${#variants[@]} )); [ "$threads" -ge 1 ] || threads=1
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+draw="--set train.draw_workers=$threads"
 
 for v in "${variants[@]}"; do
     name=${v%%|*}; args=${v#*|}
     rm -rf "work/probe-$name"
     python3 -m cbldm.training.cli_train all --data "$data" --out "work/probe-$name" --max-train $probe_n \
-        --epochs 2 $args >"work/probe-$name.log" 2>&1 &
+        --epochs 2 --device "$device" $draw $args >"work/probe-$name.log" 2>&1 &
 done
 wait
 say "probe done"
 
-# seconds per full epoch of each stage (slowest variant), scaled from the probe
+# seconds per full epoch of each stage (slowest variant), scaled from the probe; the draw of
+# an epoch's structures costs a few seconds more that does not scale with the probe's size
 read -r ep_c ep_s ep_d < <(python3 - "$budget" "$SECONDS" $probe_n <<'PY'
 import csv, glob, json, os, sys
 budget, now, probe_n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
@@ -83,9 +82,9 @@ for f in glob.glob("work/probe-*/log.csv"):
     for row in csv.DictReader(open(f)):  # epoch 2 of each stage: start-up costs left out
         if row["epoch"] != "2":
             continue
-        per[row["stage"]] = max(per.get(row["stage"], 0.0), float(row["seconds"]) * n_train / probe_n)
-left = budget - now - 120           # latents evaluation, head refit, packing, start-up, margin
-share = {"condition": 0.12, "structure": 0.33, "denoiser": 0.55}
+        per[row["stage"]] = max(per.get(row["stage"], 0.0), float(row["seconds"]) * n_train / probe_n + 4.0)
+left = budget - now - 150           # validation scoring, head refit, GPU timing, packing, margin
+share = {"condition": 0.12, "structure": 0.38, "denoiser": 0.50}
 cap = {"condition": 30, "structure": 60, "denoiser": 200}
 ep = {s: max(1, min(cap[s], int(share[s] * left / per[s]))) for s in share}
 print(f"per-epoch s {per}; budget left {left:.0f} s -> epochs {ep}", file=sys.stderr)
@@ -94,53 +93,81 @@ PY
 )
 say "epochs condition $ep_c, structure $ep_s, denoiser $ep_d"
 
-deadline=$(( budget - 75 ))
+deadline=$(( budget - 100 ))
 for v in "${variants[@]}"; do
     name=${v%%|*}; args=${v#*|}
     rm -rf "work/$name"
     timeout $(( deadline - SECONDS )) python3 -m cbldm.training.cli_train all --data "$data" --out "work/$name" \
-        --epochs "$ep_c,$ep_s,$ep_d" --seed 0 $args >"work/$name.train.log" 2>&1 &
+        --epochs "$ep_c,$ep_s,$ep_d" --seed 0 --device "$device" $draw $args >"work/$name.train.log" 2>&1 &
 done
 wait
 say "training done"
 for v in "${variants[@]}"; do
     name=${v%%|*}
-    python3 -m cbldm.training.cli_eval latents --model "work/$name" --data "$data" --split val --device "$device" \
-        --out "work/$name" >"work/$name.latents.log" 2>&1 &
+    timeout 70 python3 -m cbldm.training.cli_eval accuracy --model "work/$name" --data "$data" --split val \
+        --per-type "$val_per_type" --candidates 4 --refine 0 --out "work/$name/val" >"work/$name.val.log" 2>&1 &
 done
+python3 - "$out" "$device" <<'PY' >work/gpu_bench.log 2>&1 &
+# the PyTorch networks on the GPU: the skip-step path's 1 + 1 + 20 + 1 graph calls
+import json, os, sys, time
+import numpy as np, torch
+from cbldm.training.evaluate import TorchNetworks
+out, device = sys.argv[1], sys.argv[2]
+name = os.environ["CBLDM_VARIANTS"].split()[0]
+if not os.path.exists(f"work/{name}/config.json") or device != "cuda":
+    sys.exit(0)
+nets = TorchNetworks(f"work/{name}", device)
+rows = []
+for b in (1, 8, 64):
+    pdf = np.random.default_rng(0).random((b, 6, 500)).astype(np.float32)
+    def once():
+        cond = nets.condition(pdf); mu, lv = nets.prior(pdf); x = mu
+        for t in np.linspace(100, 0, 20).astype(np.int64):
+            x = x - 0.01 * nets.unet(x, np.full(b, t), cond)
+        nets.decoder(x)
+    for _ in range(3): once()
+    ts = []
+    for _ in range(20):
+        torch.cuda.synchronize(); t0 = time.perf_counter(); once(); torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    rows.append({"batch": b, "p50_s": float(np.median(ts)), "p95_s": float(np.percentile(ts, 95)),
+                 "pdfs_per_s": b / float(np.median(ts))})
+    print(rows[-1])
+doc = {"what": "PyTorch eager networks (condition + prior + 20 U-Net + decoder), host<->device copies included",
+       "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}
+json.dump(doc, open(f"{out}/gpu_networks.json", "w"), indent=1)
+PY
 wait
-say "latents evaluated"
+say "scored"
 
 python3 - "$out" <<'PY'
-import json, os, shutil, subprocess, sys, tarfile
+import json, os, subprocess, sys, tarfile
 out = sys.argv[1]
-docs = {}
 names = os.environ["CBLDM_VARIANTS"].split()
+score = {}
 for name in names:
-    p = f"work/{name}/latents.json"
+    p = f"work/{name}/val/evaluation.json"
     if os.path.exists(p):
-        docs[name] = json.load(open(p))
-        best = max(docs[name]["samplers"], key=lambda r: r["shape_right"])
-        print(f"{name:7s} best {best['sampler']:28s} shape right {100 * best['shape_right']:5.1f} %  "
-              f"latent RMS {best['latent_rms']:.3f}  (other shape {docs[name]['nearest_other_shape_rms']:.3f})")
+        tot = json.load(open(p))["table"]["total"]
+        score[name] = (tot["atom_count_accuracy"], -tot["rwp"])
+        print(f"{name:7s} validation (unseen shapes, networks alone): exact atom counts "
+              f"{100 * tot['atom_count_accuracy']:.0f} %, Rwp {tot['rwp']:.3f}, n {tot['n']}")
     else:
-        print(f"{name:7s} no latents.json (training did not finish)")
-cands = [n for n in names if n in docs and n != "noaug"]
-pick = max(cands, key=lambda n: max(r["shape_right"] for r in docs[n]["samplers"])) if cands else None
-print("packing", pick, "and noaug")
+        print(f"{name:7s} no validation table (training or scoring did not finish)")
+pick = max(score, key=score.get) if score else None
+print("packing", pick)
 with tarfile.open(f"{out}/small.tar.gz", "w:gz") as tar:
     for name in names:
-        for f in ("config.json", "log.csv", "latents.json"):
+        for f in ("config.json", "log.csv", "val/evaluation.json"):
             if os.path.exists(f"work/{name}/{f}"):
                 tar.add(f"work/{name}/{f}", f"{name}/{f}")
-        for f in (f"work/{name}.train.log", f"work/{name}.latents.log", f"work/probe-{name}.log"):
+        for f in (f"work/{name}.train.log", f"work/{name}.val.log", f"work/probe-{name}.log", "work/gpu_bench.log"):
             if os.path.exists(f):
                 tar.add(f, os.path.basename(f))
-for name in filter(None, (pick, "noaug")):
-    w = f"work/{name}/weights.safetensors"
-    if os.path.exists(w):
-        os.makedirs(f"{out}/{name}", exist_ok=True)
-        subprocess.run(["split", "-b", "15M", "-d", w, f"{out}/{name}/weights.part"], check=True)
-        print(name, subprocess.run(["sha256sum", w], capture_output=True, text=True).stdout.split()[0])
+if pick:
+    w = f"work/{pick}/weights.safetensors"
+    os.makedirs(f"{out}/{pick}", exist_ok=True)
+    subprocess.run(["split", "-b", "15M", "-d", w, f"{out}/{pick}/weights.part"], check=True)
+    print(pick, subprocess.run(["sha256sum", w], capture_output=True, text=True).stdout.split()[0])
 PY
 say "packed"
