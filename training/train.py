@@ -569,7 +569,7 @@ class Trainer:
             return err, count
 
         # the head SGD trained, scored the same way: the refit must beat it on validation
-        wh = torch.cat([m.decoder.head.weight, m.decoder.head.bias[:, None]], 1).double()  # (1024, f)
+        wh = torch.cat([m.decoder.head.weight, m.decoder.head.bias[:, None]], 1).double().cpu()  # (1024, f)
         wh = wh.view(slots, 4, -1)
         sgd = score(wh[:, :3].permute(0, 2, 1), wh[:, 3].T)
         self.log(f"decoder head as trained: validation coordinate RMSE {sgd[0]:.4f} A, "
