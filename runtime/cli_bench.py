@@ -1,27 +1,52 @@
 """cbldm-bench: latency of the beamline path, per stage, with alternatives compared in one run.
 
-Rows: end to end (file read to results written) with the shipped skip-step sampler and
-with the full 1000-step DDPM sampler; ONNX Runtime fp32 vs fp16; PyTorch eager (``--run``,
-needs torch) and TensorRT (when the model has engines and tensorrt imports); batch 1 and
-batched. Prints a table and writes JSON. Times are wall-clock on this machine: compare the
-ratios, the absolute numbers depend on the machine named in the JSON.
+Rows: end to end (file read to results written) with the shipped skip-step sampler,
+refinement on and off, and the full 1000-step DDPM sampler; ONNX Runtime fp32 vs fp16;
+the networks alone at batch 1, 8 and 64 (per PDF); CUDA and TensorRT when the model and
+this machine have them; PyTorch eager only with ``--run`` (needs torch and a training
+run). Prints a table with every row's ratio to the shipped path and a table of per-stage
+times, and writes JSON. Times are wall-clock on this machine: compare the ratios, the
+absolute numbers depend on the machine named in the JSON.
 """
 from __future__ import annotations
+
+# cliutil before numpy: it sets OPENBLAS_NUM_THREADS=1, which only takes effect if numpy
+# has not loaded yet. Imported after numpy it cost 15.6 s instead of 2.7 s end to end
+# (refinement 14.0 s): numpy's and scipy's OpenBLAS pools spun against each other.
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app  # isort: skip
 
 import json
 import os
 import platform
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import typer
 
-from cbldm.runtime.cliutil import fail, run_app
-
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+EXAMPLE = "Pt_decahedron_p3_q2_r1.gr"
+DEFAULT_OUT = "cbldm-bench.json"
+
+
+def example_pdf() -> Path:
+    """The example PDF (a 146-atom Pt decahedron) as installed with the package: the
+    repository's ``examples/`` folder is not in the wheel, ``cbldm/runtime/data/`` is."""
+    return Path(str(resources.files("cbldm.runtime").joinpath("data").joinpath(EXAMPLE)))
+
+
+def default_out(folder: Path) -> Path:
+    """``cbldm-bench.json`` in ``folder``, or ``-2``, ``-3``...: a default never replaces a
+    file, least of all a tracked result; an explicit ``--out`` is what the user asked for."""
+    p, k = folder / DEFAULT_OUT, 1
+    while p.exists():
+        k += 1
+        p = folder / f"cbldm-bench-{k}.json"
+    return p
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -29,7 +54,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def machine_info() -> dict:
-    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -47,20 +73,20 @@ def machine_info() -> dict:
     return info
 
 
-def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refine=None) -> dict:
-    from cbldm.runtime.pipeline import RefineConfig
+def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refine, warmup: bool = False) -> dict:
     from cbldm.runtime.results import process_file
 
-    refine = RefineConfig() if refine is None else refine
     totals, stages = [], {}
     with tempfile.TemporaryDirectory() as tmp:
+        if warmup:  # a model's first prediction pays for graph initialisation and kernel caches
+            process_file(files[0], model, Path(tmp), sampler, candidates, None, seed=0, plot=False, refine=refine)
         for rep in range(repeats):
             for f in files:
                 t0 = time.perf_counter()
-                process_file(f, model, Path(tmp), sampler, candidates, None, seed=rep, plot=False,
-                             refine=refine)
+                res = process_file(f, model, Path(tmp), sampler, candidates, None, seed=rep, plot=False,
+                                   refine=refine)
                 totals.append(time.perf_counter() - t0)
-                doc = json.loads(sorted(Path(tmp).glob("*.json"), key=os.path.getmtime)[-1].read_text())
+                doc = json.loads((Path(tmp) / f"{res.stem}.json").read_text())
                 for k, v in doc["timings"].items():
                     stages.setdefault(k, []).append(v)
     return {"p50_s": _pct(totals, 50), "p95_s": _pct(totals, 95), "n": len(totals),
@@ -68,7 +94,7 @@ def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refin
 
 
 def _networks_only(nets, g: np.ndarray, sampler, candidates: int, batch: int, repeats: int) -> dict:
-    """Encode + sample + decode (no recovery): what the graphs cost, per PDF."""
+    """Encode + sample + decode (no recovery) for ``batch`` PDFs in one call: seconds per PDF."""
     from cbldm.runtime.preprocess import LATENT_SHAPE, model_input
     from cbldm.runtime.sampling import Schedule, skip_step_sample
 
@@ -82,106 +108,156 @@ def _networks_only(nets, g: np.ndarray, sampler, candidates: int, batch: int, re
         z = skip_step_sample(sched, nets.unet, cond, mu.astype(np.float64), lv.astype(np.float64), sampler,
                              np.random.default_rng(rep))
         nets.decoder(z.astype(np.float32).reshape(len(pdf), *LATENT_SHAPE))
-        if rep:  # the first is a warm-up
+        if rep:  # the first is a warm-up (and a new batch size's memory plan)
             times.append((time.perf_counter() - t0) / batch)
     return {"p50_s": _pct(times, 50), "p95_s": _pct(times, 95), "n": len(times)}
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise fail(f"--batch-sizes must be a comma-separated list of integers >= 1, got {text!r}", EXIT_USAGE)
+    return sizes
+
+
+def _torch_networks():
+    """PyTorch eager networks for ``--run``: the one place the runtime reaches into training,
+    and only when asked; everything else here runs on numpy, scipy and onnxruntime."""
+    try:
+        import torch  # noqa: F401
+
+        from cbldm.training.evaluate import TorchNetworks
+    except ImportError as exc:
+        raise fail(f"--run needs PyTorch and cbldm's training code (pip install 'cbldm[train]'): {exc}",
+                   EXIT_USAGE) from None
+    return TorchNetworks
 
 
 @app.command()
 def bench(
     model: Optional[Path] = typer.Option(None, help="Exported model directory (default: the shipped one)."),
-    files: Optional[list[Path]] = typer.Option(None, "--file", help="PDF file(s) to time (default: the example)."),
+    files: Optional[list[Path]] = typer.Option(None, "--file", help="PDF file(s) to time (default: the example "
+                                                                    "PDF shipped with the package)."),
     run: Optional[Path] = typer.Option(None, help="Training run: adds PyTorch eager rows (needs torch)."),
     candidates: int = typer.Option(4, "-k", help="Candidates per PDF."),
-    repeats: int = typer.Option(10, help="Repeats per row."),
+    repeats: int = typer.Option(10, help="Repeats per end-to-end row."),
     full_repeats: int = typer.Option(2, help="Repeats of the 1000-call full sampler."),
-    batch: int = typer.Option(8, help="PDFs per call for the batched rows."),
+    batch_sizes: str = typer.Option("1,8,64", help="PDFs per call for the networks-only rows."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
-    out: Path = typer.Option(Path("benchmarks/results/runtime.json"), help="JSON output."),
+    out: Optional[Path] = typer.Option(None, help=f"JSON output (replaced if it exists; default: {DEFAULT_OUT} "
+                                                  "in the current directory, or the next free -2, -3...)."),
 ):
-    """Latency table: skip-step vs full sampler, backends, precisions, batch sizes."""
+    """Latency table: skip-step vs full sampler, refinement, precisions, batch sizes, per stage."""
     from cbldm.runtime.backends import ModelError, load_model
-    from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig
+    from cbldm.runtime.fileutil import atomic_write_text
     from cbldm.runtime.pdf import rgrid
-    from cbldm.runtime.pdfio import read_pdf, resample
+    from cbldm.runtime.pdfio import PDFInputError, read_pdf, resample
+    from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig
     from cbldm.runtime.sampling import SamplerConfig
 
+    sizes = _batch_sizes(batch_sizes)
+    if candidates < 1 or repeats < 1 or full_repeats < 1:
+        raise fail("-k, --repeats and --full-repeats must be >= 1", EXIT_USAGE)
+    torch_networks = _torch_networks() if run is not None else None  # fail now, not after minutes
     if model is None:
         from cbldm.models import default_model_dir
 
         model = default_model_dir()
     if not files:
-        files = [Path(__file__).resolve().parents[1] / "examples" / "Pt_decahedron_p3_q2_r1.gr"]
-        if not files[0].exists():
-            raise fail("no --file given and the example PDF is not installed")
+        files = [example_pdf()]
+        if not files[0].is_file():
+            raise fail(f"{files[0]}: the example PDF is missing from this installation; give --file")
+    out = out if out is not None else default_out(Path.cwd())
     try:
         m32 = load_model(model, backend="cpu", precision="fp32", threads=threads)
     except ModelError as exc:
         raise fail(str(exc))
+    try:
+        g, _ = resample(read_pdf(files[0]), rgrid())
+        for f in files[1:]:
+            read_pdf(f)
+    except PDFInputError as exc:
+        raise fail(str(exc))
     shipped = SamplerConfig(**m32.manifest["sampler"])
     full = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm", clip=shipped.clip)
-    g, _ = resample(read_pdf(files[0]), rgrid())
+    refine_on, refine_off = RefineConfig(), NO_REFINEMENT
+    calls = shipped.unet_calls()
     rows = []
 
-    def add(name, backend, precision, sampler_name, calls, b, res, refine="-"):
+    def add(name, backend, precision, sampler_name, n_calls, b, res, refine="-"):
         rows.append({"row": name, "backend": backend, "precision": precision, "sampler": sampler_name,
-                     "unet_calls": calls, "batch": b, "refine": refine, **{k: v for k, v in res.items() if k != "stages_p50_s"},
-                     **({"stages_p50_s": res["stages_p50_s"]} if "stages_p50_s" in res else {})})
+                     "unet_calls": n_calls, "batch": b, "refine": refine, **res})
 
-    calls = shipped.unet_calls()
+    warm: set[int] = set()
+
+    def e2e(m, sampler, reps, refine):
+        first = id(m) not in warm
+        warm.add(id(m))
+        return _e2e(m, files, sampler, candidates, reps, refine, warmup=first)
+
+    def nets(m, b):  # fewer calls for big batches: each already averages over b PDFs
+        return _networks_only(m, g, shipped, candidates, b, max(2, -(-repeats // b)))
+
     # the shipped defaults first: every ratio in the table is against this row
-    top = RefineConfig().top
-    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, _e2e(m32, files, shipped, candidates, repeats),
-        top)
-    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1,
-        _e2e(m32, files, shipped, candidates, repeats, NO_REFINEMENT), 0)
-    add("end to end", "ort-cpu", "fp32", "full DDPM", 1000, 1, _e2e(m32, files, full, candidates, full_repeats),
-        top)
-    add("networks", "ort-cpu", "fp32", "skip-step", calls, 1, _networks_only(m32, g, shipped, candidates, 1, repeats))
-    add("networks", "ort-cpu", "fp32", "skip-step", calls, batch,
-        _networks_only(m32, g, shipped, candidates, batch, max(2, repeats // 2)))
+    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_on),
+        refine_on.top)
+    add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_off), 0)
+    add("end to end", "ort-cpu", "fp32", "full DDPM", full.unet_calls(), 1,
+        e2e(m32, full, full_repeats, refine_on), refine_on.top)
+    m16 = None
     if any("fp16" in v for v in m32.manifest["graphs"].values()):
         m16 = load_model(model, backend="cpu", precision="fp16", threads=threads)
-        add("end to end", "ort-cpu", "fp16", "skip-step", calls, 1, _e2e(m16, files, shipped, candidates, repeats),
-            top)
-        add("networks", "ort-cpu", "fp16", "skip-step", calls, 1,
-            _networks_only(m16, g, shipped, candidates, 1, repeats))
+        add("end to end", "ort-cpu", "fp16", "skip-step", calls, 1, e2e(m16, shipped, repeats, refine_on),
+            refine_on.top)
+    for b in sizes:
+        add("networks", "ort-cpu", "fp32", "skip-step", calls, b, nets(m32, b))
+    if m16 is not None:
+        add("networks", "ort-cpu", "fp16", "skip-step", calls, sizes[0], nets(m16, sizes[0]))
     for backend in ("cuda", "tensorrt"):
         try:
             mb = load_model(model, backend=backend)
         except ModelError:
             continue
-        add("networks", backend, "fp32", "skip-step", calls, 1, _networks_only(mb, g, shipped, candidates, 1, repeats))
-        add("end to end", backend, "fp32", "skip-step", calls, 1, _e2e(mb, files, shipped, candidates, repeats),
-            top)
-    if run is not None:
-        from cbldm.training.evaluate import TorchNetworks  # torch: only for this comparison
-
-        tn = TorchNetworks(run)
-        add("networks", "torch-eager-cpu", "fp32", "skip-step", calls, 1,
-            _networks_only(tn, g, shipped, candidates, 1, repeats))
-        add("networks", "torch-eager-cpu", "fp32", "skip-step", calls, batch,
-            _networks_only(tn, g, shipped, candidates, batch, max(2, repeats // 2)))
+        add("end to end", backend, "fp32", "skip-step", calls, 1, e2e(mb, shipped, repeats, refine_on),
+            refine_on.top)
+        for b in sizes:
+            add("networks", backend, "fp32", "skip-step", calls, b, nets(mb, b))
+    if torch_networks is not None:
+        tn = torch_networks(run)
+        for b in sizes[:2]:
+            add("networks", "torch-eager-cpu", "fp32", "skip-step", calls, b, nets(tn, b))
 
     base = rows[0]["p50_s"]
     for r in rows:
         r["x_vs_shipped_e2e"] = r["p50_s"] / base
-    cols = ["row", "backend", "precision", "sampler", "unet_calls", "refine", "batch", "p50_s", "p95_s",
-            "x_vs_shipped_e2e"]
+    _table(rows, ["row", "backend", "precision", "sampler", "unet_calls", "refine", "batch", "p50_s", "p95_s",
+                  "x_vs_shipped_e2e"])
+    typer.echo("")
+    staged = [r for r in rows if "stages_p50_s" in r]
+    stage_names = list(dict.fromkeys(k for r in staged for k in r["stages_p50_s"]))
+    _table([{"row": f"{r['backend']} {r['precision']} {r['sampler']} refine {r['refine']}",
+             **{k.removesuffix("_s"): f"{1e3 * r['stages_p50_s'][k]:.0f}" if k in r["stages_p50_s"] else "-"
+                for k in stage_names}} for r in staged],
+           ["row", *(k.removesuffix("_s") for k in stage_names)], title="end to end, p50 per stage (ms)")
+    full_e2e = next(r for r in rows if r["sampler"] == "full DDPM")
+    typer.echo(f"full 1000-call sampler / skip-step: {full_e2e['p50_s'] / base:.1f}x end to end")
+    atomic_write_text(out, json.dumps({"benchmark": "runtime", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "machine": machine_info(), "model": str(model), "model_hash": m32.hash,
+                                       "files": [str(f) for f in files], "candidates": candidates,
+                                       "shipped_sampler": shipped.as_dict(), "rows": rows}, indent=1))
+    typer.echo(f"wrote {out}")
+
+
+def _table(rows: list[dict], cols: list[str], title: str | None = None) -> None:
+    if title:
+        typer.echo(title)
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
     typer.echo("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
         typer.echo("  ".join(_fmt(r[c]).ljust(widths[c]) for c in cols))
-    st = rows[0]["stages_p50_s"]
-    typer.echo("shipped end to end, p50 per stage: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in st.items()))
-    full_e2e = next(r for r in rows if r["sampler"] == "full DDPM")
-    typer.echo(f"full 1000-call sampler / skip-step: {full_e2e['p50_s'] / base:.1f}x")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "runtime", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "machine": machine_info(), "model": str(model), "model_hash": m32.hash,
-                               "candidates": candidates, "shipped_sampler": shipped.as_dict(), "rows": rows},
-                              indent=1))
-    typer.echo(f"wrote {out}")
 
 
 def _fmt(v) -> str:

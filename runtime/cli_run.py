@@ -131,12 +131,16 @@ def predict(
 
 @app.command()
 def watch(
-    directory: Path = typer.Argument(..., metavar="DIRECTORY", help="Directory the PDFs arrive in."),
-    outdir: Optional[Path] = typer.Option(None, "--outdir", "-o", help="Results (default: DIRECTORY/cbldm-results)."),
+    directory: Path = typer.Argument(..., metavar="DIRECTORY",
+                                     help="Directory the PDFs arrive in (its subfolders are not watched)."),
+    outdir: Optional[Path] = typer.Option(None, "--outdir", "-o",
+                                          help="Results (default: DIRECTORY/cbldm-results). DIRECTORY itself is "
+                                               "refused (exit 2): its results would be read as new input."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     poll: bool = typer.Option(False, help="Poll instead of inotify (network file systems)."),
     interval: float = typer.Option(1.0, help="Polling period (s)."),
-    settle: float = typer.Option(2.0, help="--poll: size and mtime must hold still this long (s)."),
+    settle: float = typer.Option(2.0, help="A file is complete once its size and mtime have held still this long "
+                                           "(s), in both modes; make it longer than any pause of the writer."),
     candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
     element: Optional[str] = typer.Option(None, help="Element (default: each file's 'composition', else Au)."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
@@ -147,15 +151,26 @@ def watch(
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
     refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
 ):
-    """Process every new PDF once, as soon as it is completely written; runs until SIGINT/SIGTERM."""
+    """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
+
+    Inotify events (or --poll's scans) only wake the check. The journal OUTDIR/.cbldm-journal.jsonl
+    survives restarts; a file that stopped the service twice (crash, kill) gets <stem>.error.txt
+    and is not tried again until it changes.
+    """
     from cbldm.runtime.results import process_file
-    from cbldm.runtime.watch import WatchConfig, Watcher
+    from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs
 
     element = _check_usage(candidates, element)
     ref = refine_config(refine, refine_iter)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")
     out = outdir or directory / "cbldm-results"
+    try:
+        check_dirs(directory, out)
+    except WatchUsageError as exc:
+        raise fail(str(exc), EXIT_USAGE)
+    if settle <= 0 or interval <= 0:
+        raise fail("--settle and --interval must be > 0", EXIT_USAGE)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
 

@@ -1,15 +1,22 @@
-"""``cbldm-run watch``: process every new PDF in a directory once, soon after it is complete.
+"""``cbldm-run watch``: process every new PDF in a directory once, after it is complete.
 
-- Local disks: inotify (watchdog) close-after-write and rename-into events mark a file as
-  finished. Network file systems (``--poll``): inotify sees nothing there, so the directory
-  is polled and a file is taken once its size and mtime have held still for ``settle`` s.
-  Either way the data block must parse completely; a file that fails to parse while it is
-  still changing is tried again later.
-- On start the backlog (files not in the journal) is processed.
-- ``OUTDIR/.cbldm-journal.jsonl`` records each file done (path, size, mtime, sha256, status,
-  outputs); a file is redone only if its content changes. Appends are fsync'ed after the
-  results are written, so a crash can repeat a file but never lose one.
-- A bad file gets ``<stem>.error.txt`` beside the results and the service carries on.
+- A file is complete when its size and mtime have not changed for ``settle`` seconds, in
+  both modes. No file-system event says "the writer is done": a close-after-write comes
+  after every one of several separate appends (network file systems, loggers, some
+  instrument software), and on a network file system inotify sees nothing at all. So the
+  events (inotify, or ``--poll``'s directory scans) only wake the check. The settle time
+  must be longer than the longest pause of any writer.
+- On start the backlog (every candidate file not in the journal with its current content)
+  is processed; one log line says how much there is.
+- ``OUTDIR/.cbldm-journal.jsonl`` records each file done (path, sha256, status, outputs); a
+  file is redone only if its content changes. Before a file is handed to the predictor a
+  ``started`` record is written and fsync'ed; a file left started by ``max_attempts``
+  consecutive runs (it crashed or hung the service each time) is reported as failed and not
+  tried again until its content changes.
+- A bad file, or any exception while processing one, gets ``<stem>.error.txt`` beside the
+  results and the service carries on.
+- Only DIR itself is watched, not its subfolders, so results in a subfolder (the default,
+  ``DIR/cbldm-results``) are never read back; ``OUTDIR`` equal to ``DIR`` is refused.
 - SIGINT/SIGTERM finish the file in hand and stop cleanly.
 """
 from __future__ import annotations
@@ -20,6 +27,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +37,13 @@ from cbldm.runtime.pdfio import PDFInputError
 
 PDF_SUFFIXES = {".gr", ".dat", ".txt", ".csv", ".xy", ".fgr"}
 JOURNAL = ".cbldm-journal.jsonl"
-QUIET_FALLBACK = 5.0  # s: inotify mode, files that never see a close event (the backlog)
+STARTED = "started"            # handed to the predictor, no outcome yet
+DONE = ("ok", "error")         # outcomes: this content is not processed again
+RETRY = "retry"                # the file changed while it was read: not done, not a crash
+
+
+class WatchUsageError(ValueError):
+    """The directories make no sense together (the CLI's exit code 2)."""
 
 
 def is_candidate(path: Path) -> bool:
@@ -38,36 +52,62 @@ def is_candidate(path: Path) -> bool:
             and not name.endswith(("~", ".tmp", ".part", ".swp")))
 
 
+def check_dirs(directory: Path, outdir: Path) -> None:
+    """Results written into the watched directory would be read as new PDFs (``.fit.gr``,
+    ``.error.txt``) and those results again, without end. Subfolders are not watched."""
+    if Path(directory).resolve() == Path(outdir).resolve():
+        raise WatchUsageError(f"-o {outdir} is the watched directory: its results would be read as input; "
+                              "use a subfolder (default DIR/cbldm-results) or another directory")
+
+
 class Journal:
     def __init__(self, outdir: Path):
         self.path = outdir / JOURNAL
         self.done: dict[str, str] = {}  # resolved path -> sha256 of the content processed
+        # (path, sha256) -> runs in a row that started this content and never finished it
+        self.started: dict[tuple[str, str], int] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash: that file is simply redone
-                self.done[rec["path"]] = rec["sha256"]
+                self._apply(rec)
+
+    def _apply(self, rec: dict) -> None:
+        key = (rec["path"], rec["sha256"])
+        status = rec.get("status")
+        if status == STARTED:
+            self.started[key] = self.started.get(key, 0) + 1
+            return
+        self.started.pop(key, None)
+        if status in DONE or status is None:  # journals before 'started' existed hold outcomes only
+            self.done[rec["path"]] = rec["sha256"]
 
     def seen(self, path: Path, digest: str) -> bool:
         return self.done.get(str(path.resolve())) == digest
 
+    def attempts(self, path: Path, digest: str) -> int:
+        return self.started.get((str(path.resolve()), digest), 0)
+
     def add(self, path: Path, digest: str, record: dict) -> None:
         rec = {"path": str(path.resolve()), "sha256": digest, **record}
+        # fsync'ed before anything else happens: an outcome after the results are written (a
+        # crash can repeat a file, never lose one), 'started' before the predictor runs
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        self.done[rec["path"]] = digest
+        self._apply(rec)
 
 
 @dataclass
 class WatchConfig:
     poll: bool = False
     interval: float = 1.0     # polling period, and how often pending files are re-checked
-    settle: float = 2.0       # --poll: size and mtime unchanged this long
+    settle: float = 2.0       # size and mtime unchanged this long: the file is complete
     retry_for: float = 600.0  # give up on a file that keeps failing to parse while changing
+    max_attempts: int = 2     # runs a file may leave unfinished (crashed, killed) before it is failed
 
 
 class Watcher:
@@ -75,11 +115,13 @@ class Watcher:
 
     def __init__(self, directory: Path, outdir: Path, handle: Callable[[Path], tuple[str, dict]],
                  cfg: WatchConfig, log=print):
+        check_dirs(directory, outdir)
         self.dir, self.outdir, self.handle, self.cfg, self.log = Path(directory), Path(outdir), handle, cfg, log
+        self._real_dir = self.dir.resolve()
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.outdir)
-        self.events: queue.Queue[tuple[Path, bool]] = queue.Queue()  # (path, writer finished?)
-        self.pending: dict[Path, dict] = {}  # path -> {"since", "size", "mtime", "first"}
+        self.events: queue.Queue[Path] = queue.Queue()  # something happened to this file: look again
+        self.pending: dict[Path, dict] = {}  # path -> {"first", "sig", "since"}
         self.stop = threading.Event()
         self.processed = 0
 
@@ -90,21 +132,13 @@ class Watcher:
         q = self.events
 
         class Handler(FileSystemEventHandler):
-            def on_closed(self, event):  # IN_CLOSE_WRITE: the writer is done
-                if not event.is_directory:
-                    q.put((Path(event.src_path), True))
-
-            def on_moved(self, event):  # renamed into place (atomic writers): complete
-                if not event.is_directory:
-                    q.put((Path(event.dest_path), True))
-
-            def on_created(self, event):  # still being written: wait for close
-                if not event.is_directory:
-                    q.put((Path(event.src_path), False))
-
-            def on_modified(self, event):
-                if not event.is_directory:
-                    q.put((Path(event.src_path), False))
+            def on_any_event(self, event):
+                # created, modified, closed, moved in: all only mean "look at it again"
+                if event.is_directory:
+                    return
+                for p in (event.src_path, getattr(event, "dest_path", "")):
+                    if p:
+                        q.put(Path(os.fsdecode(p)))
 
         if self.cfg.poll:
             from watchdog.observers.polling import PollingObserver
@@ -114,14 +148,28 @@ class Watcher:
             from watchdog.observers import Observer
 
             obs = Observer()
+        # not recursive: results in a subfolder of the watched directory are never inputs
         obs.schedule(Handler(), str(self.dir), recursive=False)
         return obs
 
     def _backlog(self) -> None:
-        for p in sorted(self.dir.iterdir()):
-            if p.is_file() and is_candidate(p):
-                # nobody may be writing it, or a writer may still be: let it settle first
-                self.events.put((p, False))
+        files = [p for p in sorted(self.dir.iterdir()) if p.is_file() and is_candidate(p)]
+        done = 0
+        for p in files:
+            try:
+                if self.journal.seen(p, sha256_file(p)):
+                    done += 1
+                    continue
+            except OSError:
+                continue
+            self._note(p)  # nobody may be writing it, or a writer may still be: let it settle
+        self.log(f"backlog: {len(files)} file(s), {done} already done, {len(files) - done} to check")
+
+    def _note(self, p: Path) -> None:
+        # a rename's destination may lie outside the directory
+        if is_candidate(p) and p.parent.resolve() == self._real_dir:
+            # one key per file, however the event spelled its path
+            self.pending.setdefault(self.dir / p.name, {"first": time.monotonic()})
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> int:
@@ -129,20 +177,19 @@ class Watcher:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop.set())
         obs = self._observer()
-        obs.start()
+        obs.start()  # before the backlog scan, so nothing written meanwhile is missed
+        self.log(f"watching {self.dir} ({'polling' if self.cfg.poll else 'inotify'}), results in {self.outdir}, "
+                 f"a file is taken {self.cfg.settle:g} s after its last change")
         self._backlog()
-        self.log(f"watching {self.dir} ({'polling' if self.cfg.poll else 'inotify'}), results in {self.outdir}")
         t_end = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self.stop.is_set():
                 if t_end is not None and time.monotonic() > t_end:
                     break
                 try:
-                    p, finished = self.events.get(timeout=self.cfg.interval / 2)
-                    if is_candidate(p):
-                        st = self.pending.setdefault(p, {"first": time.monotonic(), "closed": False})
-                        # a new write after a close re-opens the file
-                        st["closed"] = finished or (st["closed"] and _unchanged(p, st.get("sig")))
+                    self._note(self.events.get(timeout=self.cfg.interval / 2))
+                    while True:  # a burst of events: take them all before checking
+                        self._note(self.events.get_nowait())
                 except queue.Empty:
                     pass
                 self._drain_ready()
@@ -153,10 +200,10 @@ class Watcher:
         return 0
 
     def _drain_ready(self) -> None:
-        now = time.monotonic()
         for p in list(self.pending):
             if self.stop.is_set():
                 return
+            now = time.monotonic()
             st = self.pending[p]
             try:
                 stat = p.stat()
@@ -166,12 +213,8 @@ class Watcher:
             sig = (stat.st_size, stat.st_mtime_ns)
             if st.get("sig") != sig:
                 st["sig"], st["since"] = sig, now
-            if self.cfg.poll and now - st["since"] < self.cfg.settle:
-                continue  # still growing, or not yet quiet long enough
-            if not self.cfg.poll and not st["closed"] and now - st["since"] < max(self.cfg.settle, QUIET_FALLBACK):
-                # inotify: wait for close-after-write or a rename; a file no one closes
-                # (backlog, hard link) is taken after a long quiet period
-                continue
+            if now - st["since"] < self.cfg.settle:
+                continue  # still being written, or not quiet long enough to tell
             self._try(p, st, now)
 
     def _try(self, p: Path, st: dict, now: float) -> None:
@@ -182,32 +225,43 @@ class Watcher:
         if self.journal.seen(p, digest):
             del self.pending[p]
             return
+        tries = self.journal.attempts(p, digest)
+        if tries >= self.cfg.max_attempts:
+            msg = (f"{p.name}: the service stopped {tries} times while processing this file (crash or kill); "
+                   "not tried again until the file changes")
+            self._finish(p, digest, "error", {"error": msg}, msg)
+            return
+        self.journal.add(p, digest, {"status": STARTED, "time": _now()})
         try:
             status, record = self.handle(p)
         except PDFInputError as exc:
-            # half-written files fail to parse; wait while the file still changes
-            still_changing = now - st["since"] < self.cfg.settle or _changed(p, st["sig"])
-            if still_changing and now - st["first"] < self.cfg.retry_for:
+            # a file that changed while it was read failed because of that, not for good
+            if _changed(p, st["sig"]) and now - st["first"] < self.cfg.retry_for:
+                self.journal.add(p, digest, {"status": RETRY, "time": _now()})
                 return
-            status, record = "error", {"error": str(exc)}
-            self._report_error(p, str(exc))
+            self._finish(p, digest, "error", {"error": str(exc)}, str(exc))
+            return
         except Exception as exc:  # never let one file take the service down
-            status, record = "error", {"error": f"{type(exc).__name__}: {exc}"}
-            self._report_error(p, record["error"])
-        self.journal.add(p, digest, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     **record})
+            msg = f"{type(exc).__name__}: {exc}"
+            self._finish(p, digest, "error", {"error": msg}, msg, traceback.format_exc())
+            return
+        self._finish(p, digest, status, record)
+
+    def _finish(self, p: Path, digest: str, status: str, record: dict, error: str | None = None,
+                detail: str = "") -> None:
+        if error is not None:
+            from cbldm.runtime.results import write_error
+
+            target = write_error(self.outdir, p, f"error: {error}\n{detail}")
+            self.log(f"error: {' '.join(error.split())} (report: {target.name})")
+            record = {**record, "report": target.name}
+        self.journal.add(p, digest, {"status": status, "time": _now(), **record})
         self.processed += 1
         del self.pending[p]
 
-    def _report_error(self, p: Path, message: str) -> None:
-        from cbldm.runtime.results import write_error
 
-        target = write_error(self.outdir, p, f"error: {message}")
-        self.log(f"error: {' '.join(message.split())} (report: {target.name})")
-
-
-def _unchanged(p: Path, sig) -> bool:
-    return sig is not None and not _changed(p, sig)
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _changed(p: Path, sig) -> bool:

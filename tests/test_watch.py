@@ -1,9 +1,10 @@
-"""cbldm-run watch, driven as a real process with real files: slow, bursty and broken."""
+"""cbldm-run watch, driven as a real process with real files: slow, appended, bursty, broken, crashing."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,12 +12,52 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = (REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr").read_text()
+EXAMPLE_POINTS = 3000  # r = 0.00 ... 29.99
+
+# The real CLI with faults injected into the per-file work: "crash*" files raise an
+# unexpected (non-input) exception, "kill*" files kill the process outright, mid-file.
+FAULTY = r"""
+import os, signal, sys
+import cbldm.runtime.results as results
+real = results.process_file
+def process_file(path, *args, **kwargs):
+    if path.name.startswith("crash"):
+        raise RuntimeError("injected fault")
+    if path.name.startswith("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, *args, **kwargs)
+results.process_file = process_file
+from cbldm.runtime.cli_run import main
+main()
+"""
 
 
-def start(directory, out, model, *extra):
-    return subprocess.Popen([sys.executable, "-m", "cbldm.runtime.cli_run", "watch", str(directory), "-o", str(out),
-                             "--model", str(model), "-k", "1", "--no-plot", "--interval", "0.3", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Service:
+    """``cbldm-run watch`` in a subprocess; its output goes to files so a test can wait on a log line."""
+
+    def __init__(self, directory, out, model, *extra, faulty=False):
+        self.log = directory.parent / f"watch-{time.monotonic_ns()}.log"
+        self.err = self.log.with_suffix(".err")
+        head = [sys.executable, "-c", FAULTY] if faulty else [sys.executable, "-m", "cbldm.runtime.cli_run"]
+        cmd = [*head, "watch", str(directory), *(["-o", str(out)] if out is not None else []),
+               "--model", str(model), "-k", "1", "--no-plot", "--refine", "0", "--interval", "0.3", *extra]
+        with open(self.log, "w") as fo, open(self.err, "w") as fe:
+            self.proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+
+    def stdout(self):
+        return self.log.read_text()
+
+    def stderr(self):
+        return self.err.read_text()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        assert self.proc.returncode == 0, self.stderr()
+        return self.stdout()
 
 
 def journal(out):
@@ -24,20 +65,20 @@ def journal(out):
     return [json.loads(l) for l in p.read_text().splitlines()] if p.exists() else []
 
 
-def wait_for(cond, timeout=90):
+def outcomes(out):
+    """Files done, in order: journal records that are outcomes, not 'started' marks."""
+    return [r for r in journal(out) if r["status"] in ("ok", "error")]
+
+
+def wait_for(cond, timeout=90, service=None):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if cond():
             return True
+        if service is not None and not service.alive():
+            raise AssertionError(f"the service exited ({service.proc.returncode}): {service.stderr()}")
         time.sleep(0.2)
     return False
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return out, err
 
 
 def write_slowly(path, text, chunks=6, pause=0.4):
@@ -50,15 +91,29 @@ def write_slowly(path, text, chunks=6, pause=0.4):
             time.sleep(pause)
 
 
+def append_separately(path, text, chunks=5, pause=1.0):
+    """Open, append, close; ``chunks`` times, ``pause`` s apart (network file systems, loggers):
+    every close is a close-after-write event, and only the last one ends the file."""
+    step = len(text) // chunks + 1
+    for i in range(0, len(text), step):
+        with open(path, "a") as fh:
+            fh.write(text[i:i + step])
+        if i + step < len(text):
+            time.sleep(pause)
+
+
 @pytest.mark.parametrize("poll", [False, True])
-def test_watch_slow_burst_broken_rename_backlog_restart(tiny_model, tmp_path, poll):
+def test_watch_slow_appended_burst_broken_rename_backlog_restart(tiny_model, tmp_path, poll):
     d, out = tmp_path / "in", tmp_path / "out"
     d.mkdir()
     (d / "backlog.gr").write_text(EXAMPLE)  # there before the service starts
-    extra = ["--poll", "--settle", "1.0"] if poll else []
-    proc = start(d, out, tiny_model, *extra)
+    # longer than the appender's 1 s pauses, with room for a loaded machine
+    extra = ["--settle", "2.5"] + (["--poll"] if poll else [])
+    svc = Service(d, out, tiny_model, *extra)
     try:
-        assert wait_for(lambda: len(journal(out)) == 1), proc.stderr.read() if proc.poll() is not None else ""
+        assert wait_for(lambda: len(outcomes(out)) == 1, service=svc)
+        appender = threading.Thread(target=append_separately, args=(d / "appended.gr", EXAMPLE))
+        appender.start()
         write_slowly(d / "slow.gr", EXAMPLE)  # never to be read half-written
         for i in range(4):  # a burst
             (d / f"burst{i}.gr").write_text(EXAMPLE)
@@ -67,28 +122,92 @@ def test_watch_slow_burst_broken_rename_backlog_restart(tiny_model, tmp_path, po
         tmp.write_text(EXAMPLE)
         os.replace(tmp, d / "renamed.gr")
         (d / "notes.md").write_text("not a PDF")
-        assert wait_for(lambda: len(journal(out)) == 8)
+        appender.join()
+        assert wait_for(lambda: len(outcomes(out)) == 9, service=svc)
     finally:
-        stdout, _ = stop(proc)
-    recs = {Path(r["path"]).name: r for r in journal(out)}
-    assert set(recs) == {"backlog.gr", "slow.gr", "burst0.gr", "burst1.gr", "burst2.gr", "burst3.gr",
-                         "broken.gr", "renamed.gr"}
+        stdout = svc.stop()
+    names = [Path(r["path"]).name for r in outcomes(out)]
+    assert sorted(names) == sorted({"backlog.gr", "slow.gr", "appended.gr", "burst0.gr", "burst1.gr", "burst2.gr",
+                                    "burst3.gr", "broken.gr", "renamed.gr"}), names  # each exactly once
+    recs = {Path(r["path"]).name: r for r in outcomes(out)}
     assert recs["broken.gr"]["status"] == "error" and (out / "broken.error.txt").exists()
     assert all(r["status"] == "ok" for n, r in recs.items() if n != "broken.gr")
-    slow = json.loads((out / "slow.json").read_text())
-    assert slow["resampling"]["source_points"] == 3000  # the whole file, not a prefix
-    assert "slow.gr" in stdout and "Rwp" in stdout
+    for stem in ("slow", "appended"):  # the whole file, not a prefix
+        assert json.loads((out / f"{stem}.json").read_text())["resampling"]["source_points"] == EXAMPLE_POINTS
+    assert not list(out.glob("*-2.*"))  # nothing done twice
+    assert "appended.gr" in stdout and "Rwp" in stdout
 
     # a restart redoes nothing; a changed file is done again
-    proc = start(d, out, tiny_model, *extra)
+    svc = Service(d, out, tiny_model, *extra)
     try:
-        time.sleep(3)
-        assert len(journal(out)) == 8
+        assert wait_for(lambda: "backlog:" in svc.stdout(), service=svc)
+        assert "backlog: 9 file(s), 9 already done, 0 to check" in svc.stdout()  # broken.gr too; notes.md no PDF
         (d / "burst0.gr").write_text(EXAMPLE + "# re-measured\n")
-        assert wait_for(lambda: len(journal(out)) == 9)
+        assert wait_for(lambda: len(outcomes(out)) == 10, service=svc)
     finally:
-        stop(proc)
+        stop_out = svc.stop()
+    assert Path(outcomes(out)[-1]["path"]).name == "burst0.gr", stop_out
     assert (out / "burst0-2.json").exists() and (out / "burst0.json").exists()
+
+
+def test_watch_survives_a_failing_file_and_gives_up_on_one_that_kills_it(tiny_model, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("crash.gr", "good.gr", "kill.gr"):
+        (d / name).write_text(EXAMPLE)
+    out = d / "cbldm-results"  # the default: inside the watched directory, never read back
+    extra = ["--settle", "0.5"]
+
+    def names(status=None):
+        return [Path(r["path"]).name for r in journal(out) if status is None or r["status"] == status]
+
+    # run 1: crash.gr raises, the service goes on; good.gr is done; kill.gr kills the process
+    svc = Service(d, None, tiny_model, *extra, faulty=True)
+    svc.proc.wait(timeout=120)
+    assert svc.proc.returncode == -signal.SIGKILL, svc.stderr()
+    assert names("error") == ["crash.gr"] and names("ok") == ["good.gr"] and names("started")[-1] == "kill.gr"
+    report = (out / "crash.error.txt").read_text()
+    assert "RuntimeError: injected fault" in report and "Traceback" in report
+    assert "error: RuntimeError: injected fault (report: crash.error.txt)" in svc.stdout()
+
+    # run 2: kill.gr once more (one crash may be a power cut)
+    svc = Service(d, None, tiny_model, *extra, faulty=True)
+    svc.proc.wait(timeout=120)
+    assert svc.proc.returncode == -signal.SIGKILL, svc.stderr()
+    assert names("started").count("kill.gr") == 2 and "kill.gr" not in names("error")
+
+    # run 3: kill.gr has stopped the service twice: reported, not tried; new files still done
+    svc = Service(d, None, tiny_model, *extra, faulty=True)
+    try:
+        assert wait_for(lambda: "kill.gr" in names("error"), service=svc)
+        (d / "late.gr").write_text(EXAMPLE)
+        assert wait_for(lambda: "late.gr" in names("ok"), service=svc)
+    finally:
+        svc.stop()
+    assert names("started").count("kill.gr") == 2
+    assert "the service stopped 2 times" in (out / "kill.error.txt").read_text()
+
+    # run 4: nothing is retried, and the results folder was never taken for input
+    svc = Service(d, None, tiny_model, *extra, faulty=True)
+    try:
+        assert wait_for(lambda: "backlog:" in svc.stdout(), service=svc)
+    finally:
+        svc.stop()
+    assert "backlog: 4 file(s), 4 already done, 0 to check" in svc.stdout()
+    assert sorted(set(names())) == ["crash.gr", "good.gr", "kill.gr", "late.gr"]
+    assert len(outcomes(out)) == 4
+
+
+def test_watch_refuses_results_in_the_watched_directory(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (tmp_path / "link").symlink_to(d)
+    for out in (str(d), f"{d}/.", str(tmp_path / "link")):
+        res = subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", "watch", str(d), "-o", out],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("error: -o ") and len(res.stderr.splitlines()) == 1, res.stderr
+    assert list(d.iterdir()) == []  # no journal, nothing written
 
 
 def test_watch_refuses_missing_directory(tiny_model, tmp_path):
