@@ -49,6 +49,12 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     if missing:
         raise ModelError(f"{model_dir}: manifest lists no fp32 graph for {', '.join(missing)}")
     model_physics(manifest, model_dir)
+    if verify and manifest.get("library"):
+        f = model_dir / manifest["library"]["file"]
+        if not f.exists():
+            raise ModelError(f"{f}: missing (listed in the manifest)")
+        if sha256_file(f) != manifest["library"]["sha256"]:
+            raise ModelError(f"{f}: hash differs from the manifest (file changed or corrupt)")
     if verify:
         for name in GRAPH_NAMES:
             for precision in ("fp32", "fp16"):
@@ -282,6 +288,14 @@ class LoadedModel:
     @property
     def hash(self) -> str:
         return model_hash(self.manifest)
+
+    @cached_property
+    def library(self):
+        """The cluster library shipped with the model (``cbldm.runtime.library``), or None."""
+        from cbldm.runtime.library import Library
+
+        entry = self.manifest.get("library")
+        return Library(self.model_dir / entry["file"]) if entry else None
 
     def describe(self) -> str:
         """One line: which model, on what, in which precision, and what ``auto`` passed over."""

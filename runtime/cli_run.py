@@ -64,6 +64,30 @@ REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF 
                "the structure as the networks gave it).")
 
 
+SOURCE_HELP = ("Where candidates come from: both (default), model (the networks) or library "
+               "(the shipped cluster library alone).")
+QMIN_HELP = "Qmin of the data (1/A; default: the file's header 'qmin', else 0.7)."
+QMAX_HELP = "Qmax of the data (1/A; default: the file's header 'qmax', else 25)."
+RMIN_HELP = "Fit from this r (A; default 1.5)."
+RMAX_HELP = "Fit up to this r (A; default: the file's last r)."
+
+
+def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
+    """--source and the physics overrides: a bad value is a usage error (exit 2)."""
+    from cbldm.runtime.pipeline import SOURCES
+
+    if source not in SOURCES:
+        raise fail(f"--source {source!r}: choose one of {', '.join(SOURCES)}", EXIT_USAGE)
+    for name, v in (("qmin", qmin), ("qmax", qmax), ("rmin", rmin), ("rmax", rmax)):
+        if v is not None and not v >= 0:
+            raise fail(f"--{name} must be >= 0, got {v}", EXIT_USAGE)
+    if qmin is not None and qmax is not None and qmin >= qmax:
+        raise fail(f"--qmin ({qmin}) must be below --qmax ({qmax})", EXIT_USAGE)
+    if rmin is not None and rmax is not None and rmin >= rmax:
+        raise fail(f"--rmin ({rmin}) must be below --rmax ({rmax})", EXIT_USAGE)
+    return {"qmin": qmin, "qmax": qmax, "rmin": rmin, "rmax": rmax}
+
+
 def _describe(m) -> str:
     return m.describe()
 
@@ -100,13 +124,22 @@ def predict(
     steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
     refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
+    source: str = typer.Option("both", help=SOURCE_HELP),
+    qmin: Optional[float] = typer.Option(None, help=QMIN_HELP),
+    qmax: Optional[float] = typer.Option(None, help=QMAX_HELP),
+    rmin: Optional[float] = typer.Option(None, help=RMIN_HELP),
+    rmax: Optional[float] = typer.Option(None, help=RMAX_HELP),
 ):
-    """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR."""
+    """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR.
+
+    Each answer carries a verdict (ok, doubtful, unusable) with plain-language warnings; it is
+    printed on the result line, written in the JSON and in the picture's title."""
     from cbldm.runtime.backends import GraphError
     from cbldm.runtime.pdfio import PDFInputError
     from cbldm.runtime.results import process_file
 
     element = _check_usage(candidates, element)
+    physics = _physics(source, qmin, qmax, rmin, rmax)
     ref = refine_config(refine, refine_iter)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
@@ -114,7 +147,7 @@ def predict(
     failed = 0
     for path in files:
         try:
-            res = process_file(path, m, outdir, sampler, candidates, element, seed, plot, ref)
+            res = process_file(path, m, outdir, sampler, candidates, element, seed, plot, ref, source, physics)
         except PDFInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
@@ -123,7 +156,7 @@ def predict(
             print(f"error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        typer.echo(f"{path}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> "
+        typer.echo(f"{path}: {res.line()}, {res.seconds:.2f} s -> "
                    f"{outdir / res.stem}.{{xyz,fit.gr,json" + (",png}" if plot else "}"))
     if failed:
         raise typer.Exit(EXIT_INPUT)
@@ -150,6 +183,11 @@ def watch(
     plot: bool = typer.Option(True, help="Write <stem>.png."),
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
     refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
+    source: str = typer.Option("both", help=SOURCE_HELP),
+    qmin: Optional[float] = typer.Option(None, help=QMIN_HELP),
+    qmax: Optional[float] = typer.Option(None, help=QMAX_HELP),
+    rmin: Optional[float] = typer.Option(None, help=RMIN_HELP),
+    rmax: Optional[float] = typer.Option(None, help=RMAX_HELP),
 ):
     """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
 
@@ -161,6 +199,7 @@ def watch(
     from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs
 
     element = _check_usage(candidates, element)
+    physics = _physics(source, qmin, qmax, rmin, rmax)
     ref = refine_config(refine, refine_iter)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")
@@ -178,9 +217,10 @@ def watch(
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     def handle(path: Path):
-        res = process_file(path, m, out, sampler, candidates, element, seed, plot, ref)
-        log(f"{path.name}: {res.n_atoms} atoms, Rwp {res.rwp:.3f}, {res.seconds:.2f} s -> {res.stem}.*")
-        return "ok", {"outputs": res.outputs, "n_atoms": res.n_atoms, "rwp": res.rwp, "seconds": res.seconds}
+        res = process_file(path, m, out, sampler, candidates, element, seed, plot, ref, source, physics)
+        log(f"{path.name}: {res.line()}, {res.seconds:.2f} s -> {res.stem}.*")
+        return "ok", {"outputs": res.outputs, "n_atoms": res.n_atoms, "rwp": res.rwp, "verdict": res.verdict,
+                      "motif": res.motif, "seconds": res.seconds}
 
     log(_describe(m))
     Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log).run()

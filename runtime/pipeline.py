@@ -1,26 +1,40 @@
-"""PDF in, ranked candidate structures out: the whole inference path, backend-agnostic.
+"""PDF in, ranked candidate structures out, each fitted with the file's own physics.
 
-A backend supplies four numpy callables (the exported graphs):
-    condition(pdf (B,6,500))            -> cond (B,2,125)
-    prior(pdf (B,6,500))                -> mu, logvar (B,1,16,16)  (diffusion space)
-    unet(x (B,1,16,16), t (B,), cond)   -> eps (B,1,16,16)
-    decoder(z (B,1,16,16))              -> kernel blocks (B,4,128,128)
-Training-side evaluation passes the PyTorch networks, the runtime ONNX Runtime sessions.
+Sources of candidates:
+- ``model``: the networks (any backend supplying four numpy callables, the exported graphs):
+      condition(pdf (B,6,500))            -> cond (B,2,125)
+      prior(pdf (B,6,500))                -> mu, logvar (B,1,16,16)  (diffusion space)
+      unet(x (B,1,16,16), t (B,), cond)   -> eps (B,1,16,16)
+      decoder(z (B,1,16,16))              -> kernel blocks (B,4,128,128)
+  skip-step sampling, kernel -> xyz recovery, scaled by the first-shell distance;
+- ``library``: the cluster library's best matches (``cbldm.runtime.library``).
+Every candidate then gets the same treatment (``cbldm.runtime.fitting``): size, Biso,
+delta2, Qdamp and scale refined against the data over the file's own r range and Q range;
+the best ``refine.top`` by that rigid fit get their coordinates refined with bond restraints
+(``cbldm.runtime.refine``). Ranking: physical candidates (no atoms closer than the clash
+distance) first, then by Rwp. The verdict (``cbldm.runtime.verdict``) says whether to trust it.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import numpy as np
 
+from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
-from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, best_scale, rwp
-from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, model_input
+from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
+from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_input, nn_distance
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
+from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, particle_extent
+
+SOURCES = ("both", "model", "library")
+LIBRARY_TOP = 4          # library matches fitted per PDF
+REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
 
 
 class Networks(Protocol):
@@ -30,63 +44,20 @@ class Networks(Protocol):
     decoder: Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass
-class Candidate:
-    xyz: np.ndarray
-    n_atoms: int
-    rwp: float
-    rwp_unrefined: float  # as the networks gave it: before the size fit and refinement
-    scale: float          # isotropic size factor fitted against the PDF (1.0 = none)
-    g_calc: np.ndarray    # PDF of the candidate on the model grid, scaled to the input
-    recovery_loss: float
-    rwp_size_fit: float = float("nan")   # after the size fit, before coordinate refinement
-    refined: bool = False                # coordinates refined against the PDF
-    shift_rms: float = 0.0               # RMS atom displacement the refinement made (A)
-
-
-@dataclass
-class Prediction:
-    candidates: list[Candidate]              # best (lowest Rwp) first
-    timings: dict = field(default_factory=dict)
-    sampler: dict = field(default_factory=dict)
-
-    @property
-    def best(self) -> Candidate:
-        return self.candidates[0]
-
-
-def _fit_size(xyz: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
-              r_one: float, g_one: np.ndarray, span: float = 0.03) -> tuple[float, float, np.ndarray]:
-    """Best isotropic scale of the structure (within +-span) by Rwp, bounded scalar search.
-
-    ``r_one``, ``g_one``: the Rwp and PDF at scale 1, which the caller already has."""
-    from scipy.optimize import minimize_scalar
-
-    def cost(s):
-        return rwp(g_obs, calc.calc(xyz * s, element, method="histogram"))
-
-    res = minimize_scalar(cost, bounds=(1 - span, 1 + span), method="bounded",
-                          options={"xatol": 2e-4, "maxiter": 25})
-    if res.fun >= r_one:
-        return 1.0, r_one, g_one
-    s = float(res.x)
-    g = calc.calc(xyz * s, element, method="histogram")
-    return s, rwp(g_obs, g), g
-
-
 @dataclass(frozen=True)
 class RefineConfig:
-    """Real-space refinement of the recovered candidates (``cbldm.runtime.refine``).
+    """Coordinate refinement of the best candidates after their physics fit.
 
-    ``top``: how many candidates, best first after the size fit, get their coordinates
-    refined against the PDF (0 = none); ``maxiter``: L-BFGS iterations each; ``max_shift``:
-    how far (A) any coordinate may move; ``min_distance``: closest allowed approach of two
-    atoms, as a fraction of the PDF's first-shell distance."""
+    ``top``: how many candidates, best first by the rigid fit, get their coordinates refined
+    (0 = none); ``maxiter``: L-BFGS iterations each; ``max_shift``: how far (A) any coordinate
+    may move; ``min_distance``: closest allowed approach of two atoms, as a fraction of the
+    PDF's first-shell distance; ``restrain``: hold bonded pairs near the fitted bond length."""
 
     top: int = 4
     maxiter: int = 100
     max_shift: float = 1.0
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
+    restrain: bool = True
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0:
@@ -95,120 +66,275 @@ class RefineConfig:
 
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
-                "min_distance": self.min_distance}
+                "min_distance": self.min_distance, "restrain": self.restrain}
 
 
 NO_REFINEMENT = RefineConfig(top=0)
 
 
-def predict(nets: Networks, g: np.ndarray, sampler: SamplerConfig, candidates: int = 4,
-            element: str = "Au", seed: int = 0, schedule: Schedule | None = None,
-            refine_size: bool = True, t: float = KERNEL_WIDTH,
-            refine: RefineConfig = RefineConfig()) -> Prediction:
-    """Sample ``candidates`` structures for one PDF (G on the model grid, 3000 points)."""
-    return predict_batch(nets, np.asarray(g)[None], sampler, candidates, [element], seed,
-                         schedule, refine_size, t, refine)[0]
+@dataclass
+class PDFInput:
+    """One PDF: the data on its own grid, its element and its physics (Q range, fit range)."""
+
+    r: np.ndarray
+    g: np.ndarray
+    element: str = "Au"
+    physics: FilePhysics | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.r = np.asarray(self.r, float)
+        self.g = np.asarray(self.g, float)
+        if self.physics is None:
+            self.physics = file_physics({}, self.r)
+
+    @classmethod
+    def on_model_grid(cls, g: np.ndarray, element: str = "Au", params=DEEPSTRUC_PARAMS, name: str = ""):
+        """A PDF simulated on the training grid (0-29.99 A) with known physics."""
+        r = rgrid(params)
+        phys = file_physics({}, r, qmin=params.qmin, qmax=params.qmax)
+        return cls(r, np.asarray(g, float), element, phys, name)
+
+    def model_grid(self) -> np.ndarray:
+        """G on the networks' grid r = 0.01 k, k < 3000; zero where the file has no data."""
+        rm = np.arange(N_R) * R_STEP
+        inside = (rm >= self.r[0] - 1e-9) & (rm <= self.r[-1] + 1e-9)
+        return np.where(inside, np.interp(rm, self.r, self.g), 0.0)
 
 
-def predict_batch(nets: Networks, gs: np.ndarray, sampler: SamplerConfig, candidates: int = 4,
-                  elements: list[str] | None = None, seed: int = 0, schedule: Schedule | None = None,
-                  refine_size: bool = True, t: float = KERNEL_WIDTH,
-                  refine: RefineConfig = RefineConfig()) -> list[Prediction]:
-    """Several PDFs (P, 3000) at once: the networks see P x candidates rows per call."""
-    gs = np.asarray(gs, dtype=np.float64)
-    p_n = len(gs)
-    elements = elements or ["Au"] * p_n
-    timings = {}
-    rng = np.random.default_rng(seed)
-    schedule = schedule or Schedule()
-    t0 = time.perf_counter()
-    pdf, d_nn = model_input(gs)  # networks work at first-shell distance D_REF
-    pdf = np.repeat(pdf, candidates, axis=0)  # rows: pdf0 x K, pdf1 x K, ...
-    cond = nets.condition(pdf)
-    mu, logvar = nets.prior(pdf)
-    timings["encode_s"] = time.perf_counter() - t0
+@dataclass
+class Candidate:
+    xyz: np.ndarray
+    source: str                      # "model" or "library"
+    label: str                       # library entry name, or "sample k"
+    motif: str | None = None         # library entries know theirs
+    rwp: float = 1.0                 # final, with the file's physics
+    rwp_rigid: float = 1.0           # after the physics fit, before coordinate refinement
+    fit: PhysicsFit | None = None
+    refined: bool = False
+    shift_rms: float = 0.0
+    g_calc: np.ndarray | None = None  # on the fit grid, scaled to the data
+    recovery_loss: float = 0.0
+    search_rwp: float | None = None  # library: the search's Rwp
 
-    t0 = time.perf_counter()
-    z = skip_step_sample(schedule, nets.unet, cond, mu.astype(np.float64),
-                         logvar.astype(np.float64), sampler, rng)
-    timings["sample_s"] = time.perf_counter() - t0
+    @property
+    def n_atoms(self) -> int:
+        return len(self.xyz)
 
-    t0 = time.perf_counter()
-    blocks = nets.decoder(z.astype(np.float32).reshape(len(pdf), *LATENT_SHAPE))
-    timings["decode_s"] = time.perf_counter() - t0
+    @property
+    def min_pair(self) -> float:
+        return min_pair_distance(self.xyz)
 
-    calc, refiner = _calculator()
-    results = []
-    for i in range(p_n):
-        t0 = time.perf_counter()
-        out = [_candidate(blocks[i * candidates + k], gs[i], calc, elements[i], refine_size, t,
-                          d_nn[i] / D_REF) for k in range(candidates)]
-        out.sort(key=lambda c: c.rwp)
-        tm = {k: v / p_n for k, v in timings.items()} | {"recover_s": time.perf_counter() - t0}
-        if refine.top > 0:
-            t0 = time.perf_counter()
-            out[:refine.top] = [_refine(c, gs[i], calc, refiner, elements[i], refine, d_nn[i])
-                                for c in out[:refine.top]]
-            # physical structures first: an unrefined candidate beyond ``top`` with atoms on
-            # top of each other must not outrank one that was cleaned up at some cost in Rwp
-            dmin = refine.min_distance * float(d_nn[i])
-            out.sort(key=lambda c: (min_pair_distance(c.xyz) < 0.99 * dmin, c.rwp))
-            tm["refine_s"] = time.perf_counter() - t0
-        results.append(Prediction(out, tm, sampler.as_dict() | {
-            "candidates": candidates, "seed": seed, "refine_size": refine_size,
-            "refine": refine.as_dict()}))
-    return results
+    @property
+    def detached(self) -> int:
+        return detached_atoms(self.xyz)
+
+    def physical(self, d: float, fraction: float) -> bool:
+        return self.n_atoms >= 2 and self.min_pair >= 0.99 * fraction * d
 
 
-_CALC: tuple | None = None
+@dataclass
+class Prediction:
+    candidates: list[Candidate]             # best first
+    r: np.ndarray                            # fit grid
+    g_obs: np.ndarray                        # the data on it
+    physics: FilePhysics
+    d_nn: float
+    extent: dict
+    verdict: Verdict
+    input_check: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    sampler: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
 
 
 def min_pair_distance(xyz: np.ndarray) -> float:
     """The shortest interatomic distance (inf for fewer than two atoms)."""
-    from scipy.spatial.distance import pdist
+    from scipy.spatial import cKDTree
 
-    return float(pdist(xyz).min()) if len(xyz) > 1 else float("inf")
-
-
-def _calculator() -> tuple[DebyePDF, PDFRefiner]:
-    # the refiner's kernel and linear map take ~0.5 s to build: once per process
-    global _CALC
-    if _CALC is None:
-        calc = DebyePDF(DEEPSTRUC_PARAMS)
-        _CALC = (calc, PDFRefiner(calc))
-    return _CALC
+    if len(xyz) < 2:
+        return float("inf")
+    d, _ = cKDTree(xyz).query(xyz, k=2)
+    return float(d[:, 1].min())
 
 
-def _refine(c: Candidate, g_obs: np.ndarray, calc: DebyePDF, refiner: PDFRefiner, element: str,
-            cfg: RefineConfig, d_nn: float) -> Candidate:
-    if c.n_atoms < 2:
-        return c
-    dmin = cfg.min_distance * float(d_nn)
-    ref = refiner.refine(c.xyz, g_obs, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
-                          min_distance=dmin)
-    # a candidate with atoms on top of each other takes the refined (separated) structure
-    # even at some cost in Rwp; a physical one only if the fit improved
-    clash = min_pair_distance(c.xyz) < dmin
+def detached_atoms(xyz: np.ndarray, factor: float = 1.25) -> int:
+    """Atoms with no neighbour within ``factor`` x the structure's median nearest-neighbour
+    distance: the PDF cannot see an atom placed far from the particle, so Rwp won't flag it."""
+    from scipy.spatial import cKDTree
+
+    if len(xyz) < 2:
+        return 0
+    d, _ = cKDTree(xyz).query(xyz, k=2)
+    nn = d[:, 1]
+    return int(np.sum(nn > factor * np.median(nn)))
+
+
+def predict(nets: Networks | None, pdf: PDFInput, sampler: SamplerConfig, candidates: int = 4,
+            seed: int = 0, schedule: Schedule | None = None, refine: RefineConfig = RefineConfig(),
+            source: str = "both", library=None, library_top: int = LIBRARY_TOP,
+            t: float = KERNEL_WIDTH) -> Prediction:
+    return predict_batch(nets, [pdf], sampler, candidates, seed, schedule, refine, source, library,
+                         library_top, t)[0]
+
+
+def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerConfig,
+                  candidates: int = 4, seed: int = 0, schedule: Schedule | None = None,
+                  refine: RefineConfig = RefineConfig(), source: str = "both", library=None,
+                  library_top: int = LIBRARY_TOP, t: float = KERNEL_WIDTH) -> list[Prediction]:
+    """Several PDFs at once: the networks see len(pdfs) x candidates rows per call.
+
+    Raises InputRefused (naming the position in ``pdfs``) for a PDF that is not usable."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    use_model = source in ("both", "model") and nets is not None and candidates > 0
+    use_library = source in ("both", "library") and library is not None
+    if not (use_model or use_library):
+        raise ValueError(f"source {source!r} needs " + ("networks" if source == "model" else "a library"))
+    t_all = time.perf_counter()
+    gm = np.stack([p.model_grid() for p in pdfs])
+    d_nn = nn_distance(gm, strict=False)
+    checks = []
+    for i, p in enumerate(pdfs):
+        try:
+            checks.append(check_input(p.r, p.g, None if not np.isfinite(d_nn[i]) else float(d_nn[i])))
+        except InputRefused as exc:
+            raise InputRefused(f"{p.name or f'PDF {i}'}: {exc}") from None
+    timings = {"check_s": time.perf_counter() - t_all}
+
+    decoded: list[list[Candidate]] = [[] for _ in pdfs]
+    if use_model:
+        decoded = _model_candidates(nets, gm, d_nn, sampler, candidates, seed, schedule, t, timings)
+
+    out = []
+    for i, p in enumerate(pdfs):
+        t0 = time.perf_counter()
+        d = float(d_nn[i])
+        grid = FitGrid(p.physics)
+        g_fit = np.interp(grid.r_fit, p.r, p.g)
+        extent = particle_extent(p.r, p.g, d, checks[i]["noise_level"])
+        cands = list(decoded[i])
+        tm = {k: v / len(pdfs) for k, v in timings.items()}
+        if use_library:
+            ts = time.perf_counter()
+            hits = library.search(p.r, p.g, d, p.physics.qmin, p.physics.qmax, p.physics.rmin,
+                                  p.physics.rmax, top=library_top)
+            for h in hits:
+                cands.append(Candidate(library.xyz(h.index) * h.bond, "library", h.name, h.motif,
+                                       search_rwp=h.rwp))
+            tm["library_search_s"] = time.perf_counter() - ts
+        tf = time.perf_counter()
+        for c in cands:
+            # library matches come with their bond length: a narrow size scan suffices
+            sizes = np.linspace(0.995, 1.005, 5) if c.source == "library" else None
+            c.fit = grid.fit(c.xyz, g_fit, sizes=sizes)
+            c.xyz = (c.xyz - c.xyz.mean(0)) * c.fit.size
+            c.rwp = c.rwp_rigid = c.fit.rwp
+            c.g_calc = c.fit.g_calc
+        tm["fit_s"] = time.perf_counter() - tf
+        frac = refine.min_distance
+        # physical ones first: atoms on top of each other must not win on Rwp
+        cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
+        if refine.top > 0:
+            tr = time.perf_counter()
+            todo = [k for k, c in enumerate(cands) if 2 <= c.n_atoms <= REFINE_MAX_ATOMS][:refine.top]
+            for k in todo:
+                cands[k] = _refine(cands[k], grid, g_fit, refine, d)
+            cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
+            tm["refine_s"] = time.perf_counter() - tr
+        if not cands:
+            raise InputRefused(f"{p.name or f'PDF {i}'}: no candidate structure (the networks decoded "
+                               "no atoms and no library was given)")
+        cands[0] = _exact_rwp(cands[0], p.physics, grid, g_fit)
+        largest = None
+        if use_library:
+            largest = float(np.max(library.diameter)) * d
+        runner = next((c for c in cands[1:] if c.n_atoms != cands[0].n_atoms), None)
+        verdict = judge(cands[0], runner, d, extent, largest)
+        tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
+            v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
+        out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
+                              sampler.as_dict() | {"candidates": candidates, "seed": seed,
+                                                   "source": source, "library_top": library_top,
+                                                   "refine": refine.as_dict()}))
+    return out
+
+
+def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) -> list[list[Candidate]]:
+    rng = np.random.default_rng(seed)
+    schedule = schedule or Schedule()
+    t0 = time.perf_counter()
+    pdf, _ = model_input(gm, d_nn)                 # networks work at first-shell distance D_REF
+    pdf = np.repeat(pdf, k, axis=0)                # rows: pdf0 x K, pdf1 x K, ...
+    cond = nets.condition(pdf)
+    mu, logvar = nets.prior(pdf)
+    timings["encode_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    z = skip_step_sample(schedule, nets.unet, cond, mu.astype(np.float64), logvar.astype(np.float64),
+                         sampler, rng)
+    timings["sample_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    blocks = nets.decoder(z.astype(np.float32).reshape(len(pdf), *LATENT_SHAPE))
+    timings["decode_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = []
+    for i in range(len(gm)):
+        row = []
+        for j in range(k):
+            w = from_blocks(np.asarray(blocks[i * k + j], dtype=np.float64))
+            n = count_atoms(w, t)
+            if n < 2:        # decoded (almost) nothing: no candidate, said in the sample count
+                continue
+            rec = recover_xyz(unit_diagonal(w[:n, :n]), t=t)
+            row.append(Candidate(rec.xyz * (d_nn[i] / D_REF), "model", f"sample {j + 1}",
+                                 recovery_loss=rec.loss))
+        out.append(row)
+    timings["recover_s"] = time.perf_counter() - t0
+    return out
+
+
+def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
+    refiner = PDFRefiner.for_fit(grid, c.fit)
+    dmin = cfg.min_distance * d
+    bond = d * c.fit.size if cfg.restrain else None
+    ref = refiner.refine(c.xyz, g_fit, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
+                         min_distance=dmin, bond=bond)
+    clash = c.min_pair < dmin
+    # a candidate with atoms on top of each other takes the refined (separated) structure even
+    # at some cost in Rwp; a physical one only if the fit improved
     if ref.iterations == 0 or not (clash or ref.rwp < c.rwp):
         return c
-    g = calc.calc(ref.xyz, element, method="histogram")
     start = c.xyz - c.xyz.mean(axis=0)
     shift = float(np.sqrt(np.mean(np.sum((ref.xyz - start) ** 2, axis=1))))
-    return replace(c, xyz=ref.xyz, rwp=rwp(g_obs, g), g_calc=g * best_scale(g_obs, g),
-                   rwp_size_fit=c.rwp, refined=True, shift_rms=shift)
+    # the refined coordinates with the physics and scale fitted again (size fixed: it is in them)
+    fit = grid.fit(ref.xyz, g_fit, sizes=np.array([1.0]),
+                   start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
+    fit = replace(fit, size=c.fit.size, at_bounds=fit.at_bounds)
+    if fit.rwp >= c.rwp and not clash:
+        return c
+    return replace(c, xyz=ref.xyz, rwp=fit.rwp, fit=fit, g_calc=fit.g_calc, refined=True,
+                   shift_rms=shift)
 
 
-def _candidate(blocks: np.ndarray, g_obs: np.ndarray, calc: DebyePDF, element: str,
-               refine_size: bool, t: float, frame: float) -> Candidate:
-    """``frame``: d / D_REF, the factor from the networks' frame back to angstroms."""
-    w = from_blocks(np.asarray(blocks, dtype=np.float64))
-    n = max(count_atoms(w, t), 1)
-    rec = recover_xyz(unit_diagonal(w[:n, :n]), t=t)
-    xyz = rec.xyz * frame
-    g_calc = calc.calc(xyz, element, method="histogram")
-    s, r = 1.0, rwp(g_obs, g_calc)
-    r_raw = r
-    if refine_size and n > 1:
-        s, r, g_calc = _fit_size(xyz, g_obs, calc, element, r, g_calc)
-    g_scaled = g_calc * best_scale(g_obs, g_calc)
-    return Candidate(xyz * s, n, r, r_raw, s, g_scaled, rec.loss, rwp_size_fit=r)
+def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray) -> Candidate:
+    """The answer's PDF from the DiffPy-exact calculator with the fitted physics (the fit itself
+    used binned distances and a series in delta2): the Rwp and curve that are reported."""
+    from cbldm.runtime.pdf import DebyePDF, PDFParams
+
+    f = c.fit
+    if f is None or c.n_atoms < 2:
+        return c
+    calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep, qmin=phys.qmin,
+                              qmax=phys.qmax, biso=f.biso, delta2=f.delta2, qdamp=f.qdamp))
+    method = "exact" if c.n_atoms <= 400 or not c.refined else "histogram"
+    g = calc.calc(c.xyz, "Au", method=method)[grid.mask]
+    hh = float(g @ g)
+    if hh <= 0:
+        return c
+    scale = max(0.0, float(g_fit @ g) / hh)
+    res = g_fit - scale * g
+    rwp = math.sqrt(float(res @ res) / float(g_fit @ g_fit))
+    return replace(c, rwp=rwp, g_calc=scale * g, fit=replace(f, scale=scale, rwp=rwp))

@@ -31,6 +31,12 @@ from cbldm.runtime.pdf import DebyePDF
 
 
 CLASH_WEIGHT = 10.0  # per A^2 of intrusion: 0.1 A inside costs as much as Rwp 0.3
+# Bond restraints: the pairs bonded at the start (within 1.2 bond lengths) are held near the
+# fitted bond length, mean squared deviation x this weight added to Rwp^2: 0.1 A RMS costs as
+# much as Rwp 0.1. Free coordinates otherwise absorb what the physics model lacks (noise,
+# Qdamp, thermal motion) and let wrong structures fit better than the right one.
+RESTRAINT_WEIGHT = 1.0   # per A^2
+RESTRAINT_REACH = 1.2
 
 
 @dataclass
@@ -49,19 +55,36 @@ class PDFRefiner:
     ``refine`` for any number of structures.
     """
 
-    def __init__(self, calc: DebyePDF, stride: int = 4):
+    def __init__(self, calc: DebyePDF | None = None, stride: int = 4, *, T: np.ndarray | None = None,
+                 K: np.ndarray | None = None, h: float | None = None):
+        if calc is not None:
+            # Bins of stride x 1e-3 A: the sine kernel varies on 2 pi / Qmax = 0.25 A, so linear
+            # interpolation at 4e-3 A is still ~1e-3 accurate, and the two kernel products
+            # (the whole cost) shrink by the stride. The reported Rwp is recomputed by the
+            # calculator itself afterwards.
+            h = calc.HIST_STEP * stride
+            # G is linear in F: the columns of T are the PDFs of unit F vectors.
+            T = calc._fq_to_gr(np.eye(calc.nq)).T                          # (n_r, nq)
+            dw = np.exp(-0.5 * 2.0 * calc.params.uiso * calc.q**2)       # Debye-Waller
+            K = calc._hist_kernel()[::stride] * dw[None, :]               # (n_bins, nq)
         self.calc = calc
-        # Bins of stride x 1e-3 A: the sine kernel varies on 2 pi / Qmax = 0.25 A, so linear
-        # interpolation at 4e-3 A is still ~1e-3 accurate, and the two kernel products
-        # (the whole cost) shrink by the stride. The reported Rwp is recomputed by the
-        # calculator itself afterwards.
-        self.h = calc.HIST_STEP * stride
-        # G is linear in F: the columns of T are the PDFs of unit F vectors.
-        self.T = calc._fq_to_gr(np.eye(calc.nq)).T                      # (n_r, nq)
-        dw = np.exp(-0.5 * 2.0 * calc.params.uiso * calc.q**2)           # Debye-Waller
-        self.K = np.ascontiguousarray(calc._hist_kernel()[::stride] * dw[None, :])  # (n_bins, nq)
+        self.h = float(h)
+        self.T = np.ascontiguousarray(T)
+        self.K = np.ascontiguousarray(K)
         self.rmax_pair = (len(self.K) - 2) * self.h
         self._pair_cache: tuple = (-1, None)
+
+    @classmethod
+    def for_fit(cls, grid, fit) -> "PDFRefiner":
+        """The objective of a physics fit (``cbldm.runtime.fitting``): the file's Q range and
+        fit range, the fitted Biso, delta2 (exact per bin) and Qdamp; coordinates in A."""
+        u = fit.biso / (8.0 * math.pi**2)
+        rb = np.arange(len(grid.K[0])) * grid.h
+        with np.errstate(divide="ignore"):
+            corr = np.where(rb > 0, np.clip(1.0 - fit.delta2 / np.maximum(rb, 1e-9) ** 2, 0.0, None), 0.0)
+        K = grid.K[0] * np.exp(-np.outer(corr * u, grid.q2))
+        env = np.exp(-0.5 * (grid.r_fit * fit.qdamp) ** 2)
+        return cls(T=(grid.T * env[None, :]).T, K=K, h=grid.h)
 
     def _pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pair_cache[0] != n:
@@ -69,7 +92,9 @@ class PDFRefiner:
         return self._pair_cache[1]
 
     def loss(self, x_flat: np.ndarray, g_obs: np.ndarray, gg: float,
-             min_distance: float = 0.0) -> tuple[float, np.ndarray]:
+             min_distance: float = 0.0, restraint: tuple | None = None) -> tuple[float, np.ndarray]:
+        """Rwp^2 (scale profiled out) + clash penalty + bond restraints, and the gradient.
+        ``restraint``: (mask over the i<j pairs, bond length A, weight) or None."""
         x = x_flat.reshape(-1, 3)
         n = len(x)
         iu, ju = self._pairs(n)
@@ -83,6 +108,12 @@ class PDFRefiner:
         penalty = CLASH_WEIGHT * float(np.sum((min_distance - d[close]) ** 2))
         dpen = np.zeros_like(d)
         dpen[close] = -2.0 * CLASH_WEIGHT * (min_distance - d[close])
+        if restraint is not None:
+            mask, bond, weight = restraint
+            dev = d[mask] - bond
+            m = max(1, len(dev))
+            penalty += weight * float(dev @ dev) / m
+            dpen[mask] += 2.0 * weight * dev / m
         # pairs beyond the calculator's range do not enter G; keep them out of the gradient
         keep = d < self.rmax_pair
         iu, ju, diff, d, dpen = iu[keep], ju[keep], diff[keep], d[keep], dpen[keep]
@@ -117,11 +148,13 @@ class PDFRefiner:
         return value, grad.ravel()
 
     def refine(self, xyz: np.ndarray, g_obs: np.ndarray, maxiter: int = 200,
-               max_shift: float | None = 0.5, min_distance: float = 0.0) -> Refinement:
+               max_shift: float | None = 0.5, min_distance: float = 0.0,
+               bond: float | None = None, restraint_weight: float = RESTRAINT_WEIGHT) -> Refinement:
         """L-BFGS on all coordinates. ``max_shift`` (A) boxes every coordinate around its
         start: the fit corrects positions, it does not get to invent a different cluster.
         ``min_distance`` (A): pairs closer than this are pushed apart (see ``loss``).
-        ``rwp`` and ``rwp_start`` are the Rwp alone, without the penalty."""
+        ``bond`` (A): restrain the pairs bonded at the start to this length.
+        ``rwp`` and ``rwp_start`` are the Rwp alone, without the penalties."""
         t0 = time.perf_counter()
         x0 = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         g_obs = np.asarray(g_obs, dtype=np.float64)
@@ -130,19 +163,25 @@ class PDFRefiner:
         if n < 2 or gg <= 0 or not np.all(np.isfinite(g_obs)):
             r = math.inf if gg <= 0 else 1.0
             return Refinement(x0.copy(), r, r, 0, time.perf_counter() - t0)
-        l0, _ = self.loss(x0.ravel(), g_obs, gg, min_distance)
+        restraint = None
+        if bond is not None and restraint_weight > 0:
+            iu, ju = self._pairs(n)
+            d0 = np.linalg.norm(x0[iu] - x0[ju], axis=1)
+            restraint = (d0 < RESTRAINT_REACH * bond, float(bond), float(restraint_weight))
+        penalised = min_distance > 0 or restraint is not None
+        l0, _ = self.loss(x0.ravel(), g_obs, gg, min_distance, restraint)
         bounds = None
         if max_shift is not None:
             flat = x0.ravel()
             bounds = list(zip(flat - max_shift, flat + max_shift))
-        res = optimize.minimize(self.loss, x0.ravel(), args=(g_obs, gg, min_distance), jac=True,
+        res = optimize.minimize(self.loss, x0.ravel(), args=(g_obs, gg, min_distance, restraint), jac=True,
                                 method="L-BFGS-B", bounds=bounds,
                                 options={"maxiter": maxiter, "ftol": 1e-10, "gtol": 1e-9,
                                          "maxcor": 20})
-        # the reported Rwp leaves the penalty out; without one, l0 already is Rwp^2
-        r0 = math.sqrt(self.loss(x0.ravel(), g_obs, gg)[0] if min_distance > 0 else l0)
+        # the reported Rwp leaves the penalties out; without any, l0 already is Rwp^2
+        r0 = math.sqrt(self.loss(x0.ravel(), g_obs, gg)[0] if penalised else l0)
         if not (np.isfinite(res.fun) and res.fun <= l0):
             return Refinement(x0.copy(), r0, r0, int(res.nit), time.perf_counter() - t0)
         x = res.x.reshape(n, 3)
-        r1 = math.sqrt(self.loss(res.x, g_obs, gg)[0] if min_distance > 0 else res.fun)
+        r1 = math.sqrt(self.loss(res.x, g_obs, gg)[0] if penalised else res.fun)
         return Refinement(x - x.mean(axis=0), r1, r0, int(res.nit), time.perf_counter() - t0)

@@ -1,9 +1,12 @@
 """Process one PDF file end to end and write its results atomically, never over old ones.
 
-Per input ``<stem>``: ``<stem>.xyz`` (best structure), ``<stem>.fit.gr`` (its PDF, scaled to
-the data), ``<stem>.json`` (atom count, Rwp, timings, model hash, sampler, all candidates),
-``<stem>.png`` (data vs fit with difference curve, and the structure). If ``<stem>.json``
-already exists the next free ``<stem>-2``, ``<stem>-3``... is used.
+Per input ``<stem>``: ``<stem>.xyz`` (best structure), ``<stem>.fit.gr`` (its PDF with the
+refined physics, scaled to the data, on the fitted r range), ``<stem>.json`` (verdict and
+warnings, atom count, motif, diameter, Rwp, refined physics, every candidate with its
+source, timings, model), ``<stem>.png`` (data vs fit over the file's whole r range with the
+fitted range marked, and the structure with its first-shell bonds, atoms coloured by
+coordination). If ``<stem>.json`` already exists the next free ``<stem>-2``, ``<stem>-3``...
+is used.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import numpy as np
 
 from cbldm.runtime.backends import LoadedModel
 from cbldm.runtime.fileutil import atomic_write
-from cbldm.runtime.pdf import rgrid
-from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, resample, write_gr
-from cbldm.runtime.pipeline import Prediction, RefineConfig, min_pair_distance, predict
-from cbldm.runtime.preprocess import NoPeakError
+from cbldm.runtime.fitting import file_physics
+from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, write_gr
+from cbldm.runtime.pipeline import PDFInput, Prediction, RefineConfig, predict
 from cbldm.runtime.sampling import SamplerConfig
+from cbldm.runtime.structure import bonds, diameter, motif
+from cbldm.runtime.verdict import InputRefused
 
 SUFFIXES = (".xyz", ".fit.gr", ".json", ".png")
 
@@ -31,8 +35,13 @@ class FileResult:
     stem: str
     n_atoms: int
     rwp: float
+    verdict: str
+    motif: str
     seconds: float
     outputs: list[str]
+
+    def line(self) -> str:
+        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}, {self.verdict.upper()}"
 
 
 def free_stem(outdir: Path, stem: str) -> str:
@@ -51,32 +60,57 @@ def element_for(data: PDFData, override: str | None, default: str = "Au") -> str
     try:
         return check_element(el)
     except ValueError:
-        raise PDFInputError(data.path, f"unknown element {el!r} (use --element)") from None
+        raise PDFInputError(data.path, f"unknown element {el!r} in the file's composition "
+                                       "(give --element)") from None
+
+
+def read_input(path: Path, element: str | None = None, qmin: float | None = None,
+               qmax: float | None = None, rmin: float | None = None,
+               rmax: float | None = None) -> tuple[PDFData, PDFInput]:
+    data = read_pdf(path)
+    el = element_for(data, element)
+    try:
+        phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax)
+    except ValueError as exc:
+        raise PDFInputError(path, str(exc)) from None
+    if phys.rmax - phys.rmin < 3.0:
+        raise PDFInputError(path, f"the fit range {phys.rmin:g}-{phys.rmax:g} A is too short")
+    return data, PDFInput(data.r, data.g, el, phys, str(path))
 
 
 def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerConfig,
                  candidates: int = 4, element: str | None = None, seed: int = 0,
-                 plot: bool = True, refine: RefineConfig = RefineConfig()) -> FileResult:
-    """Read, predict, write. Raises PDFInputError for bad input (nothing is written then)."""
+                 plot: bool = True, refine: RefineConfig = RefineConfig(), source: str = "both",
+                 physics: dict | None = None) -> FileResult:
+    """Read, predict, write. Raises PDFInputError for bad input (nothing is written then).
+    ``physics``: overrides of qmin, qmax, rmin, rmax (else the file's header, else defaults)."""
     t_start = time.perf_counter()
-    data = read_pdf(path)
-    el = element_for(data, element)
-    g, record = resample(data, rgrid())
+    data, pdf = read_input(path, element, **(physics or {}))
     t_read = time.perf_counter() - t_start
-    try:  # the first-shell peak is read in the model's preprocessing, before any output
-        pred = predict(model, g, sampler, candidates=candidates, element=el, seed=seed, refine=refine)
-    except NoPeakError as exc:
-        raise PDFInputError(path, f"{exc}: not a metal-particle PDF on an r grid in A?") from None
+    try:
+        pred = predict(model, pdf, sampler, candidates=candidates, seed=seed, refine=refine,
+                       source=source, library=model.library, schedule=model.schedule)
+    except InputRefused as exc:
+        raise PDFInputError(path, str(exc).split(": ", 1)[-1]) from None
     outdir.mkdir(parents=True, exist_ok=True)
     stem = free_stem(outdir, Path(path).stem)
+    outputs, total, doc = _write_outputs(outdir, stem, path, data, pdf, pred, model, plot, t_start,
+                                         {"read_s": t_read, **pred.timings})
+    return FileResult(str(path), stem, pred.best.n_atoms, pred.best.rwp, pred.verdict.verdict,
+                      doc["motif"], total, outputs)
+
+
+def describe(pred: Prediction) -> dict:
+    """The answer in words and numbers (shared by the JSON and the evaluation)."""
     best = pred.best
-    outputs, total = _write_outputs(outdir, stem, path, data, g, record, pred, model, el, plot,
-                                    t_start, {"read_s": t_read, **pred.timings})
-    return FileResult(str(path), stem, best.n_atoms, best.rwp, total, outputs)
+    m = motif(best.xyz)
+    return {"n_atoms": best.n_atoms, "motif": m["motif"], "cna_signatures": m["signatures"],
+            "motif_of_library_entry": best.motif, "diameter_A": round(diameter(best.xyz), 2),
+            "answer_source": best.source, "answer_label": best.label}
 
 
-def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model: LoadedModel,
-                   element: str, plot: bool, t_start: float, timings: dict) -> tuple[list[str], float]:
+def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Prediction,
+                   model: LoadedModel, plot: bool, t_start: float, timings: dict):
     """xyz, fit.gr and png first; the JSON last, once, with the timings: its presence means
     the result set is complete. ``write_s`` covers every output but the JSON itself."""
     import ase.io
@@ -84,86 +118,107 @@ def _write_outputs(outdir, stem, path, data, g, record, pred: Prediction, model:
 
     t0 = time.perf_counter()
     best = pred.best
-    r = rgrid()
-    atoms = Atoms(f"{element}{best.n_atoms}", positions=best.xyz)
-    comment = f"cbldm prediction for {Path(path).name}: Rwp {best.rwp:.4f}, model {model.hash}"
+    about = describe(pred)
+    v = pred.verdict
+    atoms = Atoms(f"{pdf.element}{best.n_atoms}", positions=best.xyz)
+    comment = (f"cbldm answer for {Path(path).name}: {about['motif']}, Rwp {best.rwp:.4f}, "
+               f"verdict {v.verdict}, model {model.hash}")
     atomic_write(outdir / f"{stem}.xyz", lambda p: ase.io.write(p, atoms, format="xyz", comment=comment))
-    write_gr(outdir / f"{stem}.fit.gr", r, best.g_calc,
-             {"source": str(path), "composition": f"{element}{best.n_atoms}", "rwp": best.rwp,
-              "model": model.hash, "what": "PDF of the predicted structure, scaled to the data"},
+    phys = best.fit.params() if best.fit else {}
+    write_gr(outdir / f"{stem}.fit.gr", pred.r, best.g_calc,
+             {"source": str(path), "composition": f"{pdf.element}{best.n_atoms}", "rwp": best.rwp,
+              "verdict": v.verdict, "qmin": pred.physics.qmin, "qmax": pred.physics.qmax,
+              **{k: val for k, val in phys.items()}, "model": model.hash,
+              "what": "PDF of the answer with the refined physics, scaled to the data"},
              title="cbldm-run fit")
     outs = [f"{stem}.xyz", f"{stem}.fit.gr"]
     if plot:
-        atomic_write(outdir / f"{stem}.png", lambda p: plot_fit(p, r, g, best.g_calc, best.xyz,
-                                                            f"{Path(path).name}: {element}{best.n_atoms}, "
-                                                            f"Rwp {best.rwp:.3f}"))
+        title = (f"{Path(path).name}: {pdf.element}{best.n_atoms} {about['motif']}, "
+                 f"{about['diameter_A'] / 10:.1f} nm, Rwp {best.rwp:.3f} - {v.verdict.upper()}")
+        atomic_write(outdir / f"{stem}.png", lambda p: plot_fit(p, data.r, data.g, pred, title))
         outs.append(f"{stem}.png")
     timings = {**timings, "write_s": time.perf_counter() - t0}
     timings["total_s"] = time.perf_counter() - t_start
     doc = {
-        "source": str(path), "source_format": data.format, "element": element,
-        "n_atoms": best.n_atoms, "rwp": best.rwp, "rwp_before_size_fit": best.rwp_unrefined,
-        "rwp_before_refinement": best.rwp_size_fit, "refined": best.refined,
-        "refine_shift_rms_A": round(best.shift_rms, 4), "size_factor": best.scale,
+        "source": str(path), "source_format": data.format, "element": pdf.element,
+        "verdict": v.verdict, "warnings": v.warnings,
+        **about,
+        "rwp": best.rwp, "rwp_before_refinement": best.rwp_rigid,
+        "refined": best.refined, "refine_shift_rms_A": round(best.shift_rms, 4),
+        "refined_physics": phys,
+        "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
+                "rmax_A": pred.physics.rmax, "from": pred.physics.source,
+                "points": int(len(pred.r))},
+        "first_shell_A": round(pred.d_nn, 4),
+        "particle": pred.extent, "input_check": {k: round(float(x), 5) for k, x in pred.input_check.items()},
         # sanity numbers for the reader: metals have no pair far below the first shell, and
         # no atom without a neighbour (atoms beyond the PDF's r range are invisible to Rwp)
-        "min_pair_distance_A": round(min_pair_distance(best.xyz), 4) if len(best.xyz) > 1 else None,
-        "detached_atoms": detached_atoms(best.xyz),
+        "min_pair_distance_A": round(best.min_pair, 4) if best.n_atoms > 1 else None,
+        "detached_atoms": best.detached,
         "model": {"hash": model.hash, "dir": str(model.model_dir), "backend": model.backend,
-                  "precision": model.precision, "providers": model.providers.get("unet")},
-        "sampler": pred.sampler, "resampling": record,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "candidates": [{"rank": i + 1, "n_atoms": c.n_atoms, "rwp": c.rwp, "size_factor": c.scale,
-                        "rwp_before_refinement": c.rwp_size_fit, "refined": c.refined,
-                        "recovery_loss": c.recovery_loss} for i, c in enumerate(pred.candidates)],
+                  "precision": model.precision, "graph_precisions": model.precisions,
+                  "providers": model.providers.get("unet"),
+                  "library": (model.manifest.get("library") or {}).get("sha256")},
+        "sampler": pred.sampler,
+        "timings": {k: round(val, 4) for k, val in timings.items()},
+        "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
+                        "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid, "refined": c.refined,
+                        **(c.fit.params() if c.fit else {})} for i, c in enumerate(pred.candidates)],
     }
-    atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
-    return outs + [f"{stem}.json"], timings["total_s"]
+    atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1, default=float)))
+    return outs + [f"{stem}.json"], timings["total_s"], doc
 
 
-def detached_atoms(xyz: np.ndarray, factor: float = 1.25) -> int:
-    """Atoms with no neighbour within ``factor`` x the structure's median nearest-neighbour
-    distance: the PDF cannot see an atom placed far from the particle, so Rwp won't flag it."""
-    from scipy.spatial import cKDTree
-
-    if len(xyz) < 2:
-        return 0
-    d, _ = cKDTree(xyz).query(xyz, k=2)
-    nn = d[:, 1]
-    return int(np.sum(nn > factor * np.median(nn)))
-
-
-def plot_fit(path: Path, r: np.ndarray, g_obs: np.ndarray, g_fit: np.ndarray, xyz: np.ndarray,
-             title: str) -> None:
+def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Prediction, title: str) -> None:
+    """Left: the file's whole G(r), the fit over the fitted range (outside it shaded), the
+    difference. Right: the structure, first-shell bonds drawn, atoms coloured by coordination."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(11, 4.2))
-    ax = fig.add_axes([0.06, 0.13, 0.58, 0.76])
-    nz = np.flatnonzero(g_obs)
-    rmax = r[nz[-1]] if len(nz) else r[-1]
-    sel = r <= rmax
-    ax.plot(r[sel], g_obs[sel], color="0.15", lw=1.2, label="data")
-    ax.plot(r[sel], g_fit[sel], color="tab:red", lw=1.0, label="predicted structure")
-    off = 1.2 * min(g_obs[sel].min(), g_fit[sel].min()) - 0.2 * np.abs(g_obs).max()
-    ax.plot(r[sel], g_obs[sel] - g_fit[sel] + off, color="tab:blue", lw=0.9, label="difference (offset)")
+    best = pred.best
+    fig = plt.figure(figsize=(12, 4.6))
+    ax = fig.add_axes([0.06, 0.12, 0.56, 0.76])
+    ax.plot(r_data, g_data, color="0.15", lw=1.1, label="data")
+    ax.plot(pred.r, best.g_calc, color="tab:red", lw=0.9, label=f"fit ({best.source}: {best.label})")
+    lo = min(float(g_data.min()), float(best.g_calc.min()))
+    off = lo - 0.25 * float(np.abs(g_data).max())
+    ax.plot(pred.r, pred.g_obs - best.g_calc + off, color="tab:blue", lw=0.8, label="difference (offset)")
     ax.axhline(off, color="tab:blue", lw=0.4, ls=":")
+    for a, b in ((r_data[0], pred.physics.rmin), (pred.physics.rmax, r_data[-1])):
+        if b > a:
+            ax.axvspan(a, b, color="0.9", zorder=0)
+    ax.text(0.99, 0.02, f"fitted {pred.physics.rmin:g}-{pred.physics.rmax:g} Å (shaded: not fitted)",
+            transform=ax.transAxes, ha="right", fontsize=7, color="0.4")
+    ax.set_xlim(r_data[0], r_data[-1])
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("G(r) (Å$^{-2}$)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
-    ax3 = fig.add_axes([0.68, 0.08, 0.30, 0.84], projection="3d")
-    c = xyz - xyz.mean(0)
-    ax3.scatter(c[:, 0], c[:, 1], c[:, 2], s=40, c=np.linalg.norm(c, axis=1), cmap="viridis",
-                edgecolors="k", linewidths=0.3, depthshade=True)
+    ax.set_title(title, fontsize=9.5)
+    ax.legend(frameon=False, fontsize=7.5, loc="upper right")
+    if pred.verdict.warnings:
+        ax.text(0.01, 0.98, "\n".join(pred.verdict.warnings[:3]), transform=ax.transAxes, va="top",
+                fontsize=6.5, color="tab:red" if pred.verdict.verdict != "ok" else "0.3", wrap=True)
+    ax3 = fig.add_axes([0.64, 0.04, 0.35, 0.9], projection="3d")
+    c = best.xyz - best.xyz.mean(0)
+    nb, _ = bonds(c)
+    cn = np.array([len(s) for s in nb])
+    if len(c) <= 1200:   # bonds of bigger particles only hide the atoms
+        from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+        segs = [(c[i], c[j]) for i, s in enumerate(nb) for j in s if j > i]
+        ax3.add_collection3d(Line3DCollection(segs, colors="0.6", linewidths=0.5))
+    size = max(6.0, 60.0 * (40.0 / max(len(c), 40)) ** 0.5)
+    sc = ax3.scatter(c[:, 0], c[:, 1], c[:, 2], s=size, c=cn, cmap="viridis", vmin=0, vmax=12,
+                     edgecolors="k", linewidths=0.3, depthshade=True)
     lim = np.abs(c).max() + 1.0
     for setter in (ax3.set_xlim, ax3.set_ylim, ax3.set_zlim):
         setter(-lim, lim)
     ax3.set_box_aspect((1, 1, 1))
     ax3.set_axis_off()
-    ax3.set_title(f"{len(xyz)} atoms", fontsize=9)
+    cb = fig.colorbar(sc, ax=ax3, shrink=0.5, pad=0.0, fraction=0.04)
+    cb.set_label("coordination", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 

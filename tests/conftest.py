@@ -83,8 +83,13 @@ def tiny_model(tiny_run, tmp_path_factory):
     """tiny_run exported with the default (dynamo) exporter, fp32 + fp16."""
     from cbldm.export.onnx_export import export_run
 
+    from cbldm.export.onnx_export import attach_library
+    from cbldm.models import default_model_dir
+
     out = tmp_path_factory.mktemp("tinymodel") / "model"
     export_run(tiny_run, out, fp16=True, log=lambda m: None)
+    # the shipped cluster library: a tiny model's networks decode next to nothing
+    attach_library(out, default_model_dir() / "library.npz")
     return out
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from cbldm.runtime.backends import (GRAPH_NAMES, BackendUnavailable, GraphError, ModelError,
                                     check_engine_batch, load_manifest, load_model, select_engines)
-from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
-from cbldm.runtime.pipeline import NO_REFINEMENT, predict
+from cbldm.runtime.pdf import DEEPSTRUC_PARAMS
+from cbldm.runtime.pipeline import NO_REFINEMENT, PDFInput, predict
 from cbldm.runtime.sampling import SamplerConfig, Schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,17 +19,19 @@ SAMPLER = SamplerConfig(t1=999, t2=100, steps_before=0, steps_after=2)
 
 
 def _example_g():
-    from cbldm.runtime.pdfio import read_pdf, resample
+    from cbldm.runtime.pdfio import read_pdf
 
-    return resample(read_pdf(REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr"), rgrid())[0]
+    d = read_pdf(REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr")
+    return PDFInput(d.r, d.g, "Pt")
 
 
 def _model_copy(tmp_path, edit=None) -> Path:
     """The shipped model's manifest, edited, beside links to its graphs."""
     out = tmp_path / "m"
     out.mkdir()
-    for f in SHIPPED.glob("*.onnx"):
-        (out / f.name).symlink_to(f)
+    for f in SHIPPED.iterdir():
+        if f.name != "manifest.json":
+            (out / f.name).symlink_to(f)
     doc = json.loads((SHIPPED / "manifest.json").read_text())
     if edit:
         edit(doc)
@@ -68,7 +70,7 @@ def test_manifest_the_runtime_cannot_honour_is_refused_in_one_line(tmp_path, edi
 
 def test_fake_model_gives_the_decoded_structure(fake_model):
     """The control for the tests below: with finite outputs the fake graphs give an answer."""
-    p = predict(fake_model(), _example_g(), SAMPLER, candidates=2, element="Pt", refine=NO_REFINEMENT)
+    p = predict(fake_model(), _example_g(), SAMPLER, candidates=2, refine=NO_REFINEMENT, source="model")
     assert [c.n_atoms for c in p.candidates] == [51, 51]
 
 
@@ -83,15 +85,14 @@ def test_a_graph_returning_nan_is_an_error_naming_it(fake_model, graph):
         return out
 
     with pytest.raises(GraphError, match=rf"^graph {graph} returned non-finite values \(\d+ NaN, 0 inf") as exc:
-        predict(fake_model(**{graph: nan_like}), _example_g(), SAMPLER, candidates=2, element="Pt",
-                refine=NO_REFINEMENT)
+        predict(fake_model(**{graph: nan_like}), _example_g(), SAMPLER, candidates=2, refine=NO_REFINEMENT, source="model")
     assert "\n" not in str(exc.value)
 
 
 def test_inf_from_a_graph_is_an_error_too(fake_model):
     with pytest.raises(GraphError, match=r"graph condition returned non-finite values \(0 NaN, 500 inf"):
         predict(fake_model(condition=lambda pdf: np.full((len(pdf), 2, 125), np.inf, np.float32)),
-                _example_g(), SAMPLER, candidates=2, element="Pt", refine=NO_REFINEMENT)
+                _example_g(), SAMPLER, candidates=2, refine=NO_REFINEMENT, source="model")
 
 
 def test_networks_without_the_check_cannot_make_nan_an_atom(fake_model):
@@ -103,7 +104,7 @@ def test_networks_without_the_check_cannot_make_nan_an_atom(fake_model):
     plain = SimpleNamespace(**fake_model().graphs)
     plain.decoder = lambda z: np.full((len(z), 4, 128, 128), np.nan, np.float32)
     with pytest.raises(ValueError, match="non-finite"):
-        predict(plain, _example_g(), SAMPLER, candidates=1, element="Pt", refine=NO_REFINEMENT)
+        predict(plain, _example_g(), SAMPLER, candidates=1, refine=NO_REFINEMENT, source="model")
 
 
 # -- precision per graph --------------------------------------------------------------------

@@ -83,44 +83,52 @@ def test_refinement_respects_the_shift_box_and_never_worsens(calc, rng):
 
 def test_pipeline_refines_the_best_candidates_only(fake_model, calc):
     """Networks that decode three perturbed copies of a known decahedron, against its exact
-    PDF: the best one after the size fit must be refined, and only that one. (With a trained
-    model nothing guarantees any candidate gets refined, and a check over the refined ones
-    passed with none; here the count is asserted first.)"""
+    PDF: the best one after the physics fit must be refined, and only that one. (With a
+    trained model nothing guarantees any candidate gets refined, and a check over the refined
+    ones passed with none; here the count is asserted first.)"""
     from scipy.spatial.distance import pdist
 
+    from cbldm.runtime.pdf import PDFParams
+    from cbldm.runtime.pipeline import PDFInput
     from cbldm.runtime.preprocess import D_REF, nn_distance
 
     truth = _cluster("Decahedron", 51, d=2.77)  # the first with >= 51 atoms: 80
     g = calc.calc(truth, "Pt")
+    pdf = PDFInput.on_model_grid(g, "Pt")
     frame = truth * D_REF / float(nn_distance(g))  # what networks would decode for this PDF
     m = fake_model(frame, noise=0.1 * D_REF / 2.77)
     sampler = SamplerConfig(**m.manifest["sampler"])
-    plain = predict(m, g, sampler, candidates=3, element="Pt", seed=1, refine=NO_REFINEMENT)
+    plain = predict(m, pdf, sampler, candidates=3, seed=1, refine=NO_REFINEMENT, source="model")
     assert len(plain.candidates) == 3 and all(c.n_atoms == len(truth) for c in plain.candidates)
     assert not any(c.refined for c in plain.candidates)
-    assert all(c.rwp == c.rwp_size_fit for c in plain.candidates)
-    ref = predict(m, g, sampler, candidates=3, element="Pt", seed=1, refine=RefineConfig(top=1))
+    ref = predict(m, pdf, sampler, candidates=3, seed=1, refine=RefineConfig(top=1), source="model")
     refined = [c for c in ref.candidates if c.refined]
-    assert len(refined) == 1, [(c.rwp, c.rwp_size_fit) for c in ref.candidates]
+    assert len(refined) == 1, [(c.rwp, c.rwp_rigid) for c in ref.candidates]
 
     # ranking: physical structures (no pair inside 0.9 of the first shell) first, then Rwp
     dmin = 0.9 * float(nn_distance(g))
     phys = [c for c in ref.candidates if pdist(c.xyz).min() >= 0.99 * dmin]
     assert ref.best is min(phys or ref.candidates, key=lambda c: c.rwp)
 
-    c, start = refined[0], plain.candidates[0]  # the same structure before refinement (same seed)
+    c = refined[0]
+    start = min(plain.candidates, key=lambda x: x.rwp_rigid)  # the same structure before refinement
     assert c.shift_rms > 0
-    assert c.rwp_size_fit == start.rwp
+    assert c.rwp_rigid == pytest.approx(start.rwp_rigid)
     # perturbed by 0.1 A from the truth, against the truth's own PDF: the fit must improve a lot
-    assert c.rwp < 0.5 * c.rwp_size_fit, (c.rwp, c.rwp_size_fit)
-    # the reported Rwp is the calculator's, for the coordinates that are returned
-    assert c.rwp == pytest.approx(rwp(g, DebyePDF().calc(c.xyz, "Pt", method="histogram")))
+    assert c.rwp < 0.5 * c.rwp_rigid, (c.rwp, c.rwp_rigid)
+    # the reported Rwp is the exact calculator's, for the returned coordinates and fitted physics
+    assert c is ref.best
+    f, ph = c.fit, ref.physics
+    exact = DebyePDF(PDFParams(rmax=ph.rmax + ph.rstep, qmin=ph.qmin, qmax=ph.qmax, biso=f.biso,
+                               delta2=f.delta2, qdamp=f.qdamp)).calc(c.xyz, "Pt")
+    assert c.rwp == pytest.approx(rwp(ref.g_obs, exact[(exact.shape[0] - len(ref.r)):]), rel=1e-6)
     # and the untouched candidates are exactly what the unrefined run gave
-    assert sorted(x.rwp for x in ref.candidates if not x.refined) == sorted(x.rwp for x in plain.candidates[1:])
+    assert sorted(x.rwp_rigid for x in ref.candidates if not x.refined) == \
+        pytest.approx(sorted(x.rwp_rigid for x in plain.candidates if x is not start))
 
 
 def test_detached_atoms_are_counted():
-    from cbldm.runtime.results import detached_atoms
+    from cbldm.runtime.pipeline import detached_atoms
 
     for kind in ("Icosahedron", "BCC", "SC", "Decahedron"):
         assert detached_atoms(_cluster(kind, 50)) == 0, kind

@@ -21,11 +21,19 @@ def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
     for suffix in (".xyz", ".fit.gr", ".json", ".png"):
         assert (tmp_path / f"Pt_decahedron_p3_q2_r1{suffix}").exists()
     doc = json.loads((tmp_path / "Pt_decahedron_p3_q2_r1.json").read_text())
-    assert doc["element"] == "Pt" and len(doc["candidates"]) == 2 and doc["model"]["backend"] == "cpu"
-    assert set(doc["timings"]) >= {"read_s", "encode_s", "sample_s", "decode_s", "recover_s", "refine_s",
-                                   "total_s"}
-    assert {"rwp_before_refinement", "refined", "refine_shift_rms_A", "min_pair_distance_A",
+    assert doc["element"] == "Pt" and doc["model"]["backend"] == "cpu"
+    sources = [c["source"] for c in doc["candidates"]]
+    # the library's 4 best matches and at most the 2 samples (a tiny model may decode no atoms)
+    assert sources.count("library") == 4 and sources.count("model") <= 2
+    assert set(doc["timings"]) >= {"read_s", "encode_s", "sample_s", "decode_s", "recover_s", "library_search_s",
+                                   "fit_s", "refine_s", "total_s"}
+    assert {"verdict", "warnings", "motif", "diameter_A", "answer_source", "refined_physics", "fit", "particle",
+            "rwp_before_refinement", "refined", "refine_shift_rms_A", "min_pair_distance_A",
             "detached_atoms"} <= set(doc)
+    assert doc["verdict"] in ("ok", "doubtful", "unusable")
+    # the example is a recipe shape fitted with the training physics: the library finds it exactly
+    assert doc["n_atoms"] == 146 and doc["rwp"] < 0.02 and doc["verdict"] == "ok", doc["warnings"]
+    assert doc["fit"]["qmax"] == 25.0 and doc["fit"]["from"]["qmax"] == "file header"
     assert doc["sampler"]["refine"]["top"] == 4
     first = (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes()
     res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1", "--no-plot")
@@ -64,7 +72,7 @@ def test_runtime_sampler_on_onnx_equals_training_sampler_on_torch(tiny_model, ti
     from cbldm.runtime.backends import load_model
     from cbldm.runtime.preprocess import model_input
     from cbldm.runtime.sampling import Schedule, skip_step_sample
-    from cbldm.training.evaluate import TorchNetworks
+    from cbldm.training.runs import TorchNetworks
 
     pdf = np.repeat(model_input(example_pdfs(2).reshape(2, -1).astype(np.float64))[0], 2, axis=0)
     cfg = default_sampler(tiny_run)

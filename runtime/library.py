@@ -1,0 +1,156 @@
+"""A library of ideal clusters, searched against a PDF in one batched matrix product.
+
+The recipe builds 331 distinct shapes (every one of its 12.6k structures is one of them at
+some bond length); a search over them in a bond-length-free frame is exact for every recipe
+shape, so it is both the baseline the networks must beat and a source of candidates. The
+extended part holds the same families (and truncated octahedra, cuboctahedra, icosahedra,
+Marks decahedra, fcc spheres) beyond the networks' 256 atoms, up to a few thousand, for
+particles the networks cannot describe.
+
+Storage (``library.npz``, arrays only, shipped beside the model and hashed in its manifest):
+unit-bond coordinates (median nearest-neighbour distance 1), names, motifs, atom counts,
+diameters, and each entry's Debye sum without thermal damping on a grid of unit-frame Q:
+
+    F0(q) = (2/N) sum_{i<j} sin(q u_ij) / u_ij,   u = r / d (d: bond length)
+
+A measured PDF with bond length d, Q range [Qmin, Qmax] and a guessed Biso becomes, in the
+unit frame, the same sum on [Qmin d, Qmax d] with U / d^2; so one matrix T (the sine transform
+onto the data's r / d grid, built per file) turns all entries' F0 into PDFs at once, and the
+data, re-gridded at a few bond lengths around d, is compared with every entry in one product.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "cbldm-library/1"
+Q_UNIT_STEP = 0.1          # resolves unit-frame distances up to pi / 0.1 = 31 bonds (~90 A)
+Q_UNIT_MAX = 95.0          # Qmax 30 1/A at a 3.2 A bond
+SEARCH_BISO = 0.5          # A^2: the search's thermal damping (refined per candidate later)
+SEARCH_STEP = 0.02         # unit-frame r step of the comparison grid (~0.06 A)
+
+
+class LibraryError(RuntimeError):
+    pass
+
+
+@dataclass
+class Hit:
+    index: int
+    name: str
+    motif: str
+    n_atoms: int
+    bond: float          # A: the bond length that fits best
+    rwp: float           # search-grade Rwp (guessed thermal damping, no Qdamp)
+
+
+class Library:
+    def __init__(self, path: Path):
+        path = Path(path)
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise LibraryError(f"{path}: not a cluster library ({exc})") from None
+        if str(z["format"]) != FORMAT:
+            raise LibraryError(f"{path}: format {z['format']} is not {FORMAT}")
+        self.path = path
+        self.n_atoms = z["n_atoms"].astype(int)
+        self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])
+        self._xyz = z["xyz"]
+        self.names = z["name"].astype(str)
+        self.motif = z["motif"].astype(str)
+        self.kind = z["kind"].astype(str)
+        self.diameter = z["diameter"].astype(float)
+        self.f0 = z["f0"].astype(np.float64)
+        self.q = np.arange(self.f0.shape[1]) * float(z["q_step"])
+
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
+    def xyz(self, i: int) -> np.ndarray:
+        """Unit-bond coordinates of entry ``i`` (centred)."""
+        return self._xyz[self.offsets[i]:self.offsets[i + 1]].astype(np.float64)
+
+    def search(self, r: np.ndarray, g: np.ndarray, d: float, qmin: float, qmax: float,
+               rmin: float, rmax: float, top: int = 8, max_atoms: int | None = None,
+               min_atoms: int | None = None, span: float = 0.03, steps: int = 13,
+               biso: float = SEARCH_BISO) -> list[Hit]:
+        """The ``top`` entries whose PDFs best match G(r) (data on ``r``, fit range [rmin, rmax]),
+        each at its best bond length within d (1 +- span). One entry per distinct name."""
+        sel = np.ones(len(self), bool)
+        if max_atoms is not None:
+            sel &= self.n_atoms <= max_atoms
+        if min_atoms is not None:
+            sel &= self.n_atoms >= min_atoms
+        idx = np.flatnonzero(sel)
+        if len(idx) == 0:
+            return []
+        # the comparison grid, in bond units; the data is read at r = u * bond for each bond
+        u = np.arange(rmin / d, rmax / d, SEARCH_STEP)
+        bonds = d * np.linspace(1 - span, 1 + span, steps)
+        inside = [(u * b >= r[0]) & (u * b <= r[-1]) for b in bonds]
+        data = np.stack([np.where(m, np.interp(u * b, r, g), 0.0) for m, b in zip(inside, bonds)])
+        # library PDFs on u: the file's Q window and a guessed damping, in unit-frame terms
+        lo, hi = qmin * d, qmax * d
+        qs = (self.q >= lo) & (self.q < min(hi, self.q[-1] + 1e-9))
+        q = self.q[qs]
+        uiso = biso / (8 * math.pi**2) / d**2
+        t = np.sin(np.outer(q, u)) * (np.exp(-q**2 * uiso) * (2 / math.pi) * (self.q[1] - self.q[0]))[:, None]
+        lib = self.f0[np.ix_(idx, np.flatnonzero(qs))] @ t                     # (E, n_u)
+        # Rwp^2 = 1 - (g.l)^2 / (|g|^2 |l|^2), scale >= 0, each bond on its own data support
+        best = np.full(len(idx), np.inf)
+        best_b = np.zeros(len(idx))
+        for k, (m, row) in enumerate(zip(inside, data)):
+            gg = float(row @ row)
+            if gg <= 0:
+                continue
+            c = lib @ row
+            ll = np.einsum("ij,ij->i", lib[:, m], lib[:, m])
+            r2 = 1.0 - np.where(c > 0, c * c, 0.0) / np.maximum(ll * gg, 1e-300)
+            better = r2 < best
+            best[better], best_b[better] = r2[better], bonds[k]
+        order = np.argsort(best)[:top]
+        return [Hit(int(idx[i]), self.names[idx[i]], self.motif[idx[i]], int(self.n_atoms[idx[i]]),
+                    float(best_b[i]), float(math.sqrt(max(best[i], 0.0)))) for i in order]
+
+
+def debye_f0(xyz_unit: np.ndarray, q: np.ndarray, decimals: int = 6) -> np.ndarray:
+    """(2/N) sum_{i<j} sin(q u)/u over the distinct distances of a unit-bond cluster."""
+    x = np.asarray(xyz_unit, float)
+    n = len(x)
+    f = np.zeros(len(q))
+    if n < 2:
+        return f
+    for lo in range(0, n, 512):   # blocks of rows: 3000 atoms would be 4.5M pairs at once
+        d = np.linalg.norm(x[lo:lo + 512, None] - x[None], axis=2)
+        rows = np.arange(lo, min(lo + 512, n))[:, None]
+        d = d[rows < np.arange(n)[None]]
+        du, cnt = np.unique(np.round(d, decimals), return_counts=True)
+        for a in range(0, len(du), 4096):
+            f += (cnt[a:a + 4096] / du[a:a + 4096]) @ np.sin(np.outer(du[a:a + 4096], q))
+    return 2.0 * f / n
+
+
+def write_library(path: Path, entries: list[tuple[str, str, str, np.ndarray]], log=print) -> dict:
+    """``entries``: (name, motif, kind, unit-bond xyz). Writes ``path`` (npz, no pickle)."""
+    from cbldm.runtime.fileutil import atomic_write
+
+    q = np.arange(0.0, Q_UNIT_MAX + Q_UNIT_STEP / 2, Q_UNIT_STEP)
+    xyz = [np.asarray(x, float) - np.asarray(x, float).mean(0) for _, _, _, x in entries]
+    f0 = np.zeros((len(entries), len(q)), np.float32)
+    for i, x in enumerate(xyz):
+        f0[i] = debye_f0(x, q)
+        if log and (i + 1) % 200 == 0:
+            log(f"library: {i + 1}/{len(entries)} entries")
+    diam = np.array([np.linalg.norm(x[:, None] - x[None], axis=2).max() if len(x) < 800 else
+                     2 * np.linalg.norm(x, axis=1).max() for x in xyz])
+    arrays = {"format": np.array(FORMAT), "q_step": np.array(Q_UNIT_STEP),
+              "xyz": np.concatenate(xyz).astype(np.float32),
+              "n_atoms": np.array([len(x) for x in xyz], np.int32),
+              "name": np.array([e[0] for e in entries]), "motif": np.array([e[1] for e in entries]),
+              "kind": np.array([e[2] for e in entries]), "diameter": diam.astype(np.float32), "f0": f0}
+    atomic_write(Path(path), lambda p: np.savez_compressed(open(p, "wb"), **arrays))
+    return {"entries": len(entries), "q_points": len(q)}

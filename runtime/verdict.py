@@ -1,0 +1,139 @@
+"""Is the input a usable metal-particle PDF, how large is the particle, and can the answer be trusted?
+
+Input checks (before any fitting; a failed check refuses the file with one line):
+- a nearest-neighbour peak must stand out of the noise: its height over the noise level
+  (the RMS of G minus a 0.25 A running mean, i.e. what varies faster than any PDF peak of a
+  Qmax <= 30 measurement) must reach ``MIN_PEAK_SNR``;
+- r must be in A: a file whose strongest peak sits below 1 (and whose r ends below 12) has
+  r in nm.
+
+Particle extent: the largest r at which the envelope of |G| (its maximum over 1 A windows)
+still rises above both 4 x the noise level and 2 % of the first peak. A compact particle of
+diameter D (bond length d) holds about 0.74 (D / d)^3 atoms (fcc packing): this says when a
+particle is beyond the networks' 256 atoms.
+
+Verdict on an answer (rules, in order of severity; each failed rule adds one plain sentence):
+unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengths, or no atoms;
+doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that moved atoms more
+           than 0.35 A RMS, a physics parameter stuck at its bound, a particle larger than
+           every cluster tried, a networks' answer for a particle beyond their 256 atoms,
+           a runner-up with another atom count within 0.01 in Rwp;
+ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
+           (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
+           describe it), not tuned on any test set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_PEAK_SNR = 6.0
+RWP_UNUSABLE = 0.5
+RWP_DOUBTFUL = 0.25
+CLASH_FRACTION = 0.85
+MAX_SHIFT_RMS = 0.35
+COUNT_TIE = 0.01
+COMPACT_PACKING = 0.74      # atoms per (bond length)^3 in a sphere of fcc packing, x D^3
+NETWORK_ATOMS = 256
+
+
+class InputRefused(ValueError):
+    """The file is not a PDF this program can answer for (message: one line, no file name)."""
+
+
+def noise_level(r: np.ndarray, g: np.ndarray) -> float:
+    """RMS of what varies faster than 0.25 A: no PDF peak is that narrow at Qmax <= 30."""
+    step = float(np.median(np.diff(r)))
+    w = max(3, int(round(0.25 / step)) | 1)
+    kernel = np.ones(w) / w
+    smooth = np.convolve(g, kernel, mode="same")
+    resid = (g - smooth)[w:-w] if len(g) > 3 * w else g - smooth
+    # robust: the median absolute deviation ignores the few places where peaks are sharp
+    return float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+
+
+def check_input(r: np.ndarray, g: np.ndarray, d: float | None) -> dict:
+    """Raise InputRefused for r in nm or a noise-only PDF; otherwise return the noise level
+    and the first peak's signal-to-noise ratio."""
+    r = np.asarray(r, float)
+    g = np.asarray(g, float)
+    top = int(np.argmax(g))
+    if r[-1] < 12 and r[top] < 1.0:
+        raise InputRefused(f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
+                           "r looks like nm; convert r to A (x 10)")
+    if d is None:
+        raise InputRefused("no nearest-neighbour peak between 1.5 and 4.5 A: not a metal-particle "
+                           "PDF on an r grid in A?")
+    sigma = noise_level(r, g)
+    peak = float(np.interp(d, r, g))
+    snr = peak / sigma if sigma > 0 else math.inf
+    if snr < MIN_PEAK_SNR:
+        raise InputRefused(f"the nearest-neighbour peak at {d:.2f} A is {snr:.1f} x the noise level "
+                           f"(need {MIN_PEAK_SNR:g}): noise, or not a particle PDF")
+    return {"noise_level": sigma, "first_peak_snr": snr}
+
+
+def particle_extent(r: np.ndarray, g: np.ndarray, d: float, noise: float) -> dict:
+    """Where the PDF's signal ends, and how many atoms a compact particle of that size holds."""
+    r = np.asarray(r, float)
+    step = float(np.median(np.diff(r)))
+    w = max(1, int(round(1.0 / step)))
+    n = len(g) // w
+    env = np.abs(np.asarray(g[: n * w], float)).reshape(n, w).max(1)
+    centres = r[: n * w].reshape(n, w).mean(1)
+    first = float(np.interp(d, r, g))
+    alive = np.flatnonzero(env > max(4 * noise, 0.02 * first))
+    extent = float(centres[alive[-1]] + 0.5) if len(alive) else float(d)
+    reaches_end = extent >= r[-1] - 1.5
+    est = COMPACT_PACKING * (extent / d) ** 3
+    return {"extent_A": round(extent, 2), "signal_to_end_of_data": bool(reaches_end),
+            "compact_atoms_estimate": int(round(est)),
+            "beyond_networks": bool(est > 1.6 * NETWORK_ATOMS)}
+
+
+@dataclass
+class Verdict:
+    verdict: str                       # ok | doubtful | unusable
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.verdict, "warnings": self.warnings}
+
+
+def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None) -> Verdict:
+    """Rules of the module docstring applied to the chosen candidate ``best``."""
+    bad, doubt = [], []
+    n = best.n_atoms
+    if n < 2:
+        bad.append("the answer has fewer than two atoms")
+    if best.rwp >= RWP_UNUSABLE:
+        bad.append(f"Rwp {best.rwp:.2f} >= {RWP_UNUSABLE}: the structure does not describe the data")
+    elif best.rwp >= RWP_DOUBTFUL:
+        doubt.append(f"Rwp {best.rwp:.2f} >= {RWP_DOUBTFUL}: a poor fit")
+    if best.fit is not None and best.fit.scale <= 0:
+        bad.append("the fitted scale is zero: the calculated PDF is anti-correlated with the data")
+    if n >= 2 and best.min_pair < CLASH_FRACTION * d:
+        bad.append(f"atoms {best.min_pair:.2f} A apart, below {CLASH_FRACTION} bond lengths "
+                   f"({CLASH_FRACTION * d:.2f} A): physically impossible")
+    if best.detached:
+        doubt.append(f"{best.detached} atom(s) have no neighbour: the PDF cannot place them")
+    if best.shift_rms > MAX_SHIFT_RMS:
+        doubt.append(f"refinement moved atoms {best.shift_rms:.2f} A RMS: the proposed structure was "
+                     "reshaped by the fit")
+    if best.fit is not None and best.fit.at_bounds:
+        doubt.append(f"fitted {', '.join(best.fit.at_bounds)} at the edge of the allowed range")
+    if extent.get("beyond_networks") and best.source == "model":
+        doubt.append(f"the particle looks larger (~{extent['compact_atoms_estimate']} atoms if compact) than "
+                     f"the networks' {NETWORK_ATOMS}")
+    if largest_tried is not None and extent.get("extent_A", 0) > 1.15 * largest_tried:
+        doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
+                     f"({largest_tried:.0f} A): the particle may be larger than the answer")
+    if runner_up is not None and runner_up.n_atoms != n and runner_up.rwp - best.rwp < COUNT_TIE \
+            and runner_up.rwp < RWP_UNUSABLE:
+        doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
+                     f"{best.rwp:.3f}): the atom count is not determined")
+    if bad:
+        return Verdict("unusable", bad + doubt)
+    return Verdict("doubtful" if doubt else "ok", doubt)
