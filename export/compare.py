@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cbldm.runtime.backends import load_model
-from cbldm.runtime.pipeline import predict_batch
+from cbldm.runtime.pipeline import NO_REFINEMENT, PDFInput, predict_batch
 from cbldm.runtime.sampling import SamplerConfig
 
 
@@ -34,7 +34,9 @@ def fp16_vs_fp32(model_dir: Path, run: Path, n: int, candidates: int = 2) -> dic
     out = {"n": len(gs)}
     for prec in ("fp32", "fp16"):
         m = load_model(model_dir, backend="cpu", precision=prec)
-        preds = predict_batch(m, gs, sampler, candidates, els, seed=0)
+        # the networks alone, as decoded: refinement and the library would hide their difference
+        preds = predict_batch(m, [PDFInput.on_model_grid(g, e) for g, e in zip(gs, els)], sampler,
+                              candidates, seed=0, refine=NO_REFINEMENT, source="model")
         out[f"rwp_{prec}"] = float(np.mean([p.best.rwp for p in preds]))
         out[f"atoms_{prec}"] = [p.best.n_atoms for p in preds]
     out["same_atom_counts"] = float(np.mean(np.array(out["atoms_fp32"]) == np.array(out["atoms_fp16"])))

@@ -26,7 +26,8 @@ from cbldm.runtime.preprocess import constants, model_input
 from cbldm.runtime.sampling import SamplerConfig, Schedule
 from cbldm.training.models import (CbLDM, ConditionGraph, DecoderGraph, ModelConfig, PriorGraph,
                                    UNetGraph)
-from cbldm.training.train import load_weights
+from cbldm.training.runs import RunBundle, RunError, default_sampler, load_run as _load_run
+from cbldm.training.train import load_weights  # noqa: F401  (re-exported for older callers)
 
 MANIFEST_FORMAT = "cbldm-model/1"
 FP32_RTOL = 1e-4
@@ -52,24 +53,11 @@ class ExportError(RuntimeError):
     pass
 
 
-@dataclass
-class RunBundle:
-    model: CbLDM
-    config: dict
-
-
 def load_run(run: Path) -> RunBundle:
-    run = Path(run)
-    cfg_path = run / "config.json"
-    if not cfg_path.exists():
-        raise ExportError(f"{run}: no config.json (not a cbldm-train run directory)")
-    cfg = json.loads(cfg_path.read_text())
-    missing = [s for s in ("condition", "structure", "denoiser") if s not in cfg.get("stages_done", [])]
-    if missing:
-        raise ExportError(f"{run}: stages not trained yet: {', '.join(missing)}")
-    model = CbLDM(ModelConfig.from_dict(cfg["model"]))
-    load_weights(model, run / "weights.safetensors")
-    return RunBundle(model.eval(), cfg)
+    try:
+        return _load_run(run)
+    except RunError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def example_pdfs(n: int = 8, seed: int = 0) -> np.ndarray:
@@ -300,12 +288,21 @@ def _pdf_params() -> dict:
     return DEEPSTRUC_PARAMS.as_dict()
 
 
-def default_sampler(run: Path) -> SamplerConfig:
-    """The shipped sampler settings: the run's sweep choice (sampler.json) when there is one,
-    with the x0 clip of the run's latents where the settings give none."""
-    path = Path(run) / "sampler.json"
-    cfg = SamplerConfig(**json.loads(path.read_text())["sampler"]) if path.exists() else SamplerConfig()
-    if cfg.clip is None:
-        clip = json.loads((Path(run) / "config.json").read_text())["model"].get("latent_clip")
-        cfg = dataclasses.replace(cfg, clip=clip)
-    return cfg
+def attach_library(model_dir: Path, library: Path) -> dict:
+    """Copy a cluster library (``cbldm-data library``) into MODELDIR and record it, hashed, in the
+    manifest: the runtime searches it beside the networks (``--source``)."""
+    import shutil
+
+    from cbldm.runtime.library import Library
+
+    model_dir, library = Path(model_dir), Path(library)
+    lib = Library(library)   # refuses a file that is not a library
+    target = model_dir / "library.npz"
+    if library.resolve() != target.resolve():
+        shutil.copyfile(library, target)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["library"] = {"file": target.name, "sha256": sha256_file(target), "entries": len(lib),
+                           "recipe_entries": int(np.sum(lib.kind == "recipe")),
+                           "largest_atoms": int(lib.n_atoms.max())}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest["library"]

@@ -129,7 +129,7 @@ def _torch_networks():
     try:
         import torch  # noqa: F401
 
-        from cbldm.training.evaluate import TorchNetworks
+        from cbldm.training.runs import TorchNetworks
     except ImportError as exc:
         raise fail(f"--run needs PyTorch and cbldm's training code (pip install 'cbldm[train]'): {exc}",
                    EXIT_USAGE) from None

@@ -1,34 +1,97 @@
-"""cbldm-eval on a tiny run: the commands run end to end and write what they promise."""
+"""Evaluation: the structure metrics, and cbldm-eval end to end on a tiny run."""
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+from cbldm.training.evaluate import assigned_rmsd, criteria, pair_distance_error
 
 
-def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "cbldm.training.cli_eval", *map(str, args)],
+def run(module, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_accuracy_and_reconstruction(tiny_run, tiny_dataset, tmp_path):
-    res = run("accuracy", "--model", tiny_run, "--data", tiny_dataset, "--split", "train",
-              "--per-type", "1", "--candidates", "1", "--steps-before", "2", "--steps-after", "2",
-              "--out", tmp_path)
-    assert res.returncode == 0, res.stderr
-    doc = json.loads((tmp_path / "evaluation.json").read_text())
-    assert doc["n"] == 7 and doc["table"]["total"]["n"] == 7 and (tmp_path / "examples.png").exists()
-    assert "| total | 7 |" in res.stdout
-    res = run("reconstruction", "--model", tiny_run, "--data", tiny_dataset, "--split", "train",
-              "--per-type", "1", "--out", tmp_path)
-    assert res.returncode == 0, res.stderr
-    rec = json.loads((tmp_path / "reconstruction.json").read_text())
-    assert rec["n"] == 7 and {"rwp", "rmsd_A", "n_atoms_pred"} <= set(rec["results"][0])
-    assert 0 <= rec["table"]["total"]["rwp"] <= 1.0 + 1e-9  # scale is clamped at 0: Rwp <= 1
+def _cluster(n=55):
+    from cbldm.training.clusters import unit_shapes
+
+    return next(s for s in unit_shapes("Icosahedron") if s.n_atoms >= n).xyz_unit * 2.8
 
 
-def test_reconstruction_refuses_an_exported_model(tiny_model, tiny_dataset, tmp_path):
-    res = run("reconstruction", "--model", tiny_model, "--data", tiny_dataset, "--out", tmp_path)
-    assert res.returncode == 1 and res.stderr.startswith("error:") and "encoder" in res.stderr
+def test_pair_distance_error_is_the_sorted_difference_and_scores_any_count():
+    from scipy.spatial.distance import pdist
+
+    x = _cluster()
+    y = x + np.random.default_rng(0).normal(0, 0.05, x.shape)
+    assert pair_distance_error(x, y) == pytest.approx(np.mean(np.abs(np.sort(pdist(x)) - np.sort(pdist(y)))))
+    assert pair_distance_error(x, x[np.random.default_rng(1).permutation(len(x))]) == pytest.approx(0, abs=1e-12)
+    # a missing atom is an error, and a larger one than a slightly moved copy
+    assert pair_distance_error(x[:-1], x) > 0
+    assert pair_distance_error(x * 1.05, x) > pair_distance_error(x[:-1], x) > 0
+
+
+def test_assigned_rmsd_finds_the_matching_whatever_the_order_rotation_or_mirror():
+    from scipy.spatial.transform import Rotation
+
+    x = _cluster()
+    rot = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
+    y = (x[np.random.default_rng(2).permutation(len(x))] @ rot.T) * np.array([-1, 1, 1]) + 3.0
+    assert assigned_rmsd(y, x) < 1e-6
+    noise = np.random.default_rng(3).normal(0, 0.1, x.shape)
+    centred = noise - noise.mean(0)
+    # superposition can only absorb a little of random noise
+    assert assigned_rmsd(x + noise, x) == pytest.approx(np.sqrt(np.mean(np.sum(centred**2, 1))), rel=0.05)
+    assert np.isnan(assigned_rmsd(x[:-1], x))
+
+
+def test_ranking_criteria_count_what_each_would_pick():
+    cand = [{"n_atoms": 10, "rwp": 0.10, "rwp_rigid": 0.30}, {"n_atoms": 12, "rwp": 0.20, "rwp_rigid": 0.25}]
+    rows = [{"n_atoms_true": 12, "candidates": cand}]
+    free = [{"n_atoms_true": 12, "candidates": [dict(cand[0], rwp=0.05), cand[1]]}]
+    out = criteria(rows, free)
+    assert out["rigid physics fit"]["exact_count"] == 1.0
+    assert out["restrained refinement"]["exact_count"] == 0.0
+    assert out["free refinement"]["exact_count"] == 0.0
+
+
+@pytest.mark.slow
+def test_accuracy_library_model_and_both(tiny_run, tiny_dataset, tmp_path):
+    pytest.importorskip("torch")
+    res = run("cbldm.training.cli_eval", "accuracy", "--model", tiny_run, "--data", tiny_dataset,
+              "--split", "train", "--per-type", "1", "-k", "1", "--refine", "0", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "accuracy.json").read_text())
+    assert set(doc["sources"]) == {"library", "model", "both"} and doc["what"].startswith("seen shapes")
+    for src in doc["sources"].values():
+        assert src["table"]["total"]["n"] == 7 and len(src["results"]) == 7
+    # every recipe shape is in the library: on recipe PDFs it is exact
+    lib = doc["sources"]["library"]["table"]["total"]
+    assert lib["exact_count"] == 1.0 and lib["pair_distance_error_A"] < 0.01
+    row = doc["sources"]["both"]["results"][0]
+    assert {"rmsd_A", "pair_distance_error_A", "count_error", "verdict", "answer_source", "motif_pred"} <= set(row)
+    assert "| total | 7 |" in (tmp_path / "accuracy.md").read_text()
+    bad = run("cbldm.training.cli_eval", "accuracy", "--model", tiny_run, "--data", tiny_dataset,
+              "--sources", "library,oracle", "--out", tmp_path)
+    assert bad.returncode == 2 and "--sources" in bad.stderr
+
+
+@pytest.mark.slow
+def test_offrecipe_set_is_written_and_evaluated(tiny_dataset, tiny_model, tmp_path):
+    res = run("cbldm.training.cli_data", "offrecipe", "--data", tiny_dataset, "--out", tmp_path / "set")
+    assert res.returncode == 0, res.stderr
+    index = json.loads((tmp_path / "set" / "index.json").read_text())
+    groups = {i["group"] for i in index["items"]}
+    assert groups == {"unseen-family", "perturbed", "physics", "large"}
+    # the files carry what a reduction program writes, not the physics they were made with
+    head = (tmp_path / "set" / f"{index['items'][0]['name']}.gr").read_text().split("#### start data")[0]
+    assert "qmax" in head and "biso" not in head and "qdamp" not in head
+    res = run("cbldm.training.cli_eval", "offrecipe", "--model", tiny_model, "--set", tmp_path / "set",
+              "--groups", "unseen-family", "--sources", "library", "--refine", "0", "--out", tmp_path / "ev")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "ev" / "offrecipe.json").read_text())
+    tab = doc["sources"]["library"]["table"]
+    assert tab["total"]["n"] == sum(i["group"] == "unseen-family" for i in index["items"])
+    # shapes the library does not hold: it cannot be exact on all of them
+    assert tab["total"]["exact_count"] < 1.0

@@ -164,6 +164,7 @@ def test_decoder_head_refit_fits_training_coordinates(tiny_dataset, tmp_path):
 
     torch.manual_seed(0)
     tr = Trainer(tmp_path / "r", tiny_dataset, TrainConfig(preset="tiny", refit_head=False, head_noise=0.0,
+                                                          variants=False,
                                                           epochs={"condition": 1, "structure": 1, "denoiser": 1}),
                  log=lambda m: None)
     tr.run_stage("condition")
@@ -179,7 +180,7 @@ def test_decoder_head_refit_fits_training_coordinates(tiny_dataset, tmp_path):
         return float(((pts - data.xyz) ** 2).sum(-1)[real].mean().sqrt())
 
     before = coord_rmse(tr.train)
-    report = tr.refit_decoder_head(lambdas=(1e-12,))
+    report = tr.refit_decoder_head(lambdas=(1e-12,), require_better=False)
     after = coord_rmse(tr.train)
     assert before > 1.0 and after < 0.05, (before, after)
     assert report["val_coord_rmse_A"] >= 0 and 0 <= report["val_count_accuracy"] <= 1

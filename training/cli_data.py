@@ -139,6 +139,40 @@ def resample(
 
 
 @app.command()
+def library(
+    out: Path = typer.Option(..., "--out", "-o", help="Library file to write (.npz), e.g. MODELDIR/library.npz."),
+    max_atoms: int = typer.Option(3000, help="Largest cluster of the extended part."),
+):
+    """Build the cluster library the runtime searches: the recipe's 331 shapes and ideal clusters
+    of 257..MAX_ATOMS atoms (octahedra, truncated octahedra, icosahedra, decahedra, spheres)."""
+    from cbldm.training.library_build import build
+
+    if max_atoms < 257:
+        raise fail("--max-atoms must be >= 257 (the recipe covers up to 256)", EXIT_USAGE)
+    info = build(out, max_atoms=max_atoms, log=typer.echo)
+    typer.echo(f"{out}: {info['recipe']} recipe shapes + {info['extended']} extended clusters, "
+               f"{info['q_points']} Q points")
+
+
+@app.command()
+def offrecipe(
+    data: Path = typer.Option(..., help="The dataset (its test-split shapes are perturbed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the .gr/.xyz files and index.json."),
+    seed: int = typer.Option(0, help="Seed of every random choice."),
+):
+    """Write the out-of-recipe test set: unseen families, non-ideal test shapes, other physics,
+    particles of 300-2500 atoms (cbldm.training.offrecipe). Never train or tune on it."""
+    from cbldm.training.dataset import DatasetError
+    from cbldm.training.offrecipe import build as build_items, write
+
+    try:
+        items = build_items(data, seed)
+    except DatasetError as exc:
+        raise fail(str(exc))
+    write(items, out, seed, log=typer.echo)
+
+
+@app.command()
 def info(root: Path = typer.Argument(..., metavar="DIR", help="Dataset directory.")):
     """Counts per type, splits and physics parameters of a dataset."""
     from cbldm.training.dataset import DatasetError, load_manifest

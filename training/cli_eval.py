@@ -1,4 +1,4 @@
-"""cbldm-eval: held-out accuracy (Table 2 layout), the skip-step sweep, the measured PDFs."""
+"""cbldm-eval: accuracy on unseen shapes and out of recipe, library vs networks vs both."""
 from __future__ import annotations
 
 import json
@@ -7,176 +7,198 @@ from typing import Optional
 
 import typer
 
-from cbldm.runtime.cliutil import fail, refine_config, require_extra, run_app
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, refine_config, require_extra, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Evaluate a training run or an exported model on held-out simulated PDFs.")
+                  help="Evaluate a model (and the cluster library) on PDFs with known structures.")
 
-
-def _sampler(model: Path, t1, t2, steps_before, steps_after):
-    from cbldm.runtime.sampling import SamplerConfig
-
-    if (model / "manifest.json").exists():
-        base = dict(json.loads((model / "manifest.json").read_text())["sampler"])
-    elif (model / "config.json").exists():  # a run: its sweep choice and latent clip
-        from cbldm.export.onnx_export import default_sampler
-
-        base = default_sampler(model).as_dict()
-    else:
-        base = {}
-    for k, v in (("t1", t1), ("t2", t2), ("steps_before", steps_before), ("steps_after", steps_after)):
-        if v is not None:
-            base[k] = v
-    return SamplerConfig(**base)
-
-
-REFINE_HELP = "Refine the best N candidates' coordinates against the PDF (0: off)."
-SPLIT_HELP = "Dataset split: train, val or test."
-T1_HELP = "Skip-step t1 (default: the model's)."
-T2_HELP = "Skip-step t2 (default: the model's)."
-BEFORE_HELP = "U-Net calls before the jump (default: the model's)."
-AFTER_HELP = "U-Net calls after the jump (default: the model's)."
+REFINE_HELP = "Refine the coordinates of the best N candidates (0: off)."
+SPLIT_HELP = "Dataset split: test (unseen shapes), val (unseen, for tuning) or train (seen shapes)."
 SEED_HELP = "Sampling seed."
 ITER_HELP = "L-BFGS iterations of the refinement."
+SOURCES_HELP = "Comma-separated: library, model, both (each is a column of the tables)."
+LIBRARY_HELP = "Cluster library (default: the model's, else the shipped model's)."
+MODEL_HELP = "Training run directory or exported model directory."
 
 
-def _needs(command: str, model: Path | None, data: bool) -> None:
+def _needs(command: str, model: Path, data: bool) -> None:
     """A training run is read with torch (the 'train' extra); a dataset with h5py ('data');
     an exported model needs neither. Checked before anything is read or written."""
-    if model is not None and not (model / "manifest.json").exists():
+    if not (model / "manifest.json").exists():
         require_extra(f"cbldm-eval {command}", "train")
     elif data:
         require_extra(f"cbldm-eval {command}", "data")
 
 
+def _open(model: Path, library: Optional[Path]):
+    """Networks, sampler, library."""
+    from cbldm.runtime.library import Library, LibraryError
+    from cbldm.runtime.sampling import SamplerConfig
+
+    try:
+        if (model / "manifest.json").exists():
+            from cbldm.runtime.backends import ModelError, load_model
+
+            try:
+                nets = load_model(model, backend="cpu")
+            except ModelError as exc:
+                raise fail(str(exc))
+            sampler = SamplerConfig(**nets.manifest["sampler"])
+            lib = Library(library) if library else nets.library
+        else:
+            from cbldm.training.runs import RunError, TorchNetworks, default_sampler
+
+            try:
+                nets = TorchNetworks(model)
+            except RunError as exc:
+                raise fail(str(exc))
+            sampler = default_sampler(model)
+            if library is None:
+                from cbldm.models import default_model_dir
+
+                library = default_model_dir() / "library.npz"
+            lib = Library(library)
+    except LibraryError as exc:
+        raise fail(str(exc))
+    return nets, sampler, lib
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    from cbldm.runtime.pipeline import SOURCES
+
+    out = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in out if s not in SOURCES]
+    if bad or not out:
+        raise fail(f"--sources {text!r}: give some of {', '.join(SOURCES)}", EXIT_USAGE)
+    return out
+
+
+def _report(doc: dict, groups: list[str], out: Path, name: str) -> None:
+    from cbldm.training.evaluate import dump, table_markdown
+
+    dump(out / f"{name}.json", doc)
+    md = f"{doc['what']}\n\n{table_markdown(doc, groups)}\n"
+    (out / f"{name}.md").write_text(md)
+    typer.echo(md)
+    typer.echo(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
 @app.command()
 def accuracy(
-    model: Path = typer.Option(..., help="Training run directory or exported model directory."),
-    data: Path = typer.Option(..., help="Dataset directory."),
+    model: Path = typer.Option(..., help=MODEL_HELP),
+    data: Path = typer.Option(..., help="Dataset directory (cbldm-data generate)."),
     split: str = typer.Option("test", help=SPLIT_HELP),
-    per_type: Optional[int] = typer.Option(100, help="At most N structures per type."),
-    candidates: int = typer.Option(4, help="Candidates per PDF, best by Rwp."),
-    out: Path = typer.Option(Path("eval"), help="Output directory (JSON, PNG)."),
-    t1: Optional[int] = typer.Option(None, help=T1_HELP), t2: Optional[int] = typer.Option(None, help=T2_HELP),
-    steps_before: Optional[int] = typer.Option(None, help=BEFORE_HELP),
-    steps_after: Optional[int] = typer.Option(None, help=AFTER_HELP),
+    per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
+    sources: str = typer.Option("library,model,both", help=SOURCES_HELP),
+    candidates: int = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF."),
+    library: Optional[Path] = typer.Option(None, help=LIBRARY_HELP),
+    out: Path = typer.Option(Path("eval"), help="Output directory (accuracy.json, accuracy.md)."),
     seed: int = typer.Option(0, help=SEED_HELP),
     refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
     refine_iter: int = typer.Option(100, help=ITER_HELP),
 ):
-    """Rwp per type on held-out structures, atom-count accuracy, pair-distance error."""
+    """Simulated PDFs of a dataset split, per structure type: exact atom counts, pair-distance
+    error, RMSD, Rwp, for the library, the networks and both."""
     _needs("accuracy", model, data=True)
     from cbldm.training.dataset import DatasetError
-    from cbldm.training.evaluate import dump, evaluate, open_networks, plot_examples, table_markdown
+    from cbldm.training.evaluate import ORDER, dataset_items, evaluate
 
+    if split not in ("train", "val", "test"):
+        raise fail(f"--split {split!r}: choose train, val or test", EXIT_USAGE)
+    srcs = _sources(sources)
     ref = refine_config(refine, refine_iter)
+    nets, sampler, lib = _open(model, library)
     try:
-        nets = open_networks(model)
-        sampler = _sampler(model, t1, t2, steps_before, steps_after)
-        doc = evaluate(nets, data, split, per_type, candidates, sampler, seed, log=typer.echo, refine=ref)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        items = dataset_items(data, split, per_type, seed)
+    except DatasetError as exc:
         raise fail(str(exc))
-    dump(out / "evaluation.json", doc)
-    plot_examples(nets, data, out / "examples.png", sampler, refine=ref)
-    typer.echo(table_markdown(doc["table"]))
-    typer.echo(f"wrote {out / 'evaluation.json'} and {out / 'examples.png'}")
+    what = {"test": "unseen shapes (test split: shapes the networks never saw; every recipe shape is in "
+                    "the library)", "val": "unseen shapes (validation split)",
+            "train": "seen shapes (training split, the paper's protocol)"}[split]
+    doc = evaluate(nets, lib, items, ORDER, what, srcs, candidates, sampler, seed, ref, log=typer.echo)
+    doc.update({"model": str(model), "data": str(data), "split": split, "per_type": per_type})
+    _report(doc, ORDER, out, "accuracy")
 
 
 @app.command()
-def reconstruction(
-    model: Path = typer.Option(..., help="Training run directory (needs the structure encoder)."),
-    data: Path = typer.Option(..., help="Dataset directory."),
-    split: str = typer.Option("test", help=SPLIT_HELP),
-    per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
-    out: Path = typer.Option(Path("eval"), help="Output directory (reconstruction.json)."),
+def offrecipe(
+    model: Path = typer.Option(..., help=MODEL_HELP),
+    set_dir: Path = typer.Option(..., "--set", help="Out-of-recipe set (cbldm-data offrecipe)."),
+    groups: Optional[str] = typer.Option(None, help="Comma-separated groups (default: all)."),
+    sources: str = typer.Option("library,model,both", help=SOURCES_HELP),
+    candidates: int = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF."),
+    library: Optional[Path] = typer.Option(None, help=LIBRARY_HELP),
+    out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
+    refine_iter: int = typer.Option(100, help=ITER_HELP),
 ):
-    """The structure VAE's ceiling: true structure -> encoder -> decoder -> recovery."""
-    if not (model / "config.json").exists():
-        raise fail(f"{model}: not a training run (config.json missing); the encoder is not exported")
-    require_extra("cbldm-eval reconstruction", "train")
-    from cbldm.training.dataset import DatasetError
-    from cbldm.training.evaluate import dump, reconstruction as run_rec, table_markdown
+    """The out-of-recipe set, per group: the same metrics, each PDF read like a measured file."""
+    _needs("offrecipe", model, data=False)
+    from cbldm.training.evaluate import OFF_ORDER, evaluate, offrecipe_items
+
+    srcs = _sources(sources)
+    ref = refine_config(refine, refine_iter)
+    nets, sampler, lib = _open(model, library)
     try:
-        doc = run_rec(model, data, split, per_type, log=typer.echo)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        items = offrecipe_items(set_dir, groups.split(",") if groups else None)
+    except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
-    dump(out / "reconstruction.json", doc)
-    typer.echo(table_markdown(doc["table"]))
-    typer.echo("median RMSD (A, right atom count): " + ", ".join(
-        f"{t} {r['rmsd_A_median']:.3f}" for t, r in doc["table"].items()))
-    typer.echo(f"wrote {out / 'reconstruction.json'}")
+    doc = evaluate(nets, lib, items, OFF_ORDER, "out of recipe (never trained or tuned on)", srcs, candidates,
+                   sampler, seed, ref, log=typer.echo)
+    doc.update({"model": str(model), "set": str(set_dir)})
+    _report(doc, OFF_ORDER, out, "offrecipe")
+
+
+@app.command()
+def criteria(
+    model: Path = typer.Option(..., help=MODEL_HELP),
+    set_dir: Path = typer.Option(..., "--set", help="Out-of-recipe set (cbldm-data offrecipe)."),
+    groups: Optional[str] = typer.Option("perturbed,physics,unseen-family", help="Comma-separated groups."),
+    candidates: int = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF."),
+    library: Optional[Path] = typer.Option(None, help=LIBRARY_HELP),
+    out: Path = typer.Option(Path("eval"), help="Output directory (criteria.json)."),
+    seed: int = typer.Option(0, help=SEED_HELP),
+):
+    """Which ranking picks the right atom count: the rigid physics fit, restrained refinement
+    or free refinement of every candidate's coordinates."""
+    _needs("criteria", model, data=False)
+    from cbldm.runtime.pipeline import RefineConfig
+    from cbldm.training.evaluate import criteria as run_criteria, dump, offrecipe_items, run_items
+
+    nets, sampler, lib = _open(model, library)
+    items = offrecipe_items(set_dir, groups.split(",") if groups else None)
+    top = candidates + 8
+    rows_r = run_items(nets, items, "both", lib, sampler, candidates, seed, RefineConfig(top=top), log=typer.echo)
+    rows_f = run_items(nets, items, "both", lib, sampler, candidates, seed,
+                       RefineConfig(top=top, restrain=False, min_distance=0.0), log=typer.echo)
+    doc = {"what": "atom count picked by each ranking criterion (all candidates refined)",
+           "groups": groups, "n": len(items), "criteria": run_criteria(rows_r, rows_f)}
+    dump(out / "criteria.json", doc)
+    for k, v in doc["criteria"].items():
+        typer.echo(f"{k:24s} exact atom count {100 * v['exact_count']:.0f} % of {v['n']}")
 
 
 @app.command()
 def sweep(
     model: Path = typer.Option(..., help="Training run directory (the choice is saved there) or model dir."),
     data: Path = typer.Option(..., help="Dataset directory."),
-    per_type: int = typer.Option(10, help="PDFs per type (validation split)."),
-    candidates: int = typer.Option(2, help="Candidates per PDF, best by Rwp."),
-    out: Path = typer.Option(Path("eval"), help="Output directory (sweep.json, sweep.png)."),
-    refine: int = typer.Option(0, "--refine", help=REFINE_HELP + " Off by default: the sweep "
-                               "compares samplers, and refinement narrows their differences."),
-    refine_iter: int = typer.Option(100, help=ITER_HELP),
-    quick: bool = typer.Option(False, help="Six settings instead of twelve (limits, shipped kind, full)."),
+    per_type: int = typer.Option(5, help="PDFs per type (validation split: unseen shapes)."),
+    candidates: int = typer.Option(2, help="Samples per PDF."),
+    out: Path = typer.Option(Path("eval"), help="Output directory (sweep.json)."),
 ):
-    """Rwp vs U-Net calls over skip-step settings (validation split); saves the chosen default."""
+    """Networks alone under several skip-step settings and the full sampler (validation shapes);
+    saves the cheapest setting within 5 points of the best exact-count rate to RUN/sampler.json."""
     _needs("sweep", model, data=True)
-    from cbldm.training.evaluate import SWEEP, SWEEP_QUICK, dump, open_networks, plot_sweep, sweep as run_sweep
+    from cbldm.training.evaluate import dataset_items, dump, sweep as run_sweep
 
-    nets = open_networks(model)
-    doc = run_sweep(nets, data, per_type, candidates, clip=_sampler(model, None, None, None, None).clip,
-                    log=typer.echo, refine=refine_config(refine, refine_iter),
-                    configs=SWEEP_QUICK if quick else SWEEP)
+    nets, sampler, _ = _open(model, None)
+    doc = run_sweep(nets, dataset_items(data, "val", per_type), candidates, clip=sampler.clip, log=typer.echo)
     dump(out / "sweep.json", doc)
-    plot_sweep(doc, out / "sweep.png")
     if (model / "config.json").exists():
         dump(model / "sampler.json", {"sampler": doc["chosen"]["sampler"], "from": "cbldm-eval sweep"})
     c = doc["chosen"]
-    typer.echo(f"chosen: {c['sampler']} ({c['unet_calls']} U-Net calls, Rwp {c['rwp']:.4f}); "
-               f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
-
-
-@app.command()
-def latents(
-    model: Path = typer.Option(..., help="Training run directory."),
-    data: Path = typer.Option(..., help="Dataset directory."),
-    split: str = typer.Option("val", help=SPLIT_HELP),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    out: Path = typer.Option(Path("eval"), help="Output directory (latents.json)."),
-):
-    """Sampled latents vs the encoder's, per sampler: right-shape rate and RMS error (no recovery)."""
-    require_extra("cbldm-eval latents", "train")
-    from cbldm.export.onnx_export import ExportError
-    from cbldm.training.dataset import DatasetError
-    from cbldm.training.evaluate import dump, latent_generation
-
-    try:
-        doc = latent_generation(model, data, split, device, log=typer.echo)
-    except (DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc))
-    dump(out / "latents.json", doc)
-    typer.echo(f"nearest other shape: {doc['nearest_other_shape_rms']:.3f} RMS per dim; wrote {out / 'latents.json'}")
-
-
-@app.command()
-def experimental(
-    model: Path = typer.Option(..., help="Training run directory or exported model directory."),
-    files: list[Path] = typer.Argument(..., metavar="FILE", help="Measured PDF files."),
-    candidates: int = typer.Option(8, help="Candidates per PDF, best by Rwp."),
-    out: Path = typer.Option(Path("eval/experimental"), help="Output directory (JSON, PNG per file)."),
-    refine: int = typer.Option(8, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100, help=ITER_HELP),
-):
-    """Predicted structure and Rwp for measured PDFs, with plots."""
-    _needs("experimental", model, data=False)
-    from cbldm.training.evaluate import dump, experimental as run_exp, open_networks
-
-    nets = open_networks(model)
-    res = run_exp(nets, files, out, _sampler(model, None, None, None, None), candidates,
-                  refine=refine_config(refine, refine_iter))
-    dump(out / "experimental.json", {"results": res})
-    for r in res:
-        typer.echo(f"{r['file']}: {r['element']}{r['n_atoms']}, Rwp {r['rwp']:.3f} -> {out / r['plot']}")
+    typer.echo(f"chosen: {json.dumps(c['sampler'])} ({c['unet_calls']} U-Net calls); wrote {out / 'sweep.json'}")
 
 
 def main() -> None:

@@ -533,7 +533,8 @@ class Trainer:
         return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
 
     @torch.no_grad()
-    def refit_decoder_head(self, lambdas=(1e-10, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2)) -> dict:
+    def refit_decoder_head(self, lambdas=(1e-10, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2),
+                           require_better: bool = True) -> dict:
         """Solve the MLP decoder's output layer in closed form on the frozen features.
 
         SGD brings the coordinates to ~1 A in a CPU budget, then crawls; the last layer is
@@ -594,7 +595,7 @@ class Trainer:
         if best is None:
             raise RuntimeError(f"decoder head refit: singular at every ridge in {lambdas}")
         err, lam, w_xyz, w_occ, count = best
-        if err >= sgd[0]:
+        if require_better and err >= sgd[0]:
             self.log(f"decoder head refit: best ridge {lam:g} (RMSE {err:.4f} A) does not beat the trained "
                      "head; kept the trained head")
             return {"ridge": None, "val_coord_rmse_A": sgd[0], "val_count_accuracy": sgd[1]}

@@ -111,7 +111,7 @@ python3 - "$out" "$device" <<'PY' >work/gpu_bench.log 2>&1 &
 # the PyTorch networks on the GPU: the skip-step path's 1 + 1 + 20 + 1 graph calls
 import json, os, sys, time
 import numpy as np, torch
-from cbldm.training.evaluate import TorchNetworks
+from cbldm.training.runs import TorchNetworks
 out, device = sys.argv[1], sys.argv[2]
 name = os.environ["CBLDM_VARIANTS"].split()[0]
 if not os.path.exists(f"work/{name}/config.json") or device != "cuda":
