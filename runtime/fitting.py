@@ -84,8 +84,12 @@ class FitGrid:
         self.r = self.calc.r
         self.mask = (self.r >= phys.rmin - 1e-9) & (self.r <= phys.rmax + 1e-9)
         self.h = self.calc.HIST_STEP * HIST_STRIDE
-        k = self.calc._hist_kernel()[::HIST_STRIDE]                      # (bins, nq) sin(Qr)/r
-        rb = np.arange(len(k)) * self.h
+        # the calculator's histogram kernel at the fit's bin width, sin(Qr)/r (bins, nq)
+        rb = np.arange(int(math.ceil(self.calc.rcalchi / self.calc.HIST_STEP)) + 2)[::HIST_STRIDE] \
+            * self.calc.HIST_STEP
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.sin(np.outer(rb, self.calc.q)) / rb[:, None]
+        k[0] = 0.0
         with np.errstate(divide="ignore"):
             inv2 = np.where(rb > 0, 1.0 / rb**2, 0.0)
         self.K = [k * inv2[:, None] ** j for j in range(TAYLOR_TERMS)]
@@ -250,3 +254,17 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
     src["rmax"] = "option" if rmax is not None else "the file's last r"
     lo = max(lo, float(r[0]))
     return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), source=src)
+
+
+_GRIDS: dict = {}
+
+
+def fit_grid(phys: FilePhysics) -> FitGrid:
+    """A FitGrid per physics, kept for the next file (a watch service sees the same reduction
+    settings file after file; building one costs ~50 ms)."""
+    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep)
+    if key not in _GRIDS:
+        if len(_GRIDS) >= 8:
+            _GRIDS.pop(next(iter(_GRIDS)))
+        _GRIDS[key] = FitGrid(phys)
+    return _GRIDS[key]

@@ -29,7 +29,8 @@ import numpy as np
 FORMAT = "cbldm-library/1"
 Q_UNIT_STEP = 0.1          # resolves unit-frame distances up to pi / 0.1 = 31 bonds (~90 A)
 Q_UNIT_MAX = 95.0          # Qmax 30 1/A at a 3.2 A bond
-SEARCH_BISO = 0.5          # A^2: the search's thermal damping (refined per candidate later)
+SEARCH_BISO = (0.3, 0.8)   # A^2: thermal dampings the search tries (refined per candidate later)
+SEARCH_QDAMP = (0.0, 0.03, 0.06)   # 1/A: instrument resolutions it tries
 SEARCH_STEP = 0.02         # unit-frame r step of the comparison grid (~0.06 A)
 
 
@@ -77,14 +78,19 @@ class Library:
     def search(self, r: np.ndarray, g: np.ndarray, d: float, qmin: float, qmax: float,
                rmin: float, rmax: float, top: int = 8, max_atoms: int | None = None,
                min_atoms: int | None = None, span: float = 0.03, steps: int = 13,
-               biso: float = SEARCH_BISO) -> list[Hit]:
+               biso: tuple[float, ...] = SEARCH_BISO, qdamp: tuple[float, ...] = SEARCH_QDAMP,
+               per_motif: int = 2, max_diameter: float | None = None) -> list[Hit]:
         """The ``top`` entries whose PDFs best match G(r) (data on ``r``, fit range [rmin, rmax]),
-        each at its best bond length within d (1 +- span). One entry per distinct name."""
+        each at its best bond length within d (1 +- span) and its best of a few thermal
+        dampings (``biso``, A^2) and instrument resolutions (``qdamp``, 1/A): an unmodelled Qdamp
+        makes a large particle look small, so the search must try it."""
         sel = np.ones(len(self), bool)
         if max_atoms is not None:
             sel &= self.n_atoms <= max_atoms
         if min_atoms is not None:
             sel &= self.n_atoms >= min_atoms
+        if max_diameter is not None:   # A
+            sel &= self.diameter * d <= max_diameter
         idx = np.flatnonzero(sel)
         if len(idx) == 0:
             return []
@@ -93,26 +99,39 @@ class Library:
         bonds = d * np.linspace(1 - span, 1 + span, steps)
         inside = [(u * b >= r[0]) & (u * b <= r[-1]) for b in bonds]
         data = np.stack([np.where(m, np.interp(u * b, r, g), 0.0) for m, b in zip(inside, bonds)])
-        # library PDFs on u: the file's Q window and a guessed damping, in unit-frame terms
+        # library PDFs on u: the file's Q window and each damping, in unit-frame terms
         lo, hi = qmin * d, qmax * d
         qs = (self.q >= lo) & (self.q < min(hi, self.q[-1] + 1e-9))
         q = self.q[qs]
-        uiso = biso / (8 * math.pi**2) / d**2
-        t = np.sin(np.outer(q, u)) * (np.exp(-q**2 * uiso) * (2 / math.pi) * (self.q[1] - self.q[0]))[:, None]
-        lib = self.f0[np.ix_(idx, np.flatnonzero(qs))] @ t                     # (E, n_u)
-        # Rwp^2 = 1 - (g.l)^2 / (|g|^2 |l|^2), scale >= 0, each bond on its own data support
+        sines = np.sin(np.outer(q, u)) * ((2 / math.pi) * (self.q[1] - self.q[0]))
+        f0 = self.f0[np.ix_(idx, np.flatnonzero(qs))]
         best = np.full(len(idx), np.inf)
         best_b = np.zeros(len(idx))
-        for k, (m, row) in enumerate(zip(inside, data)):
-            gg = float(row @ row)
-            if gg <= 0:
-                continue
-            c = lib @ row
-            ll = np.einsum("ij,ij->i", lib[:, m], lib[:, m])
-            r2 = 1.0 - np.where(c > 0, c * c, 0.0) / np.maximum(ll * gg, 1e-300)
-            better = r2 < best
-            best[better], best_b[better] = r2[better], bonds[k]
-        order = np.argsort(best)[:top]
+        for b_iso in biso:
+            uiso = b_iso / (8 * math.pi**2) / d**2
+            lib0 = f0 @ (sines * np.exp(-q**2 * uiso)[:, None])               # (E, n_u)
+            for qd in qdamp:
+                lib = lib0 * np.exp(-0.5 * (u * d * qd) ** 2)[None, :] if qd > 0 else lib0
+                # Rwp^2 = 1 - (g.l)^2 / (|g|^2 |l|^2), scale >= 0, each bond on its own support
+                for k, (m, row) in enumerate(zip(inside, data)):
+                    gg = float(row @ row)
+                    if gg <= 0:
+                        continue
+                    c = lib @ row
+                    ll = np.einsum("ij,ij->i", lib[:, m], lib[:, m])
+                    r2 = 1.0 - np.where(c > 0, c * c, 0.0) / np.maximum(ll * gg, 1e-300)
+                    better = r2 < best
+                    best[better], best_b[better] = r2[better], bonds[k]
+        # diverse proposals: at most ``per_motif`` of each motif (a dozen near-identical fcc
+        # octahedra would crowd out the decahedron that the physics fit prefers)
+        order, used = [], {}
+        for i in np.argsort(best):
+            m = self.motif[idx[i]]
+            if used.get(m, 0) < per_motif:
+                order.append(i)
+                used[m] = used.get(m, 0) + 1
+            if len(order) == top:
+                break
         return [Hit(int(idx[i]), self.names[idx[i]], self.motif[idx[i]], int(self.n_atoms[idx[i]]),
                     float(best_b[i]), float(math.sqrt(max(best[i], 0.0)))) for i in order]
 

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics
+from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
 from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_input, nn_distance
@@ -35,6 +35,8 @@ from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, par
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 4          # library matches fitted per PDF
 REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
+REFINE_NOT_NEEDED = 0.02  # best rigid fit already at this Rwp: coordinates have nothing to add
+REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 
 
 class Networks(Protocol):
@@ -213,15 +215,17 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
     for i, p in enumerate(pdfs):
         t0 = time.perf_counter()
         d = float(d_nn[i])
-        grid = FitGrid(p.physics)
+        grid = fit_grid(p.physics)
         g_fit = np.interp(grid.r_fit, p.r, p.g)
         extent = particle_extent(p.r, p.g, d, checks[i]["noise_level"])
         cands = list(decoded[i])
         tm = {k: v / len(pdfs) for k, v in timings.items()}
         if use_library:
             ts = time.perf_counter()
+            # clusters more than twice the particle's visible extent cannot match its PDF
             hits = library.search(p.r, p.g, d, p.physics.qmin, p.physics.qmax, p.physics.rmin,
-                                  p.physics.rmax, top=library_top)
+                                  p.physics.rmax, top=library_top,
+                                  max_diameter=2.0 * extent["extent_A"] + 5.0)
             for h in hits:
                 cands.append(Candidate(library.xyz(h.index) * h.bond, "library", h.name, h.motif,
                                        search_rwp=h.rwp))
@@ -229,7 +233,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         tf = time.perf_counter()
         for c in cands:
             # library matches come with their bond length: a narrow size scan suffices
-            sizes = np.linspace(0.995, 1.005, 5) if c.source == "library" else None
+            sizes = np.linspace(0.995, 1.005, 5) if c.source == "library" else np.linspace(0.97, 1.03, 7)
             c.fit = grid.fit(c.xyz, g_fit, sizes=sizes)
             c.xyz = (c.xyz - c.xyz.mean(0)) * c.fit.size
             c.rwp = c.rwp_rigid = c.fit.rwp
@@ -238,9 +242,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         frac = refine.min_distance
         # physical ones first: atoms on top of each other must not win on Rwp
         cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
-        if refine.top > 0:
+        if refine.top > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tr = time.perf_counter()
-            todo = [k for k, c in enumerate(cands) if 2 <= c.n_atoms <= REFINE_MAX_ATOMS][:refine.top]
+            # a candidate far behind the best rigid fit does not catch up under restraints:
+            # refining it only costs time
+            reach = cands[0].rwp_rigid + max(REFINE_REACH, cands[0].rwp_rigid)
+            todo = [k for k, c in enumerate(cands)
+                    if 2 <= c.n_atoms <= REFINE_MAX_ATOMS and c.rwp_rigid <= reach][:refine.top]
             for k in todo:
                 cands[k] = _refine(cands[k], grid, g_fit, refine, d)
             cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))

@@ -1,0 +1,92 @@
+"""Per-file physics: the fit's forward model against the exact calculator, parameter recovery,
+what is read from a file's header, and the cluster library search."""
+import numpy as np
+import pytest
+
+from cbldm.runtime.fitting import FilePhysics, FitGrid, file_physics
+from cbldm.runtime.pdf import DebyePDF, PDFParams, rwp
+
+
+def _deca(n=179, d=2.77):
+    from cbldm.training.clusters import unit_shapes
+
+    return next(s for s in unit_shapes("Decahedron") if s.n_atoms >= n).xyz_unit * d
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return FitGrid(FilePhysics(qmin=1.0, qmax=22.0, rmin=1.5, rmax=30.0))
+
+
+@pytest.mark.parametrize("biso,delta2,qdamp", [(0.6, 0.0, 0.03), (0.8, 2.0, 0.04), (0.4, 5.0, 0.0)])
+def test_forward_model_matches_the_exact_calculator(grid, biso, delta2, qdamp):
+    x = _deca()
+    exact = DebyePDF(PDFParams(rmax=30.01, qmin=1.0, qmax=22.0, biso=biso, delta2=delta2, qdamp=qdamp)).calc(x, "Pt")
+    d, w = grid.pair_histogram(x)
+    model = grid.g(grid.moments(d, len(x), 1.0, w), biso, delta2, qdamp)
+    # the 4e-3 A bins and the series in delta2 cost about 1 % in Rwp: below measurement noise
+    assert rwp(exact[grid.mask], model, fit_scale=False) < 0.015
+
+
+def test_fit_recovers_size_and_physics_from_noisy_data(grid):
+    x = _deca()
+    calc = DebyePDF(PDFParams(rmax=30.01, qmin=1.0, qmax=22.0, biso=0.8, delta2=2.0, qdamp=0.04))
+    g = calc.calc(x, "Pt")
+    g = 3.0 * g + np.random.default_rng(0).normal(scale=0.01 * np.abs(g).max() * 3.0, size=g.shape)
+    fit = grid.fit(x * 1.012, g[grid.mask])
+    assert fit.size == pytest.approx(1 / 1.012, abs=1e-3)
+    assert fit.biso == pytest.approx(0.8, abs=0.05) and fit.delta2 == pytest.approx(2.0, abs=0.3)
+    assert fit.qdamp == pytest.approx(0.04, abs=0.005) and fit.scale == pytest.approx(3.0, rel=0.02)
+    assert fit.rwp < 0.12 and not fit.at_bounds
+    # the analytic gradient is the derivative of what is evaluated
+    from scipy.optimize import approx_fprime
+
+    mom = grid.moments(*grid.pair_histogram(x)[:1], len(x), 1.0, grid.pair_histogram(x)[1])
+    obs = g[grid.mask]
+    p = np.array([0.5, 1.0, 0.03**2])
+    f = lambda q: grid._cost(q, mom, obs, float(obs @ obs), False)[0]  # noqa: E731
+    np.testing.assert_allclose(grid._cost(p, mom, obs, float(obs @ obs), False)[1], approx_fprime(p, f, 1e-7),
+                               rtol=1e-3, atol=1e-8)
+
+
+def test_file_physics_reads_the_header_and_options_win():
+    r = np.arange(0, 20.005, 0.01)
+    ph = file_physics({"qmin": "1.33", "qmax": "28.0", "composition": "Au"}, r)
+    assert (ph.qmin, ph.qmax, ph.rmin, ph.rmax) == (1.33, 28.0, 1.5, 20.0)
+    assert ph.source["qmax"] == "file header"
+    ph = file_physics({"qmax": "28.0"}, r, qmax=24.0, rmax=15.0)
+    assert ph.qmax == 24.0 and ph.source["qmax"] == "option" and ph.rmax == 15.0
+    ph = file_physics({"qmax": "not a number"}, r)
+    assert ph.qmax == 25.0 and ph.source["qmax"].startswith("default")
+
+
+def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
+    """A library of a few recipe shapes: each one's PDF, at another bond length and with
+    measurement-like physics, finds itself first; F0 is the Debye sum of the calculator."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.training.clusters import unit_shapes
+    from cbldm.training.variants import unit_bond
+
+    from cbldm.training.variants import shape_key
+
+    shapes = {}
+    for kind in ("FCC", "Decahedron", "Icosahedron", "HCP"):
+        for s in unit_shapes(kind)[:12]:   # one entry per distinct shape, several per type
+            shapes.setdefault(shape_key(s.xyz_unit), s)
+    shapes = list(shapes.values())
+    entries = [(s.label(), "x", "recipe", unit_bond(s.xyz_unit)) for s in shapes]
+    write_library(tmp_path / "lib.npz", entries, log=None)
+    lib = Library(tmp_path / "lib.npz")
+    assert len(lib) == len(shapes) and np.load(tmp_path / "lib.npz", allow_pickle=False)["f0"].shape[0] == len(lib)
+    calc = DebyePDF(PDFParams(rmax=25.0, qmin=1.0, qmax=20.0, biso=0.7, qdamp=0.03))
+    from cbldm.runtime.preprocess import nn_distance
+
+    for i, (name, _, _, x) in enumerate(entries):
+        g = calc.calc(x * 2.61, "Ag")
+        hits = lib.search(calc.r, g, float(nn_distance(g[:3000])), 1.0, 20.0, 1.5, 24.9, top=3)
+        # the search proposes, the physics fit decides: the shape must be among the proposals
+        hit = next((h for h in hits if h.name == name), None)
+        assert hit is not None and hit.bond == pytest.approx(2.61, rel=0.01), (name, hits)
+    with pytest.raises(Exception, match="not a cluster library"):
+        (tmp_path / "bad.npz").write_text("no")
+        Library(tmp_path / "bad.npz")
