@@ -202,7 +202,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
     checks = []
     for i, p in enumerate(pdfs):
         try:
-            checks.append(check_input(p.r, p.g, None if not np.isfinite(d_nn[i]) else float(d_nn[i])))
+            checks.append(check_input(p.r, p.g, None if not np.isfinite(d_nn[i]) else float(d_nn[i]),
+                                      p.physics.qmax))
         except InputRefused as exc:
             raise InputRefused(f"{p.name or f'PDF {i}'}: {exc}") from None
     timings = {"check_s": time.perf_counter() - t_all}

@@ -2,8 +2,8 @@
 
 Input checks (before any fitting; a failed check refuses the file with one line):
 - a nearest-neighbour peak must stand out of the noise: its height over the noise level
-  (the RMS of G minus a 0.25 A running mean, i.e. what varies faster than any PDF peak of a
-  Qmax <= 30 measurement) must reach ``MIN_PEAK_SNR``;
+  (estimated from what G holds above 1.2 Qmax, where a PDF has no signal) must reach
+  ``MIN_PEAK_SNR``;
 - r must be in A: a file whose strongest peak sits below 1 (and whose r ends below 12) has
   r in nm.
 
@@ -43,18 +43,27 @@ class InputRefused(ValueError):
     """The file is not a PDF this program can answer for (message: one line, no file name)."""
 
 
-def noise_level(r: np.ndarray, g: np.ndarray) -> float:
-    """RMS of what varies faster than 0.25 A: no PDF peak is that narrow at Qmax <= 30."""
+def noise_level(r: np.ndarray, g: np.ndarray, qmax: float = 30.0) -> float:
+    """RMS of the noise: what G(r) holds at frequencies (in Q, the conjugate of r) above 1.2 Qmax,
+    where no PDF signal can be (G is a sine transform of F(Q) cut at Qmax), scaled to the whole
+    band. White noise on the r grid spreads evenly over the band; noise a reduction program
+    carried through its own transform stays below Qmax and is not seen here (such data then
+    gets its verdict from the fit)."""
+    r = np.asarray(r, float)
     step = float(np.median(np.diff(r)))
-    w = max(3, int(round(0.25 / step)) | 1)
-    kernel = np.ones(w) / w
-    smooth = np.convolve(g, kernel, mode="same")
-    resid = (g - smooth)[w:-w] if len(g) > 3 * w else g - smooth
-    # robust: the median absolute deviation ignores the few places where peaks are sharp
-    return float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+    u = np.arange(r[0], r[-1] + step / 2, step)
+    y = np.interp(u, r, g)
+    y = y - y.mean()
+    spec = np.abs(np.fft.rfft(y)) ** 2
+    q = 2 * np.pi * np.fft.rfftfreq(len(y), step)
+    high = q > 1.2 * qmax
+    if high.sum() < 8:   # a grid too coarse to hold frequencies above Qmax: no estimate
+        return 0.0
+    # white noise of variance s^2: each rfft bin has E|X_k|^2 = N s^2
+    return float(np.sqrt(spec[high].mean() / len(y)))
 
 
-def check_input(r: np.ndarray, g: np.ndarray, d: float | None) -> dict:
+def check_input(r: np.ndarray, g: np.ndarray, d: float | None, qmax: float = 30.0) -> dict:
     """Raise InputRefused for r in nm or a noise-only PDF; otherwise return the noise level
     and the first peak's signal-to-noise ratio."""
     r = np.asarray(r, float)
@@ -66,8 +75,9 @@ def check_input(r: np.ndarray, g: np.ndarray, d: float | None) -> dict:
     if d is None:
         raise InputRefused("no nearest-neighbour peak between 1.5 and 4.5 A: not a metal-particle "
                            "PDF on an r grid in A?")
-    sigma = noise_level(r, g)
-    peak = float(np.interp(d, r, g))
+    sigma = noise_level(r, g, qmax)
+    near = np.abs(r - d) <= 0.1    # the peak's top, not a flank: d is read to ~0.01 A
+    peak = float(g[near].max()) if near.any() else float(np.interp(d, r, g))
     snr = peak / sigma if sigma > 0 else math.inf
     if snr < MIN_PEAK_SNR:
         raise InputRefused(f"the nearest-neighbour peak at {d:.2f} A is {snr:.1f} x the noise level "

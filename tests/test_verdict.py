@@ -1,0 +1,140 @@
+"""Input refusals (noise, r in nm), the particle's extent, and every verdict rule."""
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbldm.runtime.verdict import InputRefused, check_input, judge, particle_extent
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "Pt_decahedron_p3_q2_r1.gr"
+
+
+def _example():
+    from cbldm.runtime.pdfio import read_pdf
+
+    d = read_pdf(EXAMPLE)
+    return d.r, d.g
+
+
+def _d(g):
+    from cbldm.runtime.preprocess import nn_distance
+
+    return float(nn_distance(g[:3000]))
+
+
+def test_a_real_pdf_passes_and_reports_its_noise():
+    r, g = _example()
+    out = check_input(r, g, _d(g), 25.0)
+    assert out["first_peak_snr"] > 1000    # simulated: noise only from rounding
+
+
+def test_noise_is_refused():
+    rng = np.random.default_rng(0)
+    r = np.arange(3000) * 0.01
+    with pytest.raises(InputRefused, match="noise level"):
+        check_input(r, rng.normal(size=3000), 2.5)
+
+
+def test_noisy_but_real_data_is_accepted():
+    r, g = _example()
+    noisy = g + np.random.default_rng(1).normal(scale=0.03 * np.abs(g).max(), size=g.shape)
+    assert 20 < check_input(r, noisy, _d(g), 25.0)["first_peak_snr"] < 50   # 1 / 0.03
+
+
+def test_r_in_nm_is_refused():
+    r, g = _example()
+    with pytest.raises(InputRefused, match="nm"):
+        check_input(r / 10, g, None)
+
+
+def test_no_peak_is_refused():
+    r = np.arange(3000) * 0.01
+    with pytest.raises(InputRefused, match="nearest-neighbour peak"):
+        check_input(r, -r, None)
+
+
+def test_extent_of_a_small_and_a_large_particle():
+    from cbldm.runtime.pdf import DebyePDF, PDFParams
+    from cbldm.runtime.structure import diameter
+    from cbldm.training.variants import lattice_points
+
+    r, g = _example()
+    small = particle_extent(r, g, _d(g), 1e-4)
+    assert 10 < small["extent_A"] < 20 and not small["beyond_networks"]
+    x = lattice_points("fcc", 6.5) * 2.77    # ~1000 atoms, 3.6 nm
+    calc = DebyePDF(PDFParams(rmax=50.0))
+    big = particle_extent(calc.r, calc.calc(x, "Pt", method="histogram"), 2.77, 1e-4)
+    assert big["beyond_networks"] and abs(big["extent_A"] - diameter(x)) < 6.0
+
+
+@dataclass
+class Fit:
+    scale: float = 1.0
+    at_bounds: list = field(default_factory=list)
+
+
+@dataclass
+class Cand:
+    n_atoms: int = 100
+    rwp: float = 0.1
+    min_pair: float = 2.7
+    detached: int = 0
+    shift_rms: float = 0.05
+    source: str = "library"
+    fit: Fit = field(default_factory=Fit)
+
+
+EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False}
+
+
+@pytest.mark.parametrize("change,verdict,words", [
+    ({}, "ok", None),
+    ({"rwp": 0.3}, "doubtful", "poor fit"),
+    ({"rwp": 0.6}, "unusable", "does not describe"),
+    ({"fit": Fit(scale=0.0)}, "unusable", "scale is zero"),
+    ({"min_pair": 2.0}, "unusable", "physically impossible"),
+    ({"n_atoms": 1}, "unusable", "fewer than two atoms"),
+    ({"detached": 3}, "doubtful", "no neighbour"),
+    ({"shift_rms": 0.5}, "doubtful", "reshaped by the fit"),
+    ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "qdamp at the edge"),
+])
+def test_each_rule(change, verdict, words):
+    v = judge(Cand(**change), None, 2.77, EXT)
+    assert v.verdict == verdict
+    assert (words is None and not v.warnings) or any(words in w for w in v.warnings)
+
+
+def test_rules_about_size_and_ambiguity():
+    beyond = dict(EXT, beyond_networks=True, compact_atoms_estimate=900)
+    assert judge(Cand(source="model"), None, 2.77, beyond).verdict == "doubtful"
+    assert judge(Cand(source="library"), None, 2.77, beyond).verdict == "ok"
+    far = dict(EXT, extent_A=60.0)
+    assert "beyond the largest cluster" in judge(Cand(), None, 2.77, far, largest_tried=40.0).warnings[0]
+    tie = judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.105), 2.77, EXT)
+    assert tie.verdict == "doubtful" and "not determined" in tie.warnings[0]
+    assert judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.2), 2.77, EXT).verdict == "ok"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_noise_and_nm_with_one_line_each(tmp_path):
+    rng = np.random.default_rng(0)
+    r = np.arange(3000) * 0.01
+    np.savetxt(tmp_path / "noise.gr", np.column_stack([r, rng.normal(size=3000)]))
+    rr, g = _example()
+    np.savetxt(tmp_path / "nm.gr", np.column_stack([rr / 10, g]))
+    res = run("predict", tmp_path / "noise.gr", tmp_path / "nm.gr", "-o", tmp_path / "out", "--no-plot",
+              "--source", "library")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert "noise.gr" in errors[0] and "noise level" in errors[0]
+    assert "nm.gr" in errors[1] and "nm" in errors[1]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
