@@ -141,6 +141,9 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
     timings["total_s"] = time.perf_counter() - t_start
     doc = {
         "source": str(path), "source_format": data.format, "element": pdf.element,
+        "data": {"source_points": int(len(data.r)), "source_rmin": float(data.r[0]),
+                 "source_rmax": float(data.r[-1]), "source_rstep": float(np.median(np.diff(data.r))),
+                 "notes": data.notes},
         "verdict": v.verdict, "warnings": v.warnings,
         **about,
         "rwp": best.rwp, "rwp_before_refinement": best.rwp_rigid,

@@ -133,7 +133,7 @@ def test_watch_slow_appended_burst_broken_rename_backlog_restart(tiny_model, tmp
     assert recs["broken.gr"]["status"] == "error" and (out / "broken.error.txt").exists()
     assert all(r["status"] == "ok" for n, r in recs.items() if n != "broken.gr")
     for stem in ("slow", "appended"):  # the whole file, not a prefix
-        assert json.loads((out / f"{stem}.json").read_text())["resampling"]["source_points"] == EXAMPLE_POINTS
+        assert json.loads((out / f"{stem}.json").read_text())["data"]["source_points"] == EXAMPLE_POINTS
     assert not list(out.glob("*-2.*"))  # nothing done twice
     assert "appended.gr" in stdout and "Rwp" in stdout
 
