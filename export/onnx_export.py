@@ -12,10 +12,8 @@ manifest; a graph outside tolerance is an export error.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +22,9 @@ import torch
 from cbldm.runtime.fileutil import sha256_file
 from cbldm.runtime.preprocess import constants, model_input
 from cbldm.runtime.sampling import SamplerConfig, Schedule
-from cbldm.training.models import (CbLDM, ConditionGraph, DecoderGraph, ModelConfig, PriorGraph,
+from cbldm.training.models import (CbLDM, ConditionGraph, DecoderGraph, PriorGraph,
                                    UNetGraph)
 from cbldm.training.runs import RunBundle, RunError, default_sampler, load_run as _load_run
-from cbldm.training.train import load_weights  # noqa: F401  (re-exported for older callers)
 
 MANIFEST_FORMAT = "cbldm-model/1"
 FP32_RTOL = 1e-4

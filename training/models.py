@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbldm.runtime.kernel import KERNEL_WIDTH
+
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
 
@@ -30,12 +32,10 @@ class ModelConfig:
     stem: int = 4
     enc_channels: tuple[int, ...] = (32, 64)
     enc_blocks: int = 1
-    encoder: str = "rowmlp"   # "rowmlp": per-row features -> MLP; "rows": row-token transformer; "conv": 2-D conv
-    decoder: str = "mlp"      # "mlp": MLP -> xyz, occupancy -> W; "points": slot transformer -> xyz -> W; "conv": pixels
+    encoder: str = "rowmlp"   # "rowmlp": per-row features -> MLP; "conv": 2-D conv (paper preset)
+    decoder: str = "mlp"      # "mlp": MLP -> xyz, occupancy -> W; "conv": pixels (paper preset)
     dec_channels: tuple[int, ...] = (64, 32)
     dec_blocks: int = 1
-    dec_dim: int = 64         # points decoder: token width
-    dec_layers: int = 3       # points decoder: transformer layers
     mlp_hidden: int = 512     # rowmlp encoder / mlp decoder width
     row_features: int = 8     # rowmlp encoder: features kept per atom slot
     prior_hidden: tuple[int, ...] = (128, 256, 512)
@@ -77,7 +77,7 @@ PRESETS = {
                          unet_global_cond=True),
     # for tests: seconds to train
     "tiny": ModelConfig(preset="tiny", cond_channels=8, enc_channels=(8, 16), dec_channels=(16, 8),
-                        dec_blocks=1, dec_dim=16, dec_layers=1, mlp_hidden=32, row_features=2,
+                        dec_blocks=1, mlp_hidden=32, row_features=2,
                         prior_hidden=(32, 32), unet_channels=16, unet_mult=(1, 2), ctx_dim=16, heads=2,
                         unet_global_cond=True),
 }
@@ -253,45 +253,6 @@ class StructureEncoder(nn.Module):
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
-class TokenBlock(nn.Module):
-    """Pre-norm transformer block (self-attention + MLP)."""
-
-    def __init__(self, d: int, heads: int, mlp: int = 2):
-        super().__init__()
-        self.n1, self.attn = nn.LayerNorm(d), Attention(d, heads)
-        self.n2, self.mlp = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, mlp * d), nn.SiLU(), nn.Linear(mlp * d, d))
-
-    def forward(self, h):
-        h = h + self.attn(self.n1(h))
-        return h + self.mlp(self.n2(h))
-
-
-class RowEncoder(nn.Module):
-    """Kernel (B, 4, 128, 128) + condition (B, 2, 125) -> q(z) (B, 1, 16, 16), one value per atom slot.
-
-    Row i of W is atom i's kernel to every slot, so the rows are natural atom tokens; latent
-    pixel i (row-major) is slot i, the same layout the points decoder reads.
-    """
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        d = cfg.dec_dim
-        self.inp = nn.Linear(256, d)
-        self.pos = nn.Parameter(torch.randn(256, d) * 0.02)
-        self.cond = nn.Linear(250, d)
-        self.blocks = nn.ModuleList([TokenBlock(d, cfg.heads) for _ in range(max(1, cfg.dec_layers - 1))])
-        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 2)
-
-    def forward(self, kernel, cond):
-        rows = blocks_to_full(kernel)  # (B, 256, 256)
-        h = self.inp(rows) + self.pos + self.cond(cond.flatten(1))[:, None, :]
-        for blk in self.blocks:
-            h = blk(h)
-        mu, logvar = self.head(self.norm(h)).unbind(-1)
-        b = kernel.shape[0]
-        return mu.view(b, 1, 16, 16), logvar.clamp(LOGVAR_MIN, LOGVAR_MAX).view(b, 1, 16, 16)
-
-
 class StructureDecoder(nn.Module):
     """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128), symmetric, in [0, 1]."""
 
@@ -319,37 +280,6 @@ class StructureDecoder(nn.Module):
         w = torch.sigmoid(self.head(self.body(z)))
         full = blocks_to_full(w)
         return full_to_blocks(0.5 * (full + full.transpose(-1, -2)))
-
-
-class PointsDecoder(nn.Module):
-    """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128) through atom coordinates.
-
-    Latent pixel i is atom slot i (row-major), in the canonical atom order. A transformer
-    over the 256 slot tokens predicts each slot's coordinates (A) and occupancy m in [0, 1];
-    the kernel is then computed, not painted: W_ij = m_i m_j exp(-|x_i - x_j|^2 / t). So W
-    is symmetric and a valid Gaussian kernel by construction, and the paper's recovery step
-    reads it back exactly. ``points(z)`` exposes the coordinates for the auxiliary loss.
-    """
-
-    def __init__(self, cfg: ModelConfig, t: float = 260.0):
-        super().__init__()
-        d = cfg.dec_dim
-        self.t = t
-        self.inp = nn.Linear(1, d)
-        self.pos = nn.Parameter(torch.randn(256, d) * 0.02)
-        self.blocks = nn.ModuleList([TokenBlock(d, cfg.heads) for _ in range(cfg.dec_layers)])
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 4)
-
-    def points(self, z):
-        h = self.inp(z.flatten(1)[:, :, None]) + self.pos  # (B, 256, d)
-        for blk in self.blocks:
-            h = blk(h)
-        out = self.head(self.norm(h))
-        return 10.0 * out[..., :3], torch.sigmoid(out[..., 3])  # xyz (B, 256, 3) in A, m (B, 256)
-
-    def forward(self, z):
-        return pairwise_kernel(*self.points(z), self.t)
 
 
 def pairwise_kernel(xyz, m, t: float):
@@ -389,12 +319,12 @@ class MLPDecoder(nn.Module):
     """Latent (B, 1, 16, 16) -> kernel blocks (B, 4, 128, 128) through atom coordinates.
 
     An MLP gives every atom slot (canonical order) its coordinates (A, in the D_REF frame)
-    and occupancy m; W is computed from them as in ``PointsDecoder``, so it is symmetric and
+    and occupancy m; W = m_i m_j exp(-d^2 / t) is computed from them, so it is symmetric and
     a valid kernel by construction and the runtime's recovery reads it back exactly."""
 
     COORD_SCALE = 10.0  # A per output unit
 
-    def __init__(self, cfg: ModelConfig, t: float = 260.0):
+    def __init__(self, cfg: ModelConfig, t: float = KERNEL_WIDTH):
         super().__init__()
         h = cfg.mlp_hidden
         self.t = t
@@ -424,11 +354,9 @@ class MLPDecoder(nn.Module):
 def make_decoder(cfg: ModelConfig) -> nn.Module:
     if cfg.decoder == "mlp":
         return MLPDecoder(cfg)
-    if cfg.decoder == "points":
-        return PointsDecoder(cfg)
     if cfg.decoder == "conv":
         return StructureDecoder(cfg)
-    raise ValueError(f"unknown decoder {cfg.decoder!r} (points, conv)")
+    raise ValueError(f"unknown decoder {cfg.decoder!r} (mlp, conv)")
 
 
 class ConditionalPrior(nn.Module):
@@ -547,14 +475,14 @@ class CbLDM:
 
     cfg: ModelConfig
     cond_vae: ConditionVAE = field(init=False)
-    encoder: StructureEncoder = field(init=False)
-    decoder: StructureDecoder = field(init=False)
+    encoder: nn.Module = field(init=False)     # RowMLPEncoder or StructureEncoder
+    decoder: nn.Module = field(init=False)     # MLPDecoder or StructureDecoder
     prior: ConditionalPrior = field(init=False)
     unet: LatentUNet = field(init=False)
 
     def __post_init__(self):
         self.cond_vae = ConditionVAE(self.cfg)
-        encoders = {"rowmlp": RowMLPEncoder, "rows": RowEncoder, "conv": StructureEncoder}
+        encoders = {"rowmlp": RowMLPEncoder, "conv": StructureEncoder}
         if self.cfg.encoder not in encoders:
             raise ValueError(f"unknown encoder {self.cfg.encoder!r} ({', '.join(encoders)})")
         self.encoder = encoders[self.cfg.encoder](self.cfg)

@@ -106,7 +106,6 @@ def tetrahedra_and_twins(seed: int) -> list[tuple[str, str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = []
     pts = stacked_points("ABCABCABCABCABC", 9.0)
-    normals = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / math.sqrt(3)
     # a tetrahedron of the close-packed stacking: the base layer and three {111} planes
     nz = np.array([0.0, 0.0, 1.0])
     faces = [nz * -1]

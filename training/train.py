@@ -189,6 +189,10 @@ def load_weights(model: CbLDM, path: Path, strict: bool = True) -> None:
 def _save_state(path: Path, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
     sd = opt.state_dict()
     tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # the noise of the training steps on a GPU comes from the CUDA generator: without its
+        # state a resumed GPU run draws other noise than an uninterrupted one
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     for pid, st in sd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
@@ -209,6 +213,8 @@ def _load_state(path: Path, opt: torch.optim.Optimizer) -> tuple[int, int]:
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(meta["epoch"]), int(meta["step"])
 
 
@@ -608,13 +614,15 @@ class Trainer:
         modes = {n: m.training for n, m in self.model.modules().items()}
         for m in self.model.modules().values():
             m.eval()
-        rng = torch.get_rng_state()  # restored below: validation must not shift training noise
-        torch.manual_seed(12345)     # fixed noise: comparable across epochs
         losses = []
-        for lo in range(0, len(self.val), 128):
-            idx = torch.arange(lo, min(lo + 128, len(self.val)))
-            losses.append(float(self._loss(stage, self._batch(self.val, idx, None), beta)) * len(idx))
-        torch.set_rng_state(rng)
+        # fixed noise, comparable across epochs; fork_rng restores every generator it touched
+        # (the CPU's and the training device's), so validation never shifts training noise
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(12345)
+            for lo in range(0, len(self.val), 128):
+                idx = torch.arange(lo, min(lo + 128, len(self.val)))
+                losses.append(float(self._loss(stage, self._batch(self.val, idx, None), beta)) * len(idx))
         for n, m in self.model.modules().items():
             m.train(modes[n])
         return sum(losses) / max(1, len(self.val))
