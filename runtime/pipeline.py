@@ -60,18 +60,19 @@ class RefineConfig:
     max_shift: float = 1.0
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
     restrain: bool = True
+    search: int = 1            # atom-count search (cbldm.runtime.search) on the best N candidates
 
     def __post_init__(self) -> None:
-        if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0:
+        if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0:
             raise ValueError(f"refinement needs top >= 0, maxiter >= 1, max_shift > 0 and "
                              f"min_distance >= 0, got {self.as_dict()}")
 
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
-                "min_distance": self.min_distance, "restrain": self.restrain}
+                "min_distance": self.min_distance, "restrain": self.restrain, "search": self.search}
 
 
-NO_REFINEMENT = RefineConfig(top=0)
+NO_REFINEMENT = RefineConfig(top=0, search=0)
 
 
 @dataclass
@@ -243,6 +244,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         frac = refine.min_distance
         # physical ones first: atoms on top of each other must not win on Rwp
         cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
+        if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
+            tsr = time.perf_counter()
+            found = [_search(c, grid, g_fit, d) for c in cands[:refine.search]
+                     if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
+            cands += [c for c in found if c is not None]
+            cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
+            tm["search_s"] = time.perf_counter() - tsr
         if refine.top > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tr = time.perf_counter()
             # a candidate far behind the best rigid fit does not catch up under restraints:
@@ -347,3 +355,18 @@ def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray
     res = g_fit - scale * g
     rwp = math.sqrt(float(res @ res) / float(g_fit @ g_fit))
     return replace(c, rwp=rwp, g_calc=scale * g, fit=replace(f, scale=scale, rwp=rwp))
+
+
+def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float) -> Candidate | None:
+    """The atom-count search from ``c``: a new candidate when it changed the count."""
+    from cbldm.runtime.search import grow_prune
+
+    res = grow_prune(c.xyz, g_fit, grid, c.fit, d * c.fit.size)
+    if res.removed == res.added == 0 or len(res.xyz) == c.n_atoms and res.rwp >= c.rwp:
+        return None
+    fit = grid.fit(res.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 3), start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
+    if fit.rwp >= c.rwp:
+        return None
+    label = f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms (-{res.removed}/+{res.added})"
+    return Candidate(res.xyz * fit.size, c.source, label, None, fit.rwp, fit.rwp, fit,
+                     g_calc=fit.g_calc, search_rwp=c.search_rwp)

@@ -1,4 +1,5 @@
-"""The model in models/default: loads, hashes match, and predicts held-out structures sensibly."""
+"""The model in models/default: complete, and what it answers for shapes the networks never saw
+and for the measured PDFs in ../shared."""
 import json
 from pathlib import Path
 
@@ -14,70 +15,86 @@ MODEL = REPO / "models" / "default"
 def test_shipped_model_is_complete_and_small():
     m = load_manifest(MODEL, verify=True)  # raises on any hash mismatch
     total = sum(f.stat().st_size for f in MODEL.iterdir())
-    assert total < 30e6
+    assert total < 40e6
     assert m["model"]["preset"] == "edge" and len(m["data_manifest_sha256"]) == 64
-    for name in ("training_config.json", "evaluation.json"):
-        assert (MODEL / name).exists(), name
-
-
-def _held_out_by_type():
-    """One test-split structure per type (the first of each in the shipped evaluation), rebuilt
-    by the recipe and simulated here; the model never trained on them."""
-    from scipy.spatial.distance import pdist
-
-    from cbldm.runtime.pdf import DebyePDF
-    from cbldm.training.clusters import SHORT, TYPES, unit_shapes
-
+    assert m["library"]["recipe_entries"] == 331 and m["library"]["largest_atoms"] > 2000
     ev = json.loads((MODEL / "evaluation.json").read_text())
-    held_out = {}
-    for r in ev["results"]:
-        held_out.setdefault(r["type"], r)
-    assert len(held_out) == 7
+    assert {"unseen", "offrecipe", "test_shapes"} <= set(ev)
+    assert set(ev["unseen"]["sources"]) == {"library", "model", "both"}
+
+
+def _unseen_by_type():
+    """One test-split shape per type (shapes the networks never saw), rebuilt by the recipe and
+    simulated here at a bond length of the recipe."""
+    from cbldm.runtime.pdf import DebyePDF
+    from cbldm.runtime.pipeline import PDFInput
+    from cbldm.training.clusters import TYPES, unit_shapes
+
+    test = json.loads((MODEL / "evaluation.json").read_text())["test_shapes"]
     calc = DebyePDF()
     out = []
-    for short, r in sorted(held_out.items()):
-        kind = [t for t in TYPES if SHORT[t] == short][0]
-        label, rest = r["name"].split("_atom_")
-        lc = float(rest.split("_lc_")[1])
-        shape = [s for s in unit_shapes(kind) if s.label() == label][0]
-        xyz = shape.xyz_unit * lc
-        out.append((short, shape.n_atoms, calc.calc(xyz, "Au"), float(pdist(xyz).min())))
+    for kind in TYPES:
+        shape = next(s for s in unit_shapes(kind) if s.label() in test)
+        xyz = shape.xyz_unit * 2.77
+        out.append((kind, shape.n_atoms, PDFInput.on_model_grid(calc.calc(xyz, "Au"), "Au", name=shape.label())))
     return out
 
 
 @pytest.fixture(scope="module")
-def shipped_predictions():
+def shipped():
+    return load_model(MODEL, backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def unseen_predictions(shipped):
     from cbldm.runtime.pipeline import predict_batch
     from cbldm.runtime.sampling import SamplerConfig
 
-    cases = _held_out_by_type()
-    model = load_model(MODEL, backend="cpu")
-    preds = predict_batch(model, np.array([c[2] for c in cases]),
-                          SamplerConfig(**model.manifest["sampler"]), 4, ["Au"] * len(cases), seed=0)
-    return [(short, n, p, d) for (short, n, _, d), p in zip(cases, preds)]
+    cases = _unseen_by_type()
+    sampler = SamplerConfig(**shipped.manifest["sampler"])
+    both = predict_batch(shipped, [c[2] for c in cases], sampler, 4, seed=0, library=shipped.library)
+    model = predict_batch(shipped, [c[2] for c in cases], sampler, 4, seed=0, source="model")
+    return [(kind, n, b, m) for (kind, n, _), b, m in zip(cases, both, model)]
 
 
-def test_shipped_model_counts_atoms_of_every_type(shipped_predictions):
-    """Atom count within max(3, 15 %) of the truth for a held-out structure of every type."""
-    for short, n_true, p, _ in shipped_predictions:
-        assert abs(p.best.n_atoms - n_true) <= max(3, 0.15 * n_true), (short, n_true, p.best.n_atoms)
+def test_default_pipeline_answers_every_unseen_type_exactly(unseen_predictions):
+    """The library holds every recipe shape: with it the default pipeline is exact and says so."""
+    for kind, n, p, _ in unseen_predictions:
+        assert p.best.n_atoms == n and p.best.rwp < 0.05 and p.verdict.verdict == "ok", \
+            (kind, n, p.best.n_atoms, p.best.rwp, p.verdict.warnings)
 
 
-def test_shipped_model_fits_most_types_with_physical_structures(shipped_predictions):
-    """The shipped pipeline (skip-step sampling, recovery, refinement) fits the held-out PDF
-    to Rwp < 0.5 for at least 5 of the 7 types, and every such fit is a physical structure
-    (no two atoms closer than 0.85 of the true shortest bond)."""
-    from scipy.spatial.distance import pdist
-
-    good = [(short, p) for short, _, p, _ in shipped_predictions if p.best.rwp < 0.5]
-    assert len(good) >= 5, [(s, round(p.best.rwp, 3)) for s, _, p, _ in shipped_predictions]
-    for short, _, p, d_true in shipped_predictions:
-        if p.best.rwp < 0.5:
-            assert pdist(p.best.xyz).min() > 0.85 * d_true, (short, pdist(p.best.xyz).min(), d_true)
+def test_networks_alone_get_the_size_of_unseen_shapes_roughly(unseen_predictions):
+    """What the networks do manage on shapes they never saw: the size, within 15 % or 3 atoms,
+    for most types (measured: 6 of 7)."""
+    close = [abs(m.best.n_atoms - n) <= max(3, 0.15 * n) for _, n, _, m in unseen_predictions]
+    assert sum(close) >= 5, [(k, n, m.best.n_atoms) for k, n, _, m in unseen_predictions]
 
 
-@pytest.mark.xfail(strict=True, reason="not every type is fitted yet: the large decahedron (217 atoms) "
-                   "and the 19-atom SC cluster of this set stay at Rwp ~0.97 (held-out total 0.25; issue 5)")
-def test_shipped_model_fits_every_type(shipped_predictions):
-    for short, _, p, _ in shipped_predictions:
-        assert p.best.rwp < 0.5, (short, p.best.rwp)
+@pytest.mark.xfail(strict=True, reason="the networks alone do not generalise to unseen shapes yet "
+                                       "(2 % exact counts on the test split; README, 'How good')")
+def test_networks_alone_count_atoms_of_unseen_shapes_exactly(unseen_predictions):
+    exact = [m.best.n_atoms == n for _, n, _, m in unseen_predictions]
+    assert sum(exact) >= 4, exact      # the issue's bar: 60 %
+
+
+MEASURED = REPO.parent / "shared" / "reference" / "deepstruc" / "experimental"
+
+
+@pytest.mark.skipif(not MEASURED.is_dir(), reason="../shared/reference/deepstruc/experimental not present")
+@pytest.mark.parametrize("name,bar", [("Au144pMBA", 0.143), ("JQ_S1", 0.271)])
+def test_measured_pdfs_get_physical_answers_with_the_files_physics(shipped, name, bar):
+    """Issue 11's bar: below what a search over the recipe shapes with the training physics
+    and free refinement reached, physical, with the refined physics reported."""
+    from cbldm.runtime.pipeline import predict
+    from cbldm.runtime.results import read_input
+    from cbldm.runtime.sampling import SamplerConfig
+
+    _, pdf = read_input(MEASURED / f"{name}.gr")
+    assert pdf.physics.source["qmax"] == "file header"
+    p = predict(shipped, pdf, SamplerConfig(**shipped.manifest["sampler"]), 4, library=shipped.library)
+    b = p.best
+    assert b.rwp < bar and b.detached == 0 and b.min_pair > 0.85 * p.d_nn, (b.rwp, b.detached, b.min_pair)
+    assert p.physics.rmax == pytest.approx(float(pdf.r[-1]))   # the file's own range, no padding
+    assert 0 < b.fit.biso < 3 and b.fit.scale > 0 and p.verdict.verdict in ("ok", "doubtful")
+    assert np.isfinite(b.fit.qdamp) and np.isfinite(b.fit.delta2)
