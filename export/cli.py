@@ -19,6 +19,8 @@ def export(
     batch_sizes: str = typer.Option("1,8,32", help="TensorRT profile batch sizes (min,opt,max)."),
     exporter: str = typer.Option("dynamo", help="dynamo (torch.export) or torchscript."),
     e2e: int = typer.Option(0, help="Also compare fp16 vs fp32 end to end on N held-out PDFs (Rwp)."),
+    library: Path = typer.Option(None, help="Cluster library to ship with the model (cbldm-data library; "
+                                            "default: the shipped model's)."),
 ):
     """Export the four graphs, check each against PyTorch, write MODELDIR/manifest.json."""
     try:
@@ -30,15 +32,23 @@ def export(
     if exporter not in ("dynamo", "torchscript"):
         raise fail(f"--exporter {exporter!r}: choose dynamo or torchscript", EXIT_USAGE)
     require_extra("cbldm-export", "export")
-    from cbldm.export.onnx_export import ExportError, export_run
+    from cbldm.export.onnx_export import ExportError, attach_library, export_run
+    from cbldm.runtime.library import LibraryError
 
+    if library is None:
+        from cbldm.models import default_model_dir
+
+        library = default_model_dir() / "library.npz"
+    if not library.is_file():
+        raise fail(f"{library}: no such library (build one with cbldm-data library)")
     try:
         res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
                          log=typer.echo)
-    except (ExportError, RuntimeError) as exc:
+        attach_library(out, library)
+    except (ExportError, LibraryError, RuntimeError) as exc:
         raise fail(str(exc))
     typer.echo(f"{out}: manifest.json written ({len(res['manifest']['graphs'])} graphs"
-               + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ")")
+               + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ", cluster library)")
     if e2e and fp16:
         from cbldm.export.compare import fp16_vs_fp32
 

@@ -61,6 +61,7 @@ class RefineConfig:
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
     restrain: bool = True
     search: int = 1            # atom-count search (cbldm.runtime.search) on the best N candidates
+    search_gain: float = 0.2   # ...kept when it lowers Rwp by this fraction (chosen on the tuning set)
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0:
@@ -69,7 +70,8 @@ class RefineConfig:
 
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
-                "min_distance": self.min_distance, "restrain": self.restrain, "search": self.search}
+                "min_distance": self.min_distance, "restrain": self.restrain, "search": self.search,
+                "search_gain": self.search_gain}
 
 
 NO_REFINEMENT = RefineConfig(top=0, search=0)
@@ -246,7 +248,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
         if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tsr = time.perf_counter()
-            found = [_search(c, grid, g_fit, d) for c in cands[:refine.search]
+            found = [_search(c, grid, g_fit, d, refine.search_gain) for c in cands[:refine.search]
                      if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
             cands += [c for c in found if c is not None]
             cands.sort(key=lambda c: (not c.physical(d, frac), c.rwp))
@@ -357,15 +359,17 @@ def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray
     return replace(c, rwp=rwp, g_calc=scale * g, fit=replace(f, scale=scale, rwp=rwp))
 
 
-def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float) -> Candidate | None:
-    """The atom-count search from ``c``: a new candidate when it changed the count."""
+def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float) -> Candidate | None:
+    """The atom-count search from ``c``: a new candidate when it changed the count and lowered
+    Rwp by ``gain`` of its value (a thermally disordered particle of the right count gains a
+    few per cent from any extra or missing atom; a wrong count gains far more from the right one)."""
     from cbldm.runtime.search import grow_prune
 
     res = grow_prune(c.xyz, g_fit, grid, c.fit, d * c.fit.size)
     if res.removed == res.added == 0 or len(res.xyz) == c.n_atoms and res.rwp >= c.rwp:
         return None
     fit = grid.fit(res.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 3), start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
-    if fit.rwp >= c.rwp:
+    if fit.rwp >= (1.0 - gain) * c.rwp:
         return None
     label = f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms (-{res.removed}/+{res.added})"
     return Candidate(res.xyz * fit.size, c.source, label, None, fit.rwp, fit.rwp, fit,

@@ -159,14 +159,17 @@ def offrecipe(
     data: Path = typer.Option(..., help="The dataset (its test-split shapes are perturbed)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the .gr/.xyz files and index.json."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
+    tuning: bool = typer.Option(False, help="Write the tuning set instead: the same non-ideal versions and "
+                                            "physics of the validation shapes (seed 1 unless given)."),
 ):
     """Write the out-of-recipe test set: unseen families, non-ideal test shapes, other physics,
-    particles of 300-2500 atoms (cbldm.training.offrecipe). Never train or tune on it."""
+    particles of 300-2500 atoms (cbldm.training.offrecipe). Never train or tune on it; tune
+    on --tuning."""
     from cbldm.training.dataset import DatasetError
-    from cbldm.training.offrecipe import build as build_items, write
+    from cbldm.training.offrecipe import build as build_items, tuning_set, write
 
     try:
-        items = build_items(data, seed)
+        items = tuning_set(data, seed or 1) if tuning else build_items(data, seed)
     except DatasetError as exc:
         raise fail(str(exc))
     write(items, out, seed, log=typer.echo)

@@ -156,13 +156,13 @@ def _measurement(rng, rmax=(20.0, 30.0)) -> tuple[PDFParams, float]:
     return p, float(rng.uniform(0.005, 0.02))
 
 
-def _test_shapes(data_root: Path) -> list[tuple[str, str, np.ndarray]]:
-    """(label, type, unit-bond xyz) of the dataset's test-split shapes."""
+def _test_shapes(data_root: Path, split: str = "test") -> list[tuple[str, str, np.ndarray]]:
+    """(label, type, unit-bond xyz) of the dataset's held-out shapes of ``split``."""
     from cbldm.training.clusters import TYPES, unit_shapes
     from cbldm.training.dataset import load_manifest
     from cbldm.training.variants import unit_bond
 
-    test = set(load_manifest(data_root)["split_shapes"]["test"])
+    test = set(load_manifest(data_root)["split_shapes"][split])
     out = []
     for kind in TYPES:
         for s in unit_shapes(kind):
@@ -175,7 +175,15 @@ MOTIF = {"FCC": "fcc", "BCC": "bcc", "SC": "sc", "HCP": "hcp", "Icosahedron": "i
          "Decahedron": "decahedral", "Octahedron": "fcc"}
 
 
-def build(data_root: Path, seed: int = 0) -> list[Item]:
+def tuning_set(data_root: Path, seed: int = 1) -> list[Item]:
+    """The same non-ideal versions and measurement physics, made from the *validation*
+    shapes with another seed: where thresholds of the pipeline are chosen, so that the
+    out-of-recipe set stays untouched."""
+    items = build(data_root, seed, split="val")
+    return [it for it in items if it.group in ("perturbed", "physics") and it.notes.get("base_shape")]
+
+
+def build(data_root: Path, seed: int = 0, split: str = "test") -> list[Item]:
     from cbldm.training.variants import PerturbConfig, perturb, unit_bond
 
     rng = np.random.default_rng(seed)
@@ -200,7 +208,7 @@ def build(data_root: Path, seed: int = 0) -> list[Item]:
         items.append(Item(f"uf_{name}", "unseen-family", name.split("_l")[0].split("_n")[0], motif, el,
                           canonical_order(unit_bond(x) * _bond(rng, el))))
     # non-ideal test shapes, training physics
-    tests = _test_shapes(data_root)
+    tests = _test_shapes(data_root, split)
     kinds = {
         "vacancies": PerturbConfig(p_vacancy=1, vacancy_frac=(0.03, 0.10), p_adatom=0, p_thermal=0, p_strain=0),
         "adatoms": PerturbConfig(p_vacancy=0, p_adatom=1, adatom_frac=(0.02, 0.06), p_thermal=0, p_strain=0),
