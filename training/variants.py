@@ -10,9 +10,9 @@ Base shapes (``base_pool``), unit nearest-neighbour distance, canonical atom ord
 - lattice cuts: fcc, hcp, bcc and sc lattices cut by spheres and axis-aligned ellipsoids
   around an atom, a bond centre, an octahedral / tetrahedral hole and seeded random
   points, one shape per closed shell up to 256 atoms;
-- partial shells: an icosahedron or decahedron of the recipe with part of its next shell
-  grown on (the atoms of the next-larger shape nearest a seeded direction), the way
-  multiply-twinned particles grow.
+- partial shells: icosahedra and decahedra (up to 400 atoms) with the surface atoms nearest
+  a seeded direction stripped (10-90 % of the surface), the way multiply-twinned particles
+  grow their next shell from one side.
 Per-sample perturbations (``perturb``), drawn anew each epoch:
 - vacancies: 1 to 12 % of the surface atoms (fewer than the bulk coordination) removed;
 - adatoms: atoms in hollow sites over the surface (1 to 5 % of the surface);
@@ -198,23 +198,16 @@ def base_pool(recipe_shapes: list[np.ndarray], recipe_names: list[str], exclude_
     Recipe shapes get ``recipe_share`` of the draws, the extra families the rest."""
     seen = set(exclude_keys)
     xyz, names, fam = [], [], []
-    for x, n in zip(recipe_shapes, recipe_names):
+    sources = [(0, n, x) for x, n in zip(recipe_shapes, recipe_names)] \
+        + [(1, n, x) for n, x in lattice_cut_shapes(seed)] + [(2, n, x) for n, x in partial_shell_shapes(seed)]
+    for f, n, x in sources:
         k = shape_key(x)
         if k in seen:
             continue
         seen.add(k)
         xyz.append(unit_bond(x))
         names.append(n)
-        fam.append(0)
-    for f, items in ((1, lattice_cut_shapes(seed)), (2, partial_shell_shapes(seed))):
-        for n, x in items:
-            k = shape_key(x)
-            if k in seen:
-                continue
-            seen.add(k)
-            xyz.append(unit_bond(x))
-            names.append(n)
-            fam.append(f)
+        fam.append(f)
     fam = np.asarray(fam)
     w = np.where(fam == 0, recipe_share / max(1, np.sum(fam == 0)),
                  (1 - recipe_share) / max(1, np.sum(fam != 0)))

@@ -105,38 +105,13 @@ say "training done"
 for v in "${variants[@]}"; do
     name=${v%%|*}
     timeout 70 python3 -m cbldm.training.cli_eval accuracy --model "work/$name" --data "$data" --split val \
-        --per-type "$val_per_type" --candidates 4 --refine 0 --out "work/$name/val" >"work/$name.val.log" 2>&1 &
+        --per-type "$val_per_type" -k 4 --refine 0 --sources model --out "work/$name/val" \
+        >"work/$name.val.log" 2>&1 &
 done
-python3 - "$out" "$device" <<'PY' >work/gpu_bench.log 2>&1 &
-# the PyTorch networks on the GPU: the skip-step path's 1 + 1 + 20 + 1 graph calls
-import json, os, sys, time
-import numpy as np, torch
-from cbldm.training.runs import TorchNetworks
-out, device = sys.argv[1], sys.argv[2]
-name = os.environ["CBLDM_VARIANTS"].split()[0]
-if not os.path.exists(f"work/{name}/config.json") or device != "cuda":
-    sys.exit(0)
-nets = TorchNetworks(f"work/{name}", device)
-rows = []
-for b in (1, 8, 64):
-    pdf = np.random.default_rng(0).random((b, 6, 500)).astype(np.float32)
-    def once():
-        cond = nets.condition(pdf); mu, lv = nets.prior(pdf); x = mu
-        for t in np.linspace(100, 0, 20).astype(np.int64):
-            x = x - 0.01 * nets.unet(x, np.full(b, t), cond)
-        nets.decoder(x)
-    for _ in range(3): once()
-    ts = []
-    for _ in range(20):
-        torch.cuda.synchronize(); t0 = time.perf_counter(); once(); torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    rows.append({"batch": b, "p50_s": float(np.median(ts)), "p95_s": float(np.percentile(ts, 95)),
-                 "pdfs_per_s": b / float(np.median(ts))})
-    print(rows[-1])
-doc = {"what": "PyTorch eager networks (condition + prior + 20 U-Net + decoder), host<->device copies included",
-       "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}
-json.dump(doc, open(f"{out}/gpu_networks.json", "w"), indent=1)
-PY
+first=$(echo $CBLDM_VARIANTS | cut -d' ' -f1)
+if [ "$device" = cuda ] && [ -f "work/$first/config.json" ]; then
+    python3 benchmarks/bench_gpu.py --run "work/$first" --device cuda --out "$out/gpu.json" >work/gpu_bench.log 2>&1 &
+fi
 wait
 say "scored"
 
@@ -146,19 +121,20 @@ out = sys.argv[1]
 names = os.environ["CBLDM_VARIANTS"].split()
 score = {}
 for name in names:
-    p = f"work/{name}/val/evaluation.json"
+    p = f"work/{name}/val/accuracy.json"
     if os.path.exists(p):
-        tot = json.load(open(p))["table"]["total"]
-        score[name] = (tot["atom_count_accuracy"], -tot["rwp"])
+        tot = json.load(open(p))["sources"]["model"]["table"]["total"]
+        score[name] = (tot["exact_count"], -tot["pair_distance_error_A"])
         print(f"{name:7s} validation (unseen shapes, networks alone): exact atom counts "
-              f"{100 * tot['atom_count_accuracy']:.0f} %, Rwp {tot['rwp']:.3f}, n {tot['n']}")
+              f"{100 * tot['exact_count']:.0f} %, pair-distance error {tot['pair_distance_error_A']:.3f} A, "
+              f"Rwp {tot['rwp']:.3f}, n {tot['n']}")
     else:
         print(f"{name:7s} no validation table (training or scoring did not finish)")
 pick = max(score, key=score.get) if score else None
 print("packing", pick)
 with tarfile.open(f"{out}/small.tar.gz", "w:gz") as tar:
     for name in names:
-        for f in ("config.json", "log.csv", "val/evaluation.json"):
+        for f in ("config.json", "log.csv", "val/accuracy.json"):
             if os.path.exists(f"work/{name}/{f}"):
                 tar.add(f"work/{name}/{f}", f"{name}/{f}")
         for f in (f"work/{name}.train.log", f"work/{name}.val.log", f"work/probe-{name}.log", "work/gpu_bench.log"):
