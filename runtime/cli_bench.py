@@ -73,18 +73,20 @@ def machine_info() -> dict:
     return info
 
 
-def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refine, warmup: bool = False) -> dict:
+def _e2e(model, files: list[Path], sampler, candidates: int, repeats: int, refine, warmup: bool = False,
+         source: str = "both") -> dict:
     from cbldm.runtime.results import process_file
 
     totals, stages = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         if warmup:  # a model's first prediction pays for graph initialisation and kernel caches
-            process_file(files[0], model, Path(tmp), sampler, candidates, None, seed=0, plot=False, refine=refine)
+            process_file(files[0], model, Path(tmp), sampler, candidates, None, seed=0, plot=False, refine=refine,
+                         source=source)
         for rep in range(repeats):
             for f in files:
                 t0 = time.perf_counter()
                 res = process_file(f, model, Path(tmp), sampler, candidates, None, seed=rep, plot=False,
-                                   refine=refine)
+                                   refine=refine, source=source)
                 totals.append(time.perf_counter() - t0)
                 doc = json.loads((Path(tmp) / f"{res.stem}.json").read_text())
                 for k, v in doc["timings"].items():
@@ -187,16 +189,16 @@ def bench(
     calls = shipped.unet_calls()
     rows = []
 
-    def add(name, backend, precision, sampler_name, n_calls, b, res, refine="-"):
+    def add(name, backend, precision, sampler_name, n_calls, b, res, refine="-", source="both"):
         rows.append({"row": name, "backend": backend, "precision": precision, "sampler": sampler_name,
-                     "unet_calls": n_calls, "batch": b, "refine": refine, **res})
+                     "source": source, "unet_calls": n_calls, "batch": b, "refine": refine, **res})
 
     warm: set[int] = set()
 
-    def e2e(m, sampler, reps, refine):
+    def e2e(m, sampler, reps, refine, source="both"):
         first = id(m) not in warm
         warm.add(id(m))
-        return _e2e(m, files, sampler, candidates, reps, refine, warmup=first)
+        return _e2e(m, files, sampler, candidates, reps, refine, warmup=first, source=source)
 
     def nets(m, b):  # fewer calls for big batches: each already averages over b PDFs
         return _networks_only(m, g, shipped, candidates, b, max(2, -(-repeats // b)))
@@ -205,6 +207,8 @@ def bench(
     add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_on),
         refine_on.top)
     add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_off), 0)
+    add("end to end", "ort-cpu", "fp32", "-", 0, 1, e2e(m32, shipped, repeats, refine_on, "library"),
+        refine_on.top, "library")
     add("end to end", "ort-cpu", "fp32", "full DDPM", full.unet_calls(), 1,
         e2e(m32, full, full_repeats, refine_on), refine_on.top)
     m16 = None
@@ -233,12 +237,12 @@ def bench(
     base = rows[0]["p50_s"]
     for r in rows:
         r["x_vs_shipped_e2e"] = r["p50_s"] / base
-    _table(rows, ["row", "backend", "precision", "sampler", "unet_calls", "refine", "batch", "p50_s", "p95_s",
-                  "x_vs_shipped_e2e"])
+    _table(rows, ["row", "backend", "precision", "source", "sampler", "unet_calls", "refine", "batch", "p50_s",
+                  "p95_s", "x_vs_shipped_e2e"])
     typer.echo("")
     staged = [r for r in rows if "stages_p50_s" in r]
     stage_names = list(dict.fromkeys(k for r in staged for k in r["stages_p50_s"]))
-    _table([{"row": f"{r['backend']} {r['precision']} {r['sampler']} refine {r['refine']}",
+    _table([{"row": f"{r['backend']} {r['precision']} {r['source']} {r['sampler']} refine {r['refine']}",
              **{k.removesuffix("_s"): f"{1e3 * r['stages_p50_s'][k]:.0f}" if k in r["stages_p50_s"] else "-"
                 for k in stage_names}} for r in staged],
            ["row", *(k.removesuffix("_s") for k in stage_names)], title="end to end, p50 per stage (ms)")

@@ -81,6 +81,8 @@ def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
     for name, v in (("qmin", qmin), ("qmax", qmax), ("rmin", rmin), ("rmax", rmax)):
         if v is not None and not v >= 0:
             raise fail(f"--{name} must be >= 0, got {v}", EXIT_USAGE)
+    if qmax is not None and qmax <= 0:
+        raise fail("--qmax must be > 0", EXIT_USAGE)
     if qmin is not None and qmax is not None and qmin >= qmax:
         raise fail(f"--qmin ({qmin}) must be below --qmax ({qmax})", EXIT_USAGE)
     if rmin is not None and rmax is not None and rmin >= rmax:

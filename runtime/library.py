@@ -45,7 +45,7 @@ class Hit:
     motif: str
     n_atoms: int
     bond: float          # A: the bond length that fits best
-    rwp: float           # search-grade Rwp (guessed thermal damping, no Qdamp)
+    rwp: float           # search-grade Rwp (the best of a few dampings and Qdamps)
 
 
 class Library:
@@ -53,10 +53,11 @@ class Library:
         path = Path(path)
         try:
             z = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise LibraryError(f"{path}: not a cluster library ({exc})") from None
-        if str(z["format"]) != FORMAT:
-            raise LibraryError(f"{path}: format {z['format']} is not {FORMAT}")
+            if str(z["format"]) != FORMAT:
+                raise LibraryError(f"{path}: format {z['format']} is not {FORMAT}")
+            z = {k: z[k] for k in ("n_atoms", "xyz", "name", "motif", "kind", "diameter", "f0", "q_step")}
+        except (OSError, ValueError, KeyError) as exc:
+            raise LibraryError(f"{path}: not a cluster library ({type(exc).__name__}: {exc})") from None
         self.path = path
         self.n_atoms = z["n_atoms"].astype(int)
         self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])
@@ -101,6 +102,8 @@ class Library:
         data = np.stack([np.where(m, np.interp(u * b, r, g), 0.0) for m, b in zip(inside, bonds)])
         # library PDFs on u: the file's Q window and each damping, in unit-frame terms
         lo, hi = qmin * d, qmax * d
+        # beyond the stored grid (Qmax d > 95, e.g. Qmax 35 for Au) the search sees less of Q than
+        # the data has; the physics fit of each proposal uses all of it
         qs = (self.q >= lo) & (self.q < min(hi, self.q[-1] + 1e-9))
         q = self.q[qs]
         sines = np.sin(np.outer(q, u)) * ((2 / math.pi) * (self.q[1] - self.q[0]))
@@ -164,8 +167,9 @@ def write_library(path: Path, entries: list[tuple[str, str, str, np.ndarray]], l
         f0[i] = debye_f0(x, q)
         if log and (i + 1) % 200 == 0:
             log(f"library: {i + 1}/{len(entries)} entries")
-    diam = np.array([np.linalg.norm(x[:, None] - x[None], axis=2).max() if len(x) < 800 else
-                     2 * np.linalg.norm(x, axis=1).max() for x in xyz])
+    from cbldm.runtime.structure import diameter
+
+    diam = np.array([diameter(x) for x in xyz])
     arrays = {"format": np.array(FORMAT), "q_step": np.array(Q_UNIT_STEP),
               "xyz": np.concatenate(xyz).astype(np.float32),
               "n_atoms": np.array([len(x) for x in xyz], np.int32),

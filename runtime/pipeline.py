@@ -121,6 +121,9 @@ class Candidate:
     g_calc: np.ndarray | None = None  # on the fit grid, scaled to the data
     recovery_loss: float = 0.0
     search_rwp: float | None = None  # library: the search's Rwp
+    exact: bool = False              # rwp and rwp_rigid from the exact calculator (else the fit's model)
+    start_xyz: np.ndarray | None = None   # before coordinate refinement
+    start_fit: PhysicsFit | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -267,11 +270,15 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if not cands:
             raise InputRefused(f"{p.name or f'PDF {i}'}: no candidate structure (the networks decoded "
                                "no atoms and no library was given)")
-        cands[0] = _exact_rwp(cands[0], p.physics, grid, g_fit)
+        cands[0] = _report_exact(cands[0], p.physics, grid, g_fit, p.element)
         largest = None
         if use_library:
             largest = float(np.max(library.diameter)) * d
-        runner = next((c for c in cands[1:] if c.n_atoms != cands[0].n_atoms), None)
+        # the runner-up with another count, physical, its Rwp from the same calculator
+        runner = next((c for c in cands[1:] if c.n_atoms != cands[0].n_atoms and c.physical(d, frac)), None)
+        if runner is not None:
+            k = next(j for j, c in enumerate(cands) if c is runner)
+            cands[k] = runner = _report_exact(runner, p.physics, grid, g_fit, p.element)
         verdict = judge(cands[0], runner, d, extent, largest)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
@@ -316,9 +323,12 @@ def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) ->
 
 
 def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
+    from cbldm.runtime.structure import bonds
+
     refiner = PDFRefiner.for_fit(grid, c.fit)
     dmin = cfg.min_distance * d
-    bond = d * c.fit.size if cfg.restrain else None
+    # the fitted structure's own bond length: its coordinates already carry the size factor
+    bond = bonds(c.xyz)[1] if cfg.restrain else None
     ref = refiner.refine(c.xyz, g_fit, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
                          min_distance=dmin, bond=bond)
     clash = c.min_pair < dmin
@@ -331,32 +341,52 @@ def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d
     # the refined coordinates with the physics and scale fitted again (size fixed: it is in them)
     fit = grid.fit(ref.xyz, g_fit, sizes=np.array([1.0]),
                    start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
-    fit = replace(fit, size=c.fit.size, at_bounds=fit.at_bounds)
+    # the size is in the coordinates now: a size at its bound stays flagged
+    fit = replace(fit, size=c.fit.size, at_bounds=sorted(set(fit.at_bounds) | ({"size"} & set(c.fit.at_bounds))))
     if fit.rwp >= c.rwp and not clash:
         return c
     return replace(c, xyz=ref.xyz, rwp=fit.rwp, fit=fit, g_calc=fit.g_calc, refined=True,
-                   shift_rms=shift)
+                   shift_rms=shift, start_xyz=start, start_fit=c.fit)
 
 
-def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray) -> Candidate:
-    """The answer's PDF from the DiffPy-exact calculator with the fitted physics (the fit itself
-    used binned distances and a series in delta2): the Rwp and curve that are reported."""
+def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray, element: str,
+               xyz: np.ndarray | None = None, fit: PhysicsFit | None = None) -> float:
+    """Rwp of ``xyz`` (default the candidate's) from the DiffPy-exact calculator with the fitted
+    physics (the fit itself used binned distances and a series in delta2)."""
+    from cbldm.runtime.pdf import rwp
+
+    g = _exact_g(phys, grid, fit or c.fit, c.xyz if xyz is None else xyz, element)
+    return c.rwp if g is None else rwp(g_fit, g)
+
+
+def _exact_g(phys: FilePhysics, grid: FitGrid, f: PhysicsFit | None, x: np.ndarray, element: str):
+    """The exact calculator configured as the fit's grid (its Q grid and pair range come from
+    the largest Biso the fit allows), the fitted Biso given per atom: the same model."""
+    from cbldm.runtime.fitting import BISO_RANGE
     from cbldm.runtime.pdf import DebyePDF, PDFParams
 
-    f = c.fit
-    if f is None or c.n_atoms < 2:
-        return c
+    if f is None or len(x) < 2:
+        return None
     calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep, qmin=phys.qmin,
-                              qmax=phys.qmax, biso=f.biso, delta2=f.delta2, qdamp=f.qdamp))
-    method = "exact" if c.n_atoms <= 400 or not c.refined else "histogram"
-    g = calc.calc(c.xyz, "Au", method=method)[grid.mask]
-    hh = float(g @ g)
-    if hh <= 0:
+                              qmax=phys.qmax, biso=BISO_RANGE[1], delta2=f.delta2, qdamp=f.qdamp))
+    uiso = np.full(len(x), f.biso / (8.0 * math.pi**2))
+    return calc.calc(x, element, uiso=uiso, method="exact" if len(x) <= 400 else "histogram")[grid.mask]
+
+
+def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray, element: str) -> Candidate:
+    """The candidate with its Rwp, its curve and (when refined) its Rwp before refinement from
+    the exact calculator: the numbers an answer reports."""
+    from cbldm.runtime.pdf import best_scale, rwp
+
+    g = _exact_g(phys, grid, c.fit, c.xyz, element)
+    if g is None:
         return c
-    scale = max(0.0, float(g_fit @ g) / hh)
-    res = g_fit - scale * g
-    rwp = math.sqrt(float(res @ res) / float(g_fit @ g_fit))
-    return replace(c, rwp=rwp, g_calc=scale * g, fit=replace(f, scale=scale, rwp=rwp))
+    scale = best_scale(g_fit, g)
+    r = rwp(g_fit, g)
+    rigid = r
+    if c.refined and c.start_xyz is not None:
+        rigid = _exact_rwp(c, phys, grid, g_fit, element, c.start_xyz, c.start_fit)
+    return replace(c, rwp=r, rwp_rigid=rigid, g_calc=scale * g, fit=replace(c.fit, scale=scale, rwp=r), exact=True)
 
 
 def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float) -> Candidate | None:
@@ -365,12 +395,14 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     few per cent from any extra or missing atom; a wrong count gains far more from the right one)."""
     from cbldm.runtime.search import grow_prune
 
-    res = grow_prune(c.xyz, g_fit, grid, c.fit, d * c.fit.size)
+    from cbldm.runtime.structure import bonds
+
+    res = grow_prune(c.xyz, g_fit, grid, c.fit, bonds(c.xyz)[1])
     if res.removed == res.added == 0 or len(res.xyz) == c.n_atoms and res.rwp >= c.rwp:
         return None
-    fit = grid.fit(res.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 3), start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
+    fit = res.fit
     if fit.rwp >= (1.0 - gain) * c.rwp:
         return None
     label = f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms (-{res.removed}/+{res.added})"
-    return Candidate(res.xyz * fit.size, c.source, label, None, fit.rwp, fit.rwp, fit,
+    return Candidate(res.xyz, c.source, label, None, fit.rwp, fit.rwp, fit,
                      g_calc=fit.g_calc, search_rwp=c.search_rwp)

@@ -164,8 +164,10 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
                   "library": (model.manifest.get("library") or {}).get("sha256")},
         "sampler": pred.sampler,
         "timings": {k: round(val, 4) for k, val in timings.items()},
+        # rwp of the answer and its runner-up from the exact calculator ("exact": true); of the
+        # others, from the fit's binned model (~0.01 apart), which ranked them
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
-                        "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid, "refined": c.refined,
+                        "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid, "exact": c.exact, "refined": c.refined,
                         **(c.fit.params() if c.fit else {})} for i, c in enumerate(pred.candidates)],
     }
     atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1, default=float)))

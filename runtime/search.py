@@ -20,7 +20,6 @@ particle's size and Qdamp trade off: with the start's physics held, the path ove
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,19 +38,20 @@ class SearchResult:
     removed: int
     added: int
     path: list = None     # structures after each move (within one phase)
+    fit: object = None    # the chosen structure's physics fit (cbldm.runtime.fitting.PhysicsFit)
 
 
 class _Scorer:
+    """Scores structures against the data with the physics of one fit: the refiner's kernel
+    and transform (``PDFRefiner.for_fit``), on every SUBSAMPLE-th point of the fit grid."""
+
     def __init__(self, grid, fit, g_obs: np.ndarray):
-        u = fit.biso / (8.0 * math.pi**2)
-        rb = np.arange(len(grid.K[0])) * grid.h
-        with np.errstate(divide="ignore"):
-            corr = np.where(rb > 0, np.clip(1.0 - fit.delta2 / np.maximum(rb, 1e-9) ** 2, 0.0, None), 0.0)
-        self.K = grid.K[0] * np.exp(-np.outer(corr * u, grid.q2))                    # (bins, nq)
-        env = np.exp(-0.5 * (grid.r_fit * fit.qdamp) ** 2)
-        sel = slice(None, None, SUBSAMPLE)
-        self.T = (grid.T * env[None, :])[:, sel]                                     # (nq, n)
-        self.g = np.asarray(g_obs, float)[sel]
+        from cbldm.runtime.refine import PDFRefiner
+
+        ref = PDFRefiner.for_fit(grid, fit)
+        self.K = ref.K                                                               # (bins, nq)
+        self.T = np.ascontiguousarray(ref.T.T[:, ::SUBSAMPLE])                       # (nq, n)
+        self.g = np.asarray(g_obs, float)[::SUBSAMPLE]
         self.gg = float(self.g @ self.g)
         self.h = grid.h
         self.nb = len(self.K) - 2
@@ -62,10 +62,12 @@ class _Scorer:
         out = np.empty((len(d), self.K.shape[1]))
         step = max(1, 2_000_000 // max(1, d.shape[1] * self.K.shape[1]))   # bounded temporaries
         for a in range(0, len(d), step):
-            x = np.minimum(d[a:a + step] / self.h, self.nb)
+            x = d[a:a + step] / self.h
+            inside = (x < self.nb)[..., None]      # pairs beyond the calculator's range: no part
+            x = np.minimum(x, self.nb)
             lo = np.floor(x).astype(np.int64)
             w = (x - lo)[..., None]
-            out[a:a + step] = ((1.0 - w) * self.K[lo] + w * self.K[lo + 1]).sum(axis=1)
+            out[a:a + step] = (((1.0 - w) * self.K[lo] + w * self.K[lo + 1]) * inside).sum(axis=1)
         return out
 
     def rwp(self, f: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -136,9 +138,9 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     for p, a, b in path:
         f = grid.fit(p, g_obs, sizes=np.linspace(0.995, 1.005, 3), start=(fit.biso, fit.delta2, fit.qdamp))
         if best is None or f.rwp < best[0]:
-            best = (f.rwp, p * f.size, a, b)
-    rwp, x, removed, added = best
-    return SearchResult(x - x.mean(0), rwp, first, removed, added)
+            best = (f.rwp, p * f.size, a, b, f)
+    rwp, x, removed, added, f = best
+    return SearchResult(x - x.mean(0), rwp, first, removed, added, fit=f)
 
 
 def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None) -> SearchResult:

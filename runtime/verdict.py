@@ -15,9 +15,10 @@ particle is beyond the networks' 256 atoms.
 Verdict on an answer (rules, in order of severity; each failed rule adds one plain sentence):
 unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengths, or no atoms;
 doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that moved atoms more
-           than 0.35 A RMS, a physics parameter stuck at its bound, a particle larger than
-           every cluster tried, a networks' answer for a particle beyond their 256 atoms,
-           a runner-up with another atom count within 0.01 in Rwp;
+           than 0.35 A RMS, a physics parameter stuck at its bound, signal that lasts to the
+           end of the data, a particle larger than every cluster tried, a networks' answer for
+           a particle beyond their 256 atoms, a runner-up with another atom count within 0.01
+           in Rwp;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set.
@@ -137,6 +138,9 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     if extent.get("beyond_networks") and best.source == "model":
         doubt.append(f"the particle looks larger (~{extent['compact_atoms_estimate']} atoms if compact) than "
                      f"the networks' {NETWORK_ATOMS}")
+    if extent.get("signal_to_end_of_data"):
+        doubt.append("the signal persists to the end of the data: the particle may be larger than the "
+                     "answer; its atom count and diameter are not bounded by the data")
     if largest_tried is not None and extent.get("extent_A", 0) > 1.15 * largest_tried:
         doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
                      f"({largest_tried:.0f} A): the particle may be larger than the answer")

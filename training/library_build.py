@@ -53,7 +53,7 @@ def extended_entries(max_atoms: int = 3000, min_atoms: int = MAX_ATOMS + 1) -> l
     for p in range(1, 12):
         for q in range(1, 9):
             for r in range(0, 4):
-                if len(out) and r > q:
+                if r > q:
                     continue
                 a = Decahedron("Cu", p, q, r, latticeconstant=s2)
                 if len(a) > max_atoms:

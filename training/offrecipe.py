@@ -1,8 +1,9 @@
 """The out-of-recipe test set: PDFs the networks are never trained or tuned on.
 
 Deterministic (seeded), written by ``cbldm-data offrecipe --data DATA --out DIR`` as
-PDFgetX3-style ``.gr`` files (header: composition, qmin, qmax, rmax, as a reduction program
-writes them, nothing else), each with its true structure ``<name>.xyz`` and, in
+PDFgetX3-style ``.gr`` files (header: composition, qmin, qmax, rmin, rmax, rstep, mode, as a
+reduction program writes them; not the thermal or instrument parameters), each with its true
+structure ``<name>.xyz`` and, in
 ``index.json``, the physics it was made with. Four groups:
 
 - ``unseen-family``: shapes of families the recipe does not build and the training pool
