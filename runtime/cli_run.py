@@ -78,16 +78,32 @@ def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
 
     if source not in SOURCES:
         raise fail(f"--source {source!r}: choose one of {', '.join(SOURCES)}", EXIT_USAGE)
-    for name, v in (("qmin", qmin), ("qmax", qmax), ("rmin", rmin), ("rmax", rmax)):
+    if qmax is not None and not qmax > 0:
+        raise fail(f"--qmax must be > 0, got {qmax}", EXIT_USAGE)
+    for name, v in (("qmin", qmin), ("rmin", rmin), ("rmax", rmax)):
         if v is not None and not v >= 0:
             raise fail(f"--{name} must be >= 0, got {v}", EXIT_USAGE)
-    if qmax is not None and qmax <= 0:
-        raise fail("--qmax must be > 0", EXIT_USAGE)
     if qmin is not None and qmax is not None and qmin >= qmax:
         raise fail(f"--qmin ({qmin}) must be below --qmax ({qmax})", EXIT_USAGE)
     if rmin is not None and rmax is not None and rmin >= rmax:
         raise fail(f"--rmin ({rmin}) must be below --rmax ({rmax})", EXIT_USAGE)
     return {"qmin": qmin, "qmax": qmax, "rmin": rmin, "rmax": rmax}
+
+
+def _check_outdir(outdir: Path) -> None:
+    """Before the model loads, and without creating anything: a results folder that exists as a
+    file, or under a parent that is not a writable folder, is a usage error (exit 2)."""
+    import os
+
+    if outdir.exists():
+        if not outdir.is_dir() or not os.access(outdir, os.W_OK):
+            raise fail(f"-o {outdir}: not a writable folder", EXIT_USAGE)
+        return
+    parent = outdir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise fail(f"-o {outdir}: cannot be created ({parent} is not a writable folder)", EXIT_USAGE)
 
 
 def _describe(m) -> str:
@@ -143,6 +159,7 @@ def predict(
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax)
     ref = refine_config(refine, refine_iter)
+    _check_outdir(outdir)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
     typer.echo(_describe(m), err=True)

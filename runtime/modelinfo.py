@@ -9,19 +9,23 @@ from cbldm.runtime.backends import LoadedModel
 def model_info(m: LoadedModel) -> dict:
     """Everything ``cbldm-run info`` reports, as plain data (its ``--json``)."""
     man = m.manifest
-    ev, total = m.model_dir / "evaluation.json", None
+    ev, totals = m.model_dir / "evaluation.json", None
     if ev.exists():
-        try:
-            total = json.loads(ev.read_text()).get("table", {}).get("total")
-        except (json.JSONDecodeError, AttributeError):
-            total = None
+        try:  # cbldm-eval's tables: per test set, per source, the totals
+            doc = json.loads(ev.read_text())
+            totals = {s: {src: t["total"] for src, t in doc[s]["sources"].items()}
+                      for s in ("unseen", "offrecipe") if s in doc}
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
+            totals = None
+    lib = man.get("library") or {}
     return {"hash": m.hash, "dir": str(m.model_dir), "created": man.get("created"),
             "exporter": man.get("exporter"), "torch": man.get("torch"),
             "backend": m.backend, "providers": m.providers, "backends_unavailable": m.skipped,
             "precision": m.precision, "precisions": m.precisions,
             "preset": man.get("model", {}).get("preset"), "param_counts": man.get("param_counts"),
             "sampler": man.get("sampler"), "schedule": man.get("schedule"), "pdf_params": man.get("pdf_params"),
-            "data_manifest_sha256": man.get("data_manifest_sha256"), "evaluation_total": total}
+            "data_manifest_sha256": man.get("data_manifest_sha256"), "library": lib or None,
+            "evaluation": totals}
 
 
 def info_lines(doc: dict) -> list[tuple[str, str]]:
@@ -58,15 +62,13 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
                          f"Qdamp {g(p.get('qdamp'))}, delta1 {g(p.get('delta1'))}, delta2 {g(p.get('delta2'))}, "
                          f"r {g(p.get('rmin'))}-{g(p.get('rmax'))} A step {g(p.get('rstep'))}"))
     lines.append(("data", f"training set manifest sha256 {doc['data_manifest_sha256']}"))
-    t = doc["evaluation_total"]
-    if isinstance(t, dict) and "rwp" in t:
-        held = f"Rwp {t['rwp']:.3f}"
-        extra = [f"{label} {t[k]:.3f}" for k, label in (("rwp_median", "median"),
-                                                          ("rwp_before_refinement", "before refinement")) if k in t]
-        held += f" ({', '.join(extra)})" if extra else ""
-        if "atom_count_accuracy" in t:
-            held += f", atom counts right {100 * t['atom_count_accuracy']:.0f} %"
-        if "n" in t:
-            held += f", {t['n']} structures"
-        lines.append(("held-out", held))
+    lib = doc.get("library")
+    if lib:
+        lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes, up to "
+                                 f"{lib['largest_atoms']} atoms), sha256 {lib['sha256'][:16]}"))
+    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe"}
+    for key, by_source in (doc.get("evaluation") or {}).items():
+        cells = [f"{src} {100 * t['exact_count']:.0f} % exact, Rwp {t['rwp']:.3f}" for src, t in by_source.items()]
+        label = "held-out" if key == "unseen" else ""
+        lines.append((label, f"{names[key]} ({next(iter(by_source.values()))['n']} PDFs): " + "; ".join(cells)))
     return lines

@@ -40,8 +40,11 @@ class FileResult:
     seconds: float
     outputs: list[str]
 
+    warnings: list[str] | None = None
+
     def line(self) -> str:
-        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}, {self.verdict.upper()}"
+        why = f" ({self.warnings[0]}{'; ...' if len(self.warnings) > 1 else ''})" if self.warnings else ""
+        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}, {self.verdict.upper()}{why}"
 
 
 def free_stem(outdir: Path, stem: str) -> str:
@@ -57,6 +60,8 @@ def element_for(data: PDFData, override: str | None, default: str = "Au") -> str
     from cbldm.runtime.formfactors import check_element
 
     el = override or data.element or default
+    data.meta.setdefault("_element_from", "option" if override else "file header" if data.element
+                         else f"default ({default}; give --element)")
     try:
         return check_element(el)
     except ValueError:
@@ -97,7 +102,7 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     outputs, total, doc = _write_outputs(outdir, stem, path, data, pdf, pred, model, plot, t_start,
                                          {"read_s": t_read, **pred.timings})
     return FileResult(str(path), stem, pred.best.n_atoms, pred.best.rwp, pred.verdict.verdict,
-                      doc["motif"], total, outputs)
+                      doc["motif"], total, outputs, pred.verdict.warnings)
 
 
 def describe(pred: Prediction) -> dict:
@@ -141,6 +146,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
     timings["total_s"] = time.perf_counter() - t_start
     doc = {
         "source": str(path), "source_format": data.format, "element": pdf.element,
+        "element_from": data.meta.get("_element_from", "option"),
         "data": {"source_points": int(len(data.r)), "source_rmin": float(data.r[0]),
                  "source_rmax": float(data.r[-1]), "source_rstep": float(np.median(np.diff(data.r))),
                  "notes": data.notes},
@@ -164,10 +170,11 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
                   "library": (model.manifest.get("library") or {}).get("sha256")},
         "sampler": pred.sampler,
         "timings": {k: round(val, 4) for k, val in timings.items()},
-        # rwp of the answer and its runner-up from the exact calculator ("exact": true); of the
-        # others, from the fit's binned model (~0.01 apart), which ranked them
+        # rwp of the answer and its runner-up from the DiffPy-exact calculator; of the others, from
+        # the fit's binned model (~0.01 apart), which ranked them
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
-                        "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid, "exact": c.exact, "refined": c.refined,
+                        "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid,
+                        "rwp_calculator": "exact" if c.exact else "binned", "refined": c.refined,
                         **(c.fit.params() if c.fit else {})} for i, c in enumerate(pred.candidates)],
     }
     atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1, default=float)))
@@ -202,9 +209,12 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
     ax.set_title(title, fontsize=9.5)
     ax.legend(frameon=False, fontsize=7.5, loc="upper right")
     if pred.verdict.warnings:
-        ax.text(0.01, 0.98, "\n".join(pred.verdict.warnings[:3]), transform=ax.transAxes, va="top",
-                fontsize=6.5, color="tab:red" if pred.verdict.verdict != "ok" else "0.3", wrap=True)
-    ax3 = fig.add_axes([0.64, 0.04, 0.35, 0.9], projection="3d")
+        import textwrap
+
+        text = "\n".join(textwrap.fill(w, 70) for w in pred.verdict.warnings[:3])
+        ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=6.5,
+                color="tab:red" if pred.verdict.verdict != "ok" else "0.3")
+    ax3 = fig.add_axes([0.63, 0.06, 0.30, 0.86], projection="3d")
     c = best.xyz - best.xyz.mean(0)
     nb, _ = bonds(c)
     cn = np.array([len(s) for s in nb])
@@ -221,7 +231,7 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
         setter(-lim, lim)
     ax3.set_box_aspect((1, 1, 1))
     ax3.set_axis_off()
-    cb = fig.colorbar(sc, ax=ax3, shrink=0.5, pad=0.0, fraction=0.04)
+    cb = fig.colorbar(sc, cax=fig.add_axes([0.945, 0.25, 0.012, 0.5]))
     cb.set_label("coordination", fontsize=7)
     cb.ax.tick_params(labelsize=6)
     fig.savefig(path, dpi=110, format="png")

@@ -18,7 +18,8 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that move
            than 0.35 A RMS, a physics parameter stuck at its bound, signal that lasts to the
            end of the data, a particle larger than every cluster tried, a networks' answer for
            a particle beyond their 256 atoms, a runner-up with another atom count within 0.01
-           in Rwp;
+           in Rwp, a Qmin or Qmax assumed because the file's header does not state it (added
+           by the pipeline, which knows where they came from);
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set.
@@ -70,7 +71,7 @@ def check_input(r: np.ndarray, g: np.ndarray, d: float | None, qmax: float = 30.
     r = np.asarray(r, float)
     g = np.asarray(g, float)
     top = int(np.argmax(g))
-    if r[-1] < 12 and r[top] < 1.0:
+    if r[-1] < 12 and 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
         raise InputRefused(f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
                            "r looks like nm; convert r to A (x 10)")
     if d is None:

@@ -38,6 +38,9 @@ def one_error_line(res) -> str:
      "error: unknown element 'Xx' (give a chemical symbol such as Au, Pt)"),
     (["watch", REPO / "examples", "--backend", "gpu"], "error: --backend 'gpu': choose one of auto, tensorrt, cuda, cpu"),
     (["info", "--precision", "int8"], "error: --precision 'int8': choose one of fp32, fp16"),
+    (["predict", EXAMPLE, "--source", "oracle"], "error: --source 'oracle': choose one of both, model, library"),
+    (["predict", EXAMPLE, "--qmax", "0"], "error: --qmax must be > 0, got 0.0"),
+    (["predict", EXAMPLE, "--qmin", "30", "--qmax", "20"], "error: --qmin (30.0) must be below --qmax (20.0)"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     res = run("cbldm.runtime.cli_run", *args, "-o" if args[0] != "info" else "--model",
@@ -85,11 +88,11 @@ def test_info_prints_readable_lines_and_json_on_request():
     lines = res.stdout.splitlines()
     labels = [line[:11].strip() for line in lines if line[:11].strip()]
     assert labels[:4] == ["model", "made", "backend", "precision"]
-    assert {"networks", "sampler", "schedule", "PDF", "data", "held-out"} <= set(labels)
+    assert {"networks", "sampler", "schedule", "PDF", "data", "library", "held-out"} <= set(labels)
     # no Python dicts or JSON blobs for a person to decode
     assert not any(ch in res.stdout for ch in "{}[]'\""), res.stdout
     assert "cpu (CPUExecutionProvider)" in res.stdout and "fp32 (every graph)" in res.stdout
-    assert re.search(r"held-out\s+Rwp 0\.\d{3} \(median", res.stdout)
+    assert re.search(r"held-out\s+unseen shapes \(\d+ PDFs\): library \d+ % exact, Rwp 0\.\d{3}; model", res.stdout)
     doc = json.loads(run("cbldm.runtime.cli_run", "info", "--model", SHIPPED, "--backend", "cpu", "--json").stdout)
     assert doc["backend"] == "cpu" and doc["precisions"]["unet"] == "fp32"
     assert doc["schedule"] == {"T": 1000, "s": 0.0005, "kind": "cosine"} and doc["pdf_params"]["qmax"] == 25.0
@@ -175,3 +178,11 @@ def test_extras_checked_are_the_ones_pyproject_installs():
     for extra, modules in EXTRAS.items():
         names = {re.split(r"[<>=!~ \[]", d)[0].replace("-", "_").lower() for d in declared[extra]}
         assert names == set(modules), extra
+
+
+def test_results_folder_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path / "taken")
+    assert res.returncode == 2 and one_error_line(res) == f"error: -o {tmp_path / 'taken'}: not a writable folder"
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path / "taken" / "sub")
+    assert res.returncode == 2 and "cannot be created" in one_error_line(res)
