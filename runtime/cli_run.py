@@ -72,6 +72,24 @@ RMIN_HELP = "Fit from this r (A; default 1.5)."
 RMAX_HELP = "Fit up to this r (A; default: the file's last r)."
 
 
+# the options predict and watch share (one definition: typer reads a default OptionInfo as is)
+CANDIDATES = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF (the library adds its "
+                                                        "best matches).")
+ELEMENT = typer.Option(None, help="Element (default: each file's 'composition', else Au).")
+BACKEND = typer.Option("auto", help=BACKEND_HELP)
+PRECISION = typer.Option("fp32", help=PRECISION_HELP)
+SEED = typer.Option(0, help="Sampling seed.")
+THREADS = typer.Option(None, help="CPU threads for ONNX Runtime.")
+PLOT = typer.Option(True, help="Write <stem>.png.")
+REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
+REFINE_ITER = typer.Option(100, help="L-BFGS iterations of the refinement.")
+SOURCE = typer.Option("both", help=SOURCE_HELP)
+QMIN = typer.Option(None, help=QMIN_HELP)
+QMAX = typer.Option(None, help=QMAX_HELP)
+RMIN = typer.Option(None, help=RMIN_HELP)
+RMAX = typer.Option(None, help=RMAX_HELP)
+
+
 def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
     """--source and the physics overrides: a bad value is a usage error (exit 2)."""
     from cbldm.runtime.pipeline import SOURCES
@@ -129,24 +147,15 @@ def predict(
     files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (.gr .dat .txt .csv)."),
     outdir: Path = typer.Option(Path("cbldm-results"), "--outdir", "-o", help="Where results go."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
-    candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
-    element: Optional[str] = typer.Option(None, help="Element (default: the file's 'composition', else Au)."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
-    precision: str = typer.Option("fp32", help=PRECISION_HELP),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for ONNX Runtime."),
-    plot: bool = typer.Option(True, help="Write <stem>.png."),
+    candidates: int = CANDIDATES, element: Optional[str] = ELEMENT, backend: str = BACKEND,
+    precision: str = PRECISION, seed: int = SEED, threads: Optional[int] = THREADS, plot: bool = PLOT,
     t1: Optional[int] = typer.Option(None, help="Skip-step t1 (default: the model's)."),
     t2: Optional[int] = typer.Option(None, help="Skip-step t2."),
     steps_before: Optional[int] = typer.Option(None, help="U-Net calls before the jump."),
     steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
-    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
-    source: str = typer.Option("both", help=SOURCE_HELP),
-    qmin: Optional[float] = typer.Option(None, help=QMIN_HELP),
-    qmax: Optional[float] = typer.Option(None, help=QMAX_HELP),
-    rmin: Optional[float] = typer.Option(None, help=RMIN_HELP),
-    rmax: Optional[float] = typer.Option(None, help=RMAX_HELP),
+    refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
+    qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
+    rmax: Optional[float] = RMAX,
 ):
     """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR.
 
@@ -193,20 +202,11 @@ def watch(
     interval: float = typer.Option(1.0, help="Polling period (s)."),
     settle: float = typer.Option(2.0, help="A file is complete once its size and mtime have held still this long "
                                            "(s), in both modes; make it longer than any pause of the writer."),
-    candidates: int = typer.Option(4, "--candidates", "-k", help="Structures sampled per PDF; the best by Rwp wins."),
-    element: Optional[str] = typer.Option(None, help="Element (default: each file's 'composition', else Au)."),
-    backend: str = typer.Option("auto", help=BACKEND_HELP),
-    precision: str = typer.Option("fp32", help=PRECISION_HELP),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for ONNX Runtime."),
-    plot: bool = typer.Option(True, help="Write <stem>.png."),
-    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100, help="L-BFGS iterations of the refinement."),
-    source: str = typer.Option("both", help=SOURCE_HELP),
-    qmin: Optional[float] = typer.Option(None, help=QMIN_HELP),
-    qmax: Optional[float] = typer.Option(None, help=QMAX_HELP),
-    rmin: Optional[float] = typer.Option(None, help=RMIN_HELP),
-    rmax: Optional[float] = typer.Option(None, help=RMAX_HELP),
+    candidates: int = CANDIDATES, element: Optional[str] = ELEMENT, backend: str = BACKEND,
+    precision: str = PRECISION, seed: int = SEED, threads: Optional[int] = THREADS, plot: bool = PLOT,
+    refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
+    qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
+    rmax: Optional[float] = RMAX,
 ):
     """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
 

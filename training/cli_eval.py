@@ -21,6 +21,15 @@ LIBRARY_HELP = "Cluster library (default: the model's, else the shipped model's)
 MODEL_HELP = "Training run directory or exported model directory."
 
 
+# options accuracy and offrecipe share (typer reads a default OptionInfo as is)
+SOURCES = typer.Option("library,model,both", help=SOURCES_HELP)
+CANDIDATES = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF.")
+LIBRARY = typer.Option(None, help=LIBRARY_HELP)
+SEED = typer.Option(0, help=SEED_HELP)
+REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
+REFINE_ITER = typer.Option(100, help=ITER_HELP)
+
+
 def _needs(command: str, model: Path, data: bool) -> None:
     """A training run is read with torch (the 'train' extra); a dataset with h5py ('data');
     an exported model needs neither. Checked before anything is read or written."""
@@ -89,13 +98,9 @@ def accuracy(
     data: Path = typer.Option(..., help="Dataset directory (cbldm-data generate)."),
     split: str = typer.Option("test", help=SPLIT_HELP),
     per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
-    sources: str = typer.Option("library,model,both", help=SOURCES_HELP),
-    candidates: int = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF."),
-    library: Optional[Path] = typer.Option(None, help=LIBRARY_HELP),
+    sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (accuracy.json, accuracy.md)."),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100, help=ITER_HELP),
+    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER,
 ):
     """Simulated PDFs of a dataset split, per structure type: exact atom counts, pair-distance
     error, RMSD, Rwp, for the library, the networks and both."""
@@ -125,13 +130,9 @@ def offrecipe(
     model: Path = typer.Option(..., help=MODEL_HELP),
     set_dir: Path = typer.Option(..., "--set", help="Out-of-recipe set (cbldm-data offrecipe)."),
     groups: Optional[str] = typer.Option(None, help="Comma-separated groups (default: all)."),
-    sources: str = typer.Option("library,model,both", help=SOURCES_HELP),
-    candidates: int = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF."),
-    library: Optional[Path] = typer.Option(None, help=LIBRARY_HELP),
+    sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
-    seed: int = typer.Option(0, help=SEED_HELP),
-    refine: int = typer.Option(4, "--refine", help=REFINE_HELP),
-    refine_iter: int = typer.Option(100, help=ITER_HELP),
+    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER,
 ):
     """The out-of-recipe set, per group: the same metrics, each PDF read like a measured file."""
     _needs("offrecipe", model, data=False)
