@@ -279,14 +279,9 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if runner is not None:
             k = next(j for j, c in enumerate(cands) if c is runner)
             cands[k] = runner = _report_exact(runner, p.physics, grid, g_fit, p.element)
-        verdict = judge(cands[0], runner, d, extent, largest)
-        assumed = [k for k in ("qmax", "qmin") if str(p.physics.source.get(k, "")).startswith("default")]
-        if assumed:   # a wrong Qmax changes every peak's width and ripples: the fit is not trustworthy
-            verdict.warnings.append(f"{' and '.join(assumed)} not in the file's header: the training values "
-                                    f"({', '.join(f'{k} {getattr(p.physics, k):g}' for k in assumed)} 1/A) were "
-                                    "assumed (give --qmin/--qmax)")
-            if verdict.verdict == "ok":
-                verdict.verdict = "doubtful"
+        assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
+                   if str(p.physics.source.get(k, "")).startswith("default")}
+        verdict = judge(cands[0], runner, d, extent, largest, assumed)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,

@@ -18,8 +18,7 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that move
            than 0.35 A RMS, a physics parameter stuck at its bound, signal that lasts to the
            end of the data, a particle larger than every cluster tried, a networks' answer for
            a particle beyond their 256 atoms, a runner-up with another atom count within 0.01
-           in Rwp, a Qmin or Qmax assumed because the file's header does not state it (added
-           by the pipeline, which knows where they came from);
+           in Rwp, a Qmin or Qmax assumed because the file's header does not state it;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set.
@@ -114,8 +113,10 @@ class Verdict:
         return {"verdict": self.verdict, "warnings": self.warnings}
 
 
-def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None) -> Verdict:
-    """Rules of the module docstring applied to the chosen candidate ``best``."""
+def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
+          assumed: dict | None = None) -> Verdict:
+    """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
+    Q-range values (name -> 1/A) taken from defaults because the file's header lacks them."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -149,6 +150,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
             and runner_up.rwp < RWP_UNUSABLE:
         doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
                      f"{best.rwp:.3f}): the atom count is not determined")
+    if assumed:   # a wrong Qmax changes every peak's width and ripples: the fit cannot be trusted
+        doubt.append(f"{' and '.join(assumed)} not in the file's header: the training values "
+                     f"({', '.join(f'{k} {v:g}' for k, v in assumed.items())} 1/A) were assumed "
+                     "(give --qmin/--qmax)")
     if bad:
         return Verdict("unusable", bad + doubt)
     return Verdict("doubtful" if doubt else "ok", doubt)

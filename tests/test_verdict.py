@@ -117,6 +117,8 @@ def test_rules_about_size_and_ambiguity():
     tie = judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.105), 2.77, EXT)
     assert tie.verdict == "doubtful" and "not determined" in tie.warnings[0]
     assert judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.2), 2.77, EXT).verdict == "ok"
+    guessed = judge(Cand(), None, 2.77, EXT, assumed={"qmax": 25.0})
+    assert guessed.verdict == "doubtful" and "qmax not in the file's header" in guessed.warnings[0]
 
 
 def run(*args):
