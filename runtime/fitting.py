@@ -95,7 +95,7 @@ class FitGrid:
             inv2 = np.where(rb > 0, 1.0 / rb**2, 0.0)
         # one kernel: the series' powers of 1/r^2 weight the histogram instead (10 kernels of
         # a 50 A grid would hold over a gigabyte)
-        self.K = [k]
+        self.K = k
         self.inv2 = inv2
         self.q = self.calc.q
         self.q2 = self.q**2
@@ -128,7 +128,7 @@ class FitGrid:
         """F0, F2, F4, ... (TAYLOR_TERMS, nq) of pair distances ``d`` (with multiplicities
         ``weights``) expanded by ``size``."""
         x = d * size / self.h
-        keep = x < len(self.K[0]) - 2
+        keep = x < len(self.K) - 2
         x = x[keep]
         wt = np.ones(len(x)) if weights is None else weights[keep]
         lo = np.floor(x).astype(np.int64)
@@ -136,7 +136,7 @@ class FitGrid:
         nb = int(lo.max()) + 2 if len(lo) else 2
         hist = np.bincount(lo, wt * (1.0 - w), minlength=nb) + np.bincount(lo + 1, wt * w, minlength=nb)
         weights = hist[None, :] * self.inv2[None, :nb] ** np.arange(TAYLOR_TERMS)[:, None]
-        return (2.0 / n_atoms) * (weights @ self.K[0][:nb])
+        return (2.0 / n_atoms) * (weights @ self.K[:nb])
 
     def g(self, mom: np.ndarray, biso: float, delta2: float, qdamp: float) -> np.ndarray:
         return self._g_and_parts(mom, biso, delta2, qdamp)[0]

@@ -50,6 +50,15 @@ class PDFData:
         return m.group(1) if m else None
 
 
+def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
+    """Why r looks like it is in nm, or None. A metal's first shell is at 2.3-3.3 A: in nm it
+    is a peak near 0.25 standing out of the rest, on an r range that ends before 12."""
+    top = int(np.argmax(g))
+    if r[-1] < 12 and 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
+        return (f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
+                "r looks like nm; convert r to A (x 10)")
+    return None
+
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
     for line in lines:
@@ -129,11 +138,9 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         raise PDFInputError(p, f"r is not increasing (data row {bad + 2}: r={r[bad + 1]:g} after {r[bad]:g})")
     if r[0] < 0:
         raise PDFInputError(p, f"r starts below zero ({r[0]:g})")
-    top = int(np.argmax(g))
-    # a metal's first shell is at 2.3-3.3 A: in nm it is a peak near 0.25 standing out of the rest
-    if r[-1] < 12 and 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
-        raise PDFInputError(p, f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
-                               "r looks like nm; convert r to A (x 10)")
+    nm = looks_like_nm(r, g)
+    if nm:
+        raise PDFInputError(p, nm)
     if r[-1] < MIN_RMAX:
         raise PDFInputError(p, f"r reaches only {r[-1]:g} A; need data to at least {MIN_RMAX:g} A")
     if not np.any(g != 0):

@@ -30,6 +30,7 @@ from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_inp
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
+from cbldm.runtime.structure import nn_distances
 from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, particle_extent
 
 SOURCES = ("both", "model", "library")
@@ -161,23 +162,17 @@ class Prediction:
 
 def min_pair_distance(xyz: np.ndarray) -> float:
     """The shortest interatomic distance (inf for fewer than two atoms)."""
-    from scipy.spatial import cKDTree
-
     if len(xyz) < 2:
         return float("inf")
-    d, _ = cKDTree(xyz).query(xyz, k=2)
-    return float(d[:, 1].min())
+    return float(nn_distances(xyz).min())
 
 
 def detached_atoms(xyz: np.ndarray, factor: float = 1.25) -> int:
     """Atoms with no neighbour within ``factor`` x the structure's median nearest-neighbour
     distance: the PDF cannot see an atom placed far from the particle, so Rwp won't flag it."""
-    from scipy.spatial import cKDTree
-
     if len(xyz) < 2:
         return 0
-    d, _ = cKDTree(xyz).query(xyz, k=2)
-    nn = d[:, 1]
+    nn = nn_distances(xyz)
     return int(np.sum(nn > factor * np.median(nn)))
 
 

@@ -79,10 +79,10 @@ class PDFRefiner:
         """The objective of a physics fit (``cbldm.runtime.fitting``): the file's Q range and
         fit range, the fitted Biso, delta2 (exact per bin) and Qdamp; coordinates in A."""
         u = fit.biso / (8.0 * math.pi**2)
-        rb = np.arange(len(grid.K[0])) * grid.h
+        rb = np.arange(len(grid.K)) * grid.h
         with np.errstate(divide="ignore"):
             corr = np.where(rb > 0, np.clip(1.0 - fit.delta2 / np.maximum(rb, 1e-9) ** 2, 0.0, None), 0.0)
-        K = grid.K[0] * np.exp(-np.outer(corr * u, grid.q2))
+        K = grid.K * np.exp(-np.outer(corr * u, grid.q2))
         env = np.exp(-0.5 * (grid.r_fit * fit.qdamp) ** 2)
         return cls(T=(grid.T * env[None, :]).T, K=K, h=grid.h)
 

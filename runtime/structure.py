@@ -21,16 +21,25 @@ import numpy as np
 BOND_REACH = 1.2
 
 
+def nn_distances(xyz: np.ndarray) -> np.ndarray:
+    """Each atom's distance to its nearest neighbour (empty for fewer than two atoms)."""
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(xyz, float)
+    if len(xyz) < 2:
+        return np.zeros(0)
+    d, _ = cKDTree(xyz).query(xyz, k=2)
+    return d[:, 1]
+
+
 def bonds(xyz: np.ndarray, reach: float = BOND_REACH) -> tuple[list[set], float]:
     from scipy.spatial import cKDTree
 
     xyz = np.asarray(xyz, float)
     if len(xyz) < 2:
         return [set() for _ in xyz], 0.0
-    tree = cKDTree(xyz)
-    d, _ = tree.query(xyz, k=2)
-    nn = float(np.median(d[:, 1]))
-    nb = [set(x) - {i} for i, x in enumerate(tree.query_ball_point(xyz, reach * nn))]
+    nn = float(np.median(nn_distances(xyz)))
+    nb = [set(x) - {i} for i, x in enumerate(cKDTree(xyz).query_ball_point(xyz, reach * nn))]
     return nb, nn
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbldm.runtime.pdfio import looks_like_nm
+
 MIN_PEAK_SNR = 6.0
 RWP_UNUSABLE = 0.5
 RWP_DOUBTFUL = 0.25
@@ -69,10 +71,9 @@ def check_input(r: np.ndarray, g: np.ndarray, d: float | None, qmax: float = 30.
     and the first peak's signal-to-noise ratio."""
     r = np.asarray(r, float)
     g = np.asarray(g, float)
-    top = int(np.argmax(g))
-    if r[-1] < 12 and 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
-        raise InputRefused(f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
-                           "r looks like nm; convert r to A (x 10)")
+    nm = looks_like_nm(r, g)
+    if nm:
+        raise InputRefused(nm)
     if d is None:
         raise InputRefused("no nearest-neighbour peak between 1.5 and 4.5 A: not a metal-particle "
                            "PDF on an r grid in A?")

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cbldm.runtime.structure import nn_distances
 from cbldm.training.clusters import MAX_ATOMS, MIN_ATOMS, canonical_order, sorted_distances
 
 CN_CUTOFF = 1.2   # neighbours: within 1.2 x the bond length (bcc's second shell, 1.155, counts)
@@ -40,10 +41,7 @@ CN_CUTOFF = 1.2   # neighbours: within 1.2 x the bond length (bcc's second shell
 
 def nn_length(xyz: np.ndarray) -> float:
     """Median nearest-neighbour distance: the bond length a PDF's first peak reports."""
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(xyz).query(xyz, k=2)
-    return float(np.median(d[:, 1]))
+    return float(np.median(nn_distances(xyz)))
 
 
 def shape_key(xyz: np.ndarray, decimals: int = 3) -> str:
