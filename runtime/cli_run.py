@@ -70,6 +70,8 @@ QMIN_HELP = "Qmin of the data (1/A; default: the file's header 'qmin', else 0.7)
 QMAX_HELP = "Qmax of the data (1/A; default: the file's header 'qmax', else 25)."
 RMIN_HELP = "Fit from this r (A; default 1.5)."
 RMAX_HELP = "Fit up to this r (A; default: the file's last r)."
+QDAMP_HELP = ("Instrument resolution Qdamp (1/A) from a calibrant (Ni, CeO2): held in the fit (default: "
+              "the file's header 'qdamp', else refined per candidate, where it trades off against size).")
 
 
 # the options predict and watch share (one definition: typer reads a default OptionInfo as is)
@@ -88,10 +90,12 @@ QMIN = typer.Option(None, help=QMIN_HELP)
 QMAX = typer.Option(None, help=QMAX_HELP)
 RMIN = typer.Option(None, help=RMIN_HELP)
 RMAX = typer.Option(None, help=RMAX_HELP)
+QDAMP = typer.Option(None, help=QDAMP_HELP)
 
 
-def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
+def _physics(source: str, qmin, qmax, rmin, rmax, qdamp=None) -> dict:
     """--source and the physics overrides: a bad value is a usage error (exit 2)."""
+    from cbldm.runtime.fitting import QDAMP_RANGE
     from cbldm.runtime.pipeline import SOURCES
 
     if source not in SOURCES:
@@ -105,7 +109,9 @@ def _physics(source: str, qmin, qmax, rmin, rmax) -> dict:
         raise fail(f"--qmin ({qmin}) must be below --qmax ({qmax})", EXIT_USAGE)
     if rmin is not None and rmax is not None and rmin >= rmax:
         raise fail(f"--rmin ({rmin}) must be below --rmax ({rmax})", EXIT_USAGE)
-    return {"qmin": qmin, "qmax": qmax, "rmin": rmin, "rmax": rmax}
+    if qdamp is not None and not 0 <= qdamp <= QDAMP_RANGE[1]:
+        raise fail(f"--qdamp must be within 0-{QDAMP_RANGE[1]:g} 1/A, got {qdamp}", EXIT_USAGE)
+    return {"qmin": qmin, "qmax": qmax, "rmin": rmin, "rmax": rmax, "qdamp": qdamp}
 
 
 def _check_outdir(outdir: Path) -> None:
@@ -155,7 +161,7 @@ def predict(
     steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
     refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
     qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
-    rmax: Optional[float] = RMAX,
+    rmax: Optional[float] = RMAX, qdamp: Optional[float] = QDAMP,
 ):
     """Predict a structure for each PDF: <stem>.xyz, .fit.gr, .json, .png in OUTDIR.
 
@@ -166,7 +172,7 @@ def predict(
     from cbldm.runtime.results import process_file
 
     element = _check_usage(candidates, element)
-    physics = _physics(source, qmin, qmax, rmin, rmax)
+    physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
     ref = refine_config(refine, refine_iter)
     _check_outdir(outdir)
     m = _open(model, backend, precision, threads)
@@ -206,7 +212,7 @@ def watch(
     precision: str = PRECISION, seed: int = SEED, threads: Optional[int] = THREADS, plot: bool = PLOT,
     refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
     qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
-    rmax: Optional[float] = RMAX,
+    rmax: Optional[float] = RMAX, qdamp: Optional[float] = QDAMP,
 ):
     """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
 
@@ -218,7 +224,7 @@ def watch(
     from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs
 
     element = _check_usage(candidates, element)
-    physics = _physics(source, qmin, qmax, rmin, rmax)
+    physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
     ref = refine_config(refine, refine_iter)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")

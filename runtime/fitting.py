@@ -47,6 +47,10 @@ class FilePhysics:
     rmin: float           # fit range, A
     rmax: float
     rstep: float = 0.01
+    # the instrument resolution when it is known (calibrated on a standard such as Ni or CeO2):
+    # then it is held, else refined per candidate. Free, it trades off against the particle's
+    # size (a larger particle under a stronger envelope looks like a smaller one)
+    qdamp: float | None = None
     source: dict = field(default_factory=dict)   # where each value came from
 
     def as_dict(self) -> dict:
@@ -181,7 +185,9 @@ class FitGrid:
         return val, grad
 
     def _inner(self, mom, g_obs, gg, x0, fix_delta2):
-        bounds = [BISO_RANGE, (0.0, 0.0) if fix_delta2 else DELTA2_RANGE, (QDAMP_RANGE[0] ** 2, QDAMP_RANGE[1] ** 2)]
+        qd = self.phys.qdamp
+        bounds = [BISO_RANGE, (0.0, 0.0) if fix_delta2 else DELTA2_RANGE,
+                  (QDAMP_RANGE[0] ** 2, QDAMP_RANGE[1] ** 2) if qd is None else (qd**2, qd**2)]
         res = optimize.minimize(self._cost, x0, args=(mom, g_obs, gg, fix_delta2), jac=True,
                                 method="L-BFGS-B", bounds=bounds,
                                 options={"maxiter": 80, "ftol": 1e-12, "gtol": 1e-10})
@@ -203,7 +209,8 @@ class FitGrid:
             return PhysicsFit(1.0, start[0], start[1], start[2], 0.0, 1.0, np.zeros_like(g_obs_fit))
         d, wt = self.pair_histogram(xyz)
         sizes = np.linspace(1 - SIZE_SPAN, 1 + SIZE_SPAN, 13) if sizes is None else np.asarray(sizes)
-        x0 = np.array([start[0], start[1], start[2] ** 2], float)
+        q0 = start[2] if self.phys.qdamp is None else self.phys.qdamp
+        x0 = np.array([start[0], start[1], q0**2], float)
         _, p = self._inner(self.moments(d, n, 1.0, wt), g_obs_fit, gg, x0, fix_delta2)
         vals = [self._cost(p, self.moments(d, n, s, wt), g_obs_fit, gg, fix_delta2)[0] for s in sizes]
         k = int(np.argmin(vals))
@@ -232,7 +239,9 @@ class FitGrid:
         hh = float(g @ g)
         scale = max(0.0, float(g_obs_fit @ g) / hh) if hh > 0 else 0.0
         rwp = math.sqrt(min(max(val, 0.0), 1.0))
-        bounds = {"biso": (p[0], BISO_RANGE), "qdamp": (p[2], QDAMP_RANGE)}
+        bounds = {"biso": (p[0], BISO_RANGE)}
+        if self.phys.qdamp is None:
+            bounds["qdamp"] = (p[2], QDAMP_RANGE)
         if not fix_delta2:
             bounds["delta2"] = (p[1], DELTA2_RANGE)
         at = [k for k, (v, (lo, hi)) in bounds.items()
@@ -244,9 +253,11 @@ class FitGrid:
 
 def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: float | None = None,
                  rmin: float | None = None, rmax: float | None = None,
-                 default_qmin: float = 0.7, default_qmax: float = 25.0) -> FilePhysics:
+                 default_qmin: float = 0.7, default_qmax: float = 25.0,
+                 qdamp: float | None = None) -> FilePhysics:
     """Q range from options, else the file's header (PDFgetX3/xPDFsuite ``qmin``, ``qmax``), else
-    the training values; the fit range from options, else [1.5 A, the file's last r]."""
+    the training values; the fit range from options, else [1.5 A, the file's last r]; Qdamp
+    from the option, else a header ``qdamp``, else refined."""
     src = {}
 
     def header(key):
@@ -254,8 +265,8 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
             v = float(str(meta.get(key, "")).split()[0])
         except (ValueError, IndexError):
             return None
-        # Qmin may be 0 (no low-Q cut); a Qmax must be positive
-        return v if math.isfinite(v) and (v > 0 or (key == "qmin" and v == 0)) else None
+        # Qmin may be 0 (no low-Q cut), so may Qdamp (a perfect instrument); a Qmax must be positive
+        return v if math.isfinite(v) and (v > 0 or (key in ("qmin", "qdamp") and v == 0)) else None
 
     vals = {}
     for key, opt, default in (("qmin", qmin, default_qmin), ("qmax", qmax, default_qmax)):
@@ -271,7 +282,11 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
     src["rmin"] = "option" if rmin is not None else f"default ({FIT_RMIN} A)"
     src["rmax"] = "option" if rmax is not None else "the file's last r"
     lo = max(lo, float(r[0]))
-    return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), source=src)
+    qd = header("qdamp") if qdamp is None else float(qdamp)
+    if qd is not None and not 0 <= qd <= QDAMP_RANGE[1]:
+        raise ValueError(f"Qdamp {qd:g} is outside 0-{QDAMP_RANGE[1]:g} 1/A")
+    src["qdamp"] = "option" if qdamp is not None else "file header" if qd is not None else "refined"
+    return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), qdamp=qd, source=src)
 
 
 _GRIDS: dict = {}
@@ -280,7 +295,7 @@ _GRIDS: dict = {}
 def fit_grid(phys: FilePhysics) -> FitGrid:
     """A FitGrid per physics, kept for the next file (a watch service sees the same reduction
     settings file after file; building one costs 0.1-0.5 s and holds 10-30 MB)."""
-    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep)
+    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep, phys.qdamp)
     if key not in _GRIDS:
         if len(_GRIDS) >= 3:
             _GRIDS.pop(next(iter(_GRIDS)))

@@ -225,9 +225,10 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if use_library:
             ts = time.perf_counter()
             # clusters more than twice the particle's visible extent cannot match its PDF
+            known = {} if p.physics.qdamp is None else {"qdamp": (p.physics.qdamp,)}
             hits = library.search(p.r, p.g, d, p.physics.qmin, p.physics.qmax, p.physics.rmin,
                                   p.physics.rmax, top=library_top,
-                                  max_diameter=2.0 * extent["extent_A"] + 5.0)
+                                  max_diameter=2.0 * extent["extent_A"] + 5.0, **known)
             for h in hits:
                 cands.append(Candidate(library.xyz(h.index) * h.bond, "library", h.name, h.motif,
                                        search_rwp=h.rwp))

@@ -71,11 +71,11 @@ def element_for(data: PDFData, override: str | None, default: str = "Au") -> str
 
 def read_input(path: Path, element: str | None = None, qmin: float | None = None,
                qmax: float | None = None, rmin: float | None = None,
-               rmax: float | None = None) -> tuple[PDFData, PDFInput]:
+               rmax: float | None = None, qdamp: float | None = None) -> tuple[PDFData, PDFInput]:
     data = read_pdf(path)
     el = element_for(data, element)
     try:
-        phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax)
+        phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax, qdamp=qdamp)
     except ValueError as exc:
         raise PDFInputError(path, str(exc)) from None
     if phys.rmax - phys.rmin < 3.0:
@@ -88,7 +88,8 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
                  plot: bool = True, refine: RefineConfig = RefineConfig(), source: str = "both",
                  physics: dict | None = None) -> FileResult:
     """Read, predict, write. Raises PDFInputError for bad input (nothing is written then).
-    ``physics``: overrides of qmin, qmax, rmin, rmax (else the file's header, else defaults)."""
+    ``physics``: overrides of qmin, qmax, rmin, rmax, qdamp (else the file's header, else defaults;
+    Qdamp else refined)."""
     t_start = time.perf_counter()
     data, pdf = read_input(path, element, **(physics or {}))
     t_read = time.perf_counter() - t_start
@@ -156,7 +157,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         "refined": best.refined, "refine_shift_rms_A": round(best.shift_rms, 4),
         "refined_physics": phys,
         "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
-                "rmax_A": pred.physics.rmax, "from": pred.physics.source,
+                "rmax_A": pred.physics.rmax, "qdamp_held": pred.physics.qdamp, "from": pred.physics.source,
                 "points": int(len(pred.r))},
         "first_shell_A": round(pred.d_nn, 4),
         "particle": pred.extent, "input_check": {k: round(float(x), 5) for k, x in pred.input_check.items()},

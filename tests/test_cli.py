@@ -41,6 +41,7 @@ def one_error_line(res) -> str:
     (["predict", EXAMPLE, "--source", "oracle"], "error: --source 'oracle': choose one of both, model, library"),
     (["predict", EXAMPLE, "--qmax", "0"], "error: --qmax must be > 0, got 0.0"),
     (["predict", EXAMPLE, "--qmin", "30", "--qmax", "20"], "error: --qmin (30.0) must be below --qmax (20.0)"),
+    (["predict", EXAMPLE, "--qdamp", "0.2"], "error: --qdamp must be within 0-0.08 1/A, got 0.2"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     res = run("cbldm.runtime.cli_run", *args, "-o" if args[0] != "info" else "--model",

@@ -58,6 +58,32 @@ def test_file_physics_reads_the_header_and_options_win():
     assert ph.qmax == 24.0 and ph.source["qmax"] == "option" and ph.rmax == 15.0
     ph = file_physics({"qmax": "not a number"}, r)
     assert ph.qmax == 25.0 and ph.source["qmax"].startswith("default")
+    # Qdamp: held when the option or the header gives it (0 included), else refined
+    assert file_physics({}, r).qdamp is None and file_physics({}, r).source["qdamp"] == "refined"
+    ph = file_physics({"qdamp": "0"}, r)
+    assert ph.qdamp == 0.0 and ph.source["qdamp"] == "file header"
+    ph = file_physics({"qdamp": "0.04"}, r, qdamp=0.03)
+    assert ph.qdamp == 0.03 and ph.source["qdamp"] == "option"
+    with pytest.raises(ValueError, match="Qdamp 0.5 is outside"):
+        file_physics({"qdamp": "0.5"}, r)
+
+
+def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():
+    """Refined freely, Qdamp lets a longer hcp prism (168 atoms) fit the PDF of a 132-atom one as
+    well as the truth does (a stronger envelope shortens it); held at the instrument's value
+    (here 0, as simulated), the longer prism fits more than twice worse."""
+    from cbldm.training.clusters import unit_shapes
+
+    hcp = {s.label(): s.xyz_unit * 2.77 for s in unit_shapes("HCP")}
+    true, longer = hcp["HCP_Size1_1_Size2_6_Size3_11"], hcp["HCP_Size1_1_Size2_6_Size3_14"]
+    g = DebyePDF(PDFParams(rmax=30.01, qmin=0.7, qmax=25.0, biso=0.3, qdamp=0.0)).calc(true, "Pt")
+    free = FitGrid(FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0))
+    held = FitGrid(FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0, qdamp=0.0))
+    f_true, f_long = free.fit(true, g[free.mask]), free.fit(longer, g[free.mask])
+    assert f_long.rwp < 1.2 * f_true.rwp and f_long.qdamp > 0.015
+    h_true, h_long = held.fit(true, g[held.mask]), held.fit(longer, g[held.mask])
+    assert h_true.qdamp == h_long.qdamp == 0.0 and "qdamp" not in h_long.at_bounds
+    assert h_long.rwp > 2 * h_true.rwp and h_true.rwp < 0.02
 
 
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):

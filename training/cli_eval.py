@@ -133,6 +133,9 @@ def offrecipe(
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
     seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER,
+    known_qdamp: bool = typer.Option(False, "--known-qdamp",
+                                     help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
+                                          "--qdamp` does for a calibrated instrument (default: refined)."),
 ):
     """The out-of-recipe set, per group: the same metrics, each PDF read like a measured file."""
     _needs("offrecipe", model, data=False)
@@ -142,12 +145,12 @@ def offrecipe(
     ref = refine_config(refine, refine_iter)
     nets, sampler, lib = _open(model, library)
     try:
-        items = offrecipe_items(set_dir, groups.split(",") if groups else None)
+        items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
-    doc = evaluate(nets, lib, items, OFF_ORDER, "out of recipe (never trained or tuned on)", srcs, candidates,
-                   sampler, seed, ref, log=typer.echo)
-    doc.update({"model": str(model), "set": str(set_dir)})
+    what = "out of recipe (never trained or tuned on)" + (", Qdamp known" if known_qdamp else "")
+    doc = evaluate(nets, lib, items, OFF_ORDER, what, srcs, candidates, sampler, seed, ref, log=typer.echo)
+    doc.update({"model": str(model), "set": str(set_dir), "known_qdamp": known_qdamp})
     _report(doc, OFF_ORDER, out, "offrecipe")
 
 

@@ -83,7 +83,9 @@ def dataset_items(data_root: Path, split: str, per_type: int | None, seed: int =
     return out
 
 
-def offrecipe_items(root: Path, groups: list[str] | None = None) -> list[Item]:
+def offrecipe_items(root: Path, groups: list[str] | None = None, known_qdamp: bool = False) -> list[Item]:
+    """The set's PDFs read like measured files; ``known_qdamp`` holds each file's Qdamp at the value
+    it was simulated with, as for a user whose instrument is calibrated (the files do not say)."""
     import ase.io
 
     from cbldm.runtime.results import read_input
@@ -94,7 +96,8 @@ def offrecipe_items(root: Path, groups: list[str] | None = None) -> list[Item]:
     for it in load_index(root)["items"]:
         if groups and it["group"] not in groups:
             continue
-        _, pdf = read_input(root / f"{it['name']}.gr")
+        qd = float(it["physics"]["qdamp"]) if known_qdamp else None
+        _, pdf = read_input(root / f"{it['name']}.gr", qdamp=qd)
         out.append(Item(it["name"], it["group"], pdf, ase.io.read(root / f"{it['name']}.xyz").get_positions(),
                         it["motif"]))
     return out
