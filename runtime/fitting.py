@@ -206,11 +206,11 @@ class FitGrid:
         g_obs_fit = np.asarray(g_obs_fit, float)
         gg = float(g_obs_fit @ g_obs_fit)
         if n < 2 or gg <= 0:
-            return PhysicsFit(1.0, start[0], start[1], start[2], 0.0, 1.0, np.zeros_like(g_obs_fit))
+            q0 = start[2] if self.phys.qdamp is None else self.phys.qdamp
+            return PhysicsFit(1.0, start[0], start[1], q0, 0.0, 1.0, np.zeros_like(g_obs_fit))
         d, wt = self.pair_histogram(xyz)
         sizes = np.linspace(1 - SIZE_SPAN, 1 + SIZE_SPAN, 13) if sizes is None else np.asarray(sizes)
-        q0 = start[2] if self.phys.qdamp is None else self.phys.qdamp
-        x0 = np.array([start[0], start[1], q0**2], float)
+        x0 = np.array([start[0], start[1], (start[2] if self.phys.qdamp is None else self.phys.qdamp) ** 2], float)
         _, p = self._inner(self.moments(d, n, 1.0, wt), g_obs_fit, gg, x0, fix_delta2)
         vals = [self._cost(p, self.moments(d, n, s, wt), g_obs_fit, gg, fix_delta2)[0] for s in sizes]
         k = int(np.argmin(vals))
@@ -282,10 +282,18 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
     src["rmin"] = "option" if rmin is not None else f"default ({FIT_RMIN} A)"
     src["rmax"] = "option" if rmax is not None else "the file's last r"
     lo = max(lo, float(r[0]))
-    qd = header("qdamp") if qdamp is None else float(qdamp)
-    if qd is not None and not 0 <= qd <= QDAMP_RANGE[1]:
-        raise ValueError(f"Qdamp {qd:g} is outside 0-{QDAMP_RANGE[1]:g} 1/A")
-    src["qdamp"] = "option" if qdamp is not None else "file header" if qd is not None else "refined"
+    if qdamp is not None:
+        if not 0 <= qdamp <= QDAMP_RANGE[1]:
+            raise ValueError(f"Qdamp {qdamp:g} is outside 0-{QDAMP_RANGE[1]:g} 1/A")
+        qd, src["qdamp"] = float(qdamp), "option"
+    else:
+        # a file that states its Qdamp (DiffPy/PDFgui-written, cbldm-data pdf) was made with it
+        qd, src["qdamp"] = header("qdamp"), "file header"
+        if qd is None:
+            src["qdamp"] = "refined"
+        elif qd > QDAMP_RANGE[1]:   # like an unreadable qmax: said, and not used
+            src["qdamp"] = f"refined (the header's {qd:g} is outside 0-{QDAMP_RANGE[1]:g} 1/A; give --qdamp)"
+            qd = None
     return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), qdamp=qd, source=src)
 
 

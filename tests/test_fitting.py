@@ -64,8 +64,10 @@ def test_file_physics_reads_the_header_and_options_win():
     assert ph.qdamp == 0.0 and ph.source["qdamp"] == "file header"
     ph = file_physics({"qdamp": "0.04"}, r, qdamp=0.03)
     assert ph.qdamp == 0.03 and ph.source["qdamp"] == "option"
+    ph = file_physics({"qdamp": "0.5"}, r)      # unusable header value: refined, and said
+    assert ph.qdamp is None and "outside" in ph.source["qdamp"]
     with pytest.raises(ValueError, match="Qdamp 0.5 is outside"):
-        file_physics({"qdamp": "0.5"}, r)
+        file_physics({}, r, qdamp=0.5)
 
 
 def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():
@@ -82,8 +84,10 @@ def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():
     f_true, f_long = free.fit(true, g[free.mask]), free.fit(longer, g[free.mask])
     assert f_long.rwp < 1.2 * f_true.rwp and f_long.qdamp > 0.015
     h_true, h_long = held.fit(true, g[held.mask]), held.fit(longer, g[held.mask])
-    assert h_true.qdamp == h_long.qdamp == 0.0 and "qdamp" not in h_long.at_bounds
     assert h_long.rwp > 2 * h_true.rwp and h_true.rwp < 0.02
+    # a held value stays put where the data would pull it (0.03 instead of the true 0)
+    off = FitGrid(FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0, qdamp=0.03)).fit(true, g[held.mask])
+    assert off.qdamp == pytest.approx(0.03, abs=1e-9) and off.rwp > h_true.rwp and "qdamp" not in off.at_bounds
 
 
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):

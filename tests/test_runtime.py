@@ -37,13 +37,15 @@ def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
     assert doc["fit"]["qmax"] == 25.0 and doc["fit"]["from"]["qmax"] == "file header"
     assert doc["sampler"]["refine"]["top"] == 4
     first = (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes()
-    # a calibrated Qdamp is held in every fit, and the JSON says where it came from
-    res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1", "--no-plot", "--qdamp", "0")
+    assert doc["fit"]["qdamp_held"] == 0.0 and doc["fit"]["from"]["qdamp"] == "file header"   # it says 'qdamp = 0'
+    # --qdamp wins over the header, is held in every fit, and the JSON says where it came from
+    res = run("predict", EXAMPLE, "-o", tmp_path, "--model", tiny_model, "-k", "1", "--no-plot", "--qdamp", "0.03")
     assert res.returncode == 0 and (tmp_path / "Pt_decahedron_p3_q2_r1-2.json").exists()
     assert (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes() == first
     held = json.loads((tmp_path / "Pt_decahedron_p3_q2_r1-2.json").read_text())
-    assert held["fit"]["qdamp_held"] == 0.0 and held["fit"]["from"]["qdamp"] == "option"
-    assert held["refined_physics"]["qdamp_invA"] == 0.0 and held["n_atoms"] == 146
+    assert held["fit"]["qdamp_held"] == 0.03 and held["fit"]["from"]["qdamp"] == "option"
+    assert held["refined_physics"]["qdamp_invA"] == 0.03 and held["rwp"] > doc["rwp"]
+    assert all(c.get("rwp") is None or c["rwp"] >= 0 for c in held["candidates"])
 
 
 def test_predict_bad_input_one_line_each_and_others_still_done(tiny_model, tmp_path):

@@ -16,7 +16,7 @@ is never pulled toward the average of equivalent ones.
 Templates live in the unit-bond frame (nearest neighbour 1), centred on a site; a structure
 is mapped onto one by placing the atom nearest its centroid on a site near the origin, then
 matching (strained particles: per-axis scales fitted to the matched atoms, matched again).
-Measured so far (CPU, 35 + 40 min, 100k drawn structures): docs/networks.md.
+Measured (CPU; the scored model: 35 min on 50k drawn structures): docs/networks.md.
 """
 from __future__ import annotations
 
