@@ -203,14 +203,15 @@ class FitGrid:
         the physics fitted again there."""
         xyz = np.asarray(xyz, float)
         n = len(xyz)
+        if self.phys.qdamp is not None:
+            start = (start[0], start[1], self.phys.qdamp)
         g_obs_fit = np.asarray(g_obs_fit, float)
         gg = float(g_obs_fit @ g_obs_fit)
         if n < 2 or gg <= 0:
-            q0 = start[2] if self.phys.qdamp is None else self.phys.qdamp
-            return PhysicsFit(1.0, start[0], start[1], q0, 0.0, 1.0, np.zeros_like(g_obs_fit))
+            return PhysicsFit(1.0, start[0], start[1], start[2], 0.0, 1.0, np.zeros_like(g_obs_fit))
         d, wt = self.pair_histogram(xyz)
         sizes = np.linspace(1 - SIZE_SPAN, 1 + SIZE_SPAN, 13) if sizes is None else np.asarray(sizes)
-        x0 = np.array([start[0], start[1], (start[2] if self.phys.qdamp is None else self.phys.qdamp) ** 2], float)
+        x0 = np.array([start[0], start[1], start[2] ** 2], float)
         _, p = self._inner(self.moments(d, n, 1.0, wt), g_obs_fit, gg, x0, fix_delta2)
         vals = [self._cost(p, self.moments(d, n, s, wt), g_obs_fit, gg, fix_delta2)[0] for s in sizes]
         k = int(np.argmin(vals))
@@ -302,10 +303,17 @@ _GRIDS: dict = {}
 
 def fit_grid(phys: FilePhysics) -> FitGrid:
     """A FitGrid per physics, kept for the next file (a watch service sees the same reduction
-    settings file after file; building one costs 0.1-0.5 s and holds 10-30 MB)."""
-    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep, phys.qdamp)
+    settings file after file; building one costs 0.1-0.5 s and holds 10-30 MB). Keyed on what
+    the arrays depend on; the grid handed out carries the caller's physics (its held Qdamp)."""
+    import copy
+
+    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep)
     if key not in _GRIDS:
         if len(_GRIDS) >= 3:
             _GRIDS.pop(next(iter(_GRIDS)))
         _GRIDS[key] = FitGrid(phys)
-    return _GRIDS[key]
+    grid = _GRIDS[key]
+    if grid.phys != phys:      # shares the arrays, which a fit only reads
+        grid = copy.copy(grid)
+        grid.phys = phys
+    return grid

@@ -59,6 +59,7 @@ def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
                 "r looks like nm; convert r to A (x 10)")
     return None
 
+
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
     for line in lines:

@@ -30,7 +30,7 @@ from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_inp
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
-from cbldm.runtime.structure import nn_distances
+from cbldm.runtime.structure import nn_distances, nn_length
 from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, particle_extent
 
 SOURCES = ("both", "model", "library")
@@ -321,12 +321,10 @@ def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) ->
 
 
 def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
-    from cbldm.runtime.structure import bonds
-
     refiner = PDFRefiner.for_fit(grid, c.fit)
     dmin = cfg.min_distance * d
     # the fitted structure's own bond length: its coordinates already carry the size factor
-    bond = bonds(c.xyz)[1] if cfg.restrain else None
+    bond = nn_length(c.xyz) if cfg.restrain else None
     ref = refiner.refine(c.xyz, g_fit, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
                          min_distance=dmin, bond=bond)
     clash = c.min_pair < dmin
@@ -393,9 +391,7 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     few per cent from any extra or missing atom; a wrong count gains far more from the right one)."""
     from cbldm.runtime.search import grow_prune
 
-    from cbldm.runtime.structure import bonds
-
-    res = grow_prune(c.xyz, g_fit, grid, c.fit, bonds(c.xyz)[1])
+    res = grow_prune(c.xyz, g_fit, grid, c.fit, nn_length(c.xyz))
     if res.removed == res.added == 0 or len(res.xyz) == c.n_atoms and res.rwp >= c.rwp:
         return None
     fit = res.fit

@@ -32,13 +32,18 @@ def nn_distances(xyz: np.ndarray) -> np.ndarray:
     return d[:, 1]
 
 
+def nn_length(xyz: np.ndarray) -> float:
+    """Median nearest-neighbour distance: the bond length a PDF's first peak reports."""
+    return float(np.median(nn_distances(xyz)))
+
+
 def bonds(xyz: np.ndarray, reach: float = BOND_REACH) -> tuple[list[set], float]:
     from scipy.spatial import cKDTree
 
     xyz = np.asarray(xyz, float)
     if len(xyz) < 2:
         return [set() for _ in xyz], 0.0
-    nn = float(np.median(nn_distances(xyz)))
+    nn = nn_length(xyz)
     nb = [set(x) - {i} for i, x in enumerate(cKDTree(xyz).query_ball_point(xyz, reach * nn))]
     return nb, nn
 

@@ -243,22 +243,15 @@ def draw_site_data(pool, n: int, seed: int) -> dict:
     """``n`` perturbed structures drawn from the training pool (cbldm.training.variants), their
     clean PDFs on the model grid, template index and occupied sites (atoms that found no site,
     such as adatoms in an fcc particle's hcp hollows, are left out of the target)."""
-    import torch
-
     from cbldm.training.torchpdf import TorchPDF
+    from cbldm.training.train import Data
     from cbldm.training.variants import PerturbConfig, draw_structures
 
     xs, choice = draw_structures(pool, n, seed, PerturbConfig())
     kind = np.array([KINDS.index(kind_of(pool.names[c])) for c in choice], np.int64)
     occupied = [template(KINDS[k]).map(x)[0] for k, x in zip(kind, xs)]
-    nat = np.array([len(x) for x in xs])
-    xyz = np.zeros((n, max(nat), 3), np.float32)
-    for i, x in enumerate(xs):
-        xyz[i, :len(x)] = x
-    tp = TorchPDF()
-    g = torch.cat([tp(torch.from_numpy(xyz[lo:lo + 256]), torch.from_numpy(nat[lo:lo + 256]))
-                   for lo in range(0, n, 256)]).numpy()
-    return {"g": g.astype(np.float32), "kind": kind, "occupied": occupied}
+    g = Data.from_structures(xs, "train", TorchPDF()).pdf.numpy()      # as cbldm-train draws them
+    return {"g": g, "kind": kind, "occupied": occupied}
 
 
 def network_input(g: np.ndarray):
@@ -327,14 +320,12 @@ def _pool_from_cache(data_root):
     out-of-recipe set already excluded)."""
     from pathlib import Path
 
-    from cbldm.training.variants import BasePool
+    from cbldm.training.variants import load_pool
 
-    caches = sorted(Path(data_root).glob("pool-*.npz"))
+    caches = sorted(Path(data_root).glob("pool-*.npz"), key=lambda p: p.stat().st_mtime)
     if not caches:
         raise SystemExit(f"error: no pool-*.npz in {data_root}: run cbldm-train on it once (it builds the pool)")
-    z = np.load(caches[-1], allow_pickle=False)
-    xyz = [x.astype(np.float64) for x in np.split(z["xyz"], np.cumsum(z["n"])[:-1])]
-    return BasePool(xyz, z["names"].tolist(), z["family"], z["weight"])
+    return load_pool(caches[-1])
 
 
 def main(argv=None) -> None:

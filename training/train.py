@@ -272,7 +272,7 @@ class Trainer:
         shape and every structure of the out-of-recipe test set (cbldm.training.variants)."""
         from cbldm.training.dataset import load_arrays, shape_of
         from cbldm.training.offrecipe import excluded_keys
-        from cbldm.training.variants import BasePool, base_pool, shape_key
+        from cbldm.training.variants import base_pool, load_pool, shape_key
 
         def one_per_shape(split):
             arr = load_arrays(self.data_root, split=split)
@@ -286,9 +286,7 @@ class Trainer:
                                          POOL_VERSION]).encode()).hexdigest()[:16]
         cache = self.data_root / f"pool-{key}.npz"
         if cache.exists():
-            z = np.load(cache, allow_pickle=False)
-            xyz = [x.astype(np.float64) for x in np.split(z["xyz"], np.cumsum(z["n"])[:-1])]
-            pool = BasePool(xyz, z["names"].tolist(), z["family"], z["weight"])
+            pool = load_pool(cache)
         else:
             train_xyz, train_names = one_per_shape("train")
             held = {shape_key(x) for s in ("val", "test") for x in one_per_shape(s)[0]}

@@ -31,18 +31,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cbldm.runtime.structure import nn_distances
+from cbldm.runtime.structure import nn_length  # noqa: F401  (the training modules' import)
 from cbldm.training.clusters import MAX_ATOMS, MIN_ATOMS, canonical_order, sorted_distances
 
 CN_CUTOFF = 1.2   # neighbours: within 1.2 x the bond length (bcc's second shell, 1.155, counts)
 
 
 # -- shape identity -----------------------------------------------------------------------
-
-def nn_length(xyz: np.ndarray) -> float:
-    """Median nearest-neighbour distance: the bond length a PDF's first peak reports."""
-    return float(np.median(nn_distances(xyz)))
-
 
 def shape_key(xyz: np.ndarray, decimals: int = 3) -> str:
     """Scale-free identity of a cluster: atom count and sorted pair distances divided by the
@@ -187,6 +182,13 @@ class BasePool:
     def summary(self) -> dict:
         fam = ["recipe", "lattice cut", "partial shell"]
         return {fam[f]: int(np.sum(self.family == f)) for f in range(3)} | {"total": len(self)}
+
+
+def load_pool(path) -> BasePool:
+    """A pool as cbldm-train caches it beside the data (``pool-<hash>.npz``, arrays only)."""
+    z = np.load(path, allow_pickle=False)
+    xyz = [x.astype(np.float64) for x in np.split(z["xyz"], np.cumsum(z["n"])[:-1])]
+    return BasePool(xyz, z["names"].tolist(), z["family"], z["weight"])
 
 
 def base_pool(recipe_shapes: list[np.ndarray], recipe_names: list[str], exclude_keys: set[str],
