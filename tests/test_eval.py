@@ -95,3 +95,36 @@ def test_offrecipe_set_is_written_and_evaluated(tiny_dataset, tiny_model, tmp_pa
     assert tab["total"]["n"] == sum(i["group"] == "unseen-family" for i in index["items"])
     # shapes the library does not hold: it cannot be exact on all of them
     assert tab["total"]["exact_count"] < 1.0
+
+
+def test_heldout_families_are_in_neither_the_library_nor_the_training_pool(tmp_path):
+    """The held-out families exist to test what the library cannot look up: no shape of the set
+    may be a shipped library entry or a training-pool structure, and the set is deterministic."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library
+    from cbldm.training.heldout import GROUPS, build, keys
+    from cbldm.training.offrecipe import excluded_keys
+    from cbldm.training.variants import shape_key
+
+    held = keys()
+    assert len(held) == 16 and held == keys() and held <= excluded_keys()
+    lib = Library(default_model_dir() / "library.npz")
+    lib_keys = {shape_key(lib.xyz(i)) for i in np.flatnonzero(lib.n_atoms <= 256)}
+    assert not held & lib_keys
+    items = build()
+    assert [sum(it.group == g for it in items) for g in GROUPS] == [16, 16, 4]
+    assert {it.family for it in items} == {"supported", "lamellar-twin", "rod", "hex-prism"}
+    # each family is what it says (common-neighbour analysis): twin planes, a long rod, hcp
+    from cbldm.runtime.structure import motif
+
+    twin = next(it for it in items if it.family == "lamellar-twin" and it.group == "families" and it.n_atoms > 100)
+    assert motif(twin.xyz)["motif"] == "fcc with twin/stacking faults"
+
+    rod = next(it for it in items if it.family == "rod" and it.n_atoms > 100)
+    spread = np.sqrt(np.linalg.eigvalsh(np.cov(rod.xyz.T)))   # along the principal axes
+    assert spread[2] > 1.5 * spread[1]
+    prism = next(it for it in items if it.family == "hex-prism" and it.group == "families" and it.n_atoms > 100)
+    assert motif(prism.xyz)["motif"] == "hcp"
+    res = run("cbldm.training.cli_data", "families", "--out", tmp_path / "fam")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "fam" / "index.json").read_text())["n"] == 36

@@ -90,6 +90,26 @@ def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():
     assert off.qdamp == pytest.approx(0.03, abs=1e-9) and off.rwp > h_true.rwp and "qdamp" not in off.at_bounds
 
 
+def test_library_holds_the_common_particle_shapes_the_recipe_does_not_build():
+    """Truncated octahedra (the fcc clusters of 38, 79, 140, 201 atoms), cuboctahedra and lattice
+    spheres: in the shipped library, each once, none a recipe shape again."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library
+    from cbldm.training.library_build import common_entries, recipe_entries
+    from cbldm.training.variants import shape_key
+
+    recipe = {shape_key(e[3]) for e in recipe_entries()}
+    common = common_entries(skip=recipe)
+    keys = [shape_key(e[3]) for e in common]
+    assert len(set(keys)) == len(keys) and not set(keys) & recipe
+    counts = {e[0].split(":")[1]: len(e[3]) for e in common}
+    assert {counts[f"truncated_octahedron_l{l}_c{c}"] for l, c in ((4, 1), (5, 1), (6, 1), (7, 2))} == {38, 79, 140, 201}
+    assert counts["cuboctahedron_l7_c3"] == 147
+    assert {e[1] for e in common} == {"fcc", "hcp", "bcc"} and max(len(e[3]) for e in common) <= 256
+    lib = Library(default_model_dir() / "library.npz")
+    assert sorted(lib.names[lib.kind == "common"]) == sorted(e[0] for e in common)
+
+
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
     """A library of a few recipe shapes: each one's PDF, at another bond length and with
     measurement-like physics, finds itself first; F0 is the Debye sum of the calculator."""

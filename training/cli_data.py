@@ -143,15 +143,31 @@ def library(
     out: Path = typer.Option(..., "--out", "-o", help="Library file to write (.npz), e.g. MODELDIR/library.npz."),
     max_atoms: int = typer.Option(3000, help="Largest cluster of the extended part."),
 ):
-    """Build the cluster library the runtime searches: the recipe's 331 shapes and ideal clusters
-    of 257..MAX_ATOMS atoms (octahedra, truncated octahedra, icosahedra, decahedra, spheres)."""
+    """Build the cluster library the runtime searches: the recipe's 331 shapes, the common shapes it
+    does not build up to 256 atoms (truncated octahedra, cuboctahedra, fcc/hcp/bcc spheres) and
+    ideal clusters of 257..MAX_ATOMS atoms (octahedra, truncated octahedra, icosahedra,
+    decahedra, spheres)."""
     from cbldm.training.library_build import build
 
     if max_atoms < 257:
         raise fail("--max-atoms must be >= 257 (the recipe covers up to 256)", EXIT_USAGE)
     info = build(out, max_atoms=max_atoms, log=typer.echo)
-    typer.echo(f"{out}: {info['recipe']} recipe shapes + {info['extended']} extended clusters, "
+    typer.echo(f"{out}: {info['recipe']} recipe shapes + {info['common']} common + {info['extended']} extended, "
                f"{info['q_points']} Q points")
+
+
+@app.command()
+def families(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the .gr/.xyz files and index.json."),
+    seed: int = typer.Option(23, help="Seed of every random choice."),
+):
+    """Write the held-out families set: supported, lamellar-twinned, rod and hcp-prism particles
+    that neither the cluster library nor the training pool holds (cbldm.training.heldout), in
+    the out-of-recipe set's format. Never train or tune on it."""
+    from cbldm.training.heldout import build as build_items
+    from cbldm.training.offrecipe import write
+
+    write(build_items(seed), out, seed, log=typer.echo)
 
 
 @app.command()

@@ -1,7 +1,11 @@
 """Build the runtime's cluster library (``cbldm.runtime.library``): what ``cbldm-data library`` writes.
 
 Recipe part: every distinct shape the recipe builds (331; 5-256 atoms), named by the first
-label that builds it. Extended part (257 to ``max_atoms``): the recipe's multiply-twinned and
+label that builds it. Common part (up to 256 atoms): the shapes real metal particles take
+that the recipe does not build: truncated octahedra and cuboctahedra (the fcc "magic"
+clusters of 38, 79, 140, 201 atoms; ASE ``Octahedron(length, cutoff > 0)``) and fcc, hcp and
+bcc spheres, every closed shell around an atom, a bond centre and the lattice's holes.
+Extended part (257 to ``max_atoms``): the recipe's multiply-twinned and
 fcc families beyond 256 atoms and the shapes real metal particles take at those sizes:
 octahedra, truncated octahedra and cuboctahedra (ASE ``Octahedron(length, cutoff)``), Mackay
 icosahedra, Ino/Marks decahedra (``Decahedron(p, q, r)``), and fcc, hcp and bcc spheres
@@ -13,7 +17,7 @@ import math
 
 import numpy as np
 
-from cbldm.training.clusters import MAX_ATOMS, TYPES, unit_shapes
+from cbldm.training.clusters import MAX_ATOMS, MIN_ATOMS, TYPES, unit_shapes
 from cbldm.training.offrecipe import MOTIF
 from cbldm.training.variants import lattice_centres, lattice_points, shape_key, shell_cuts, unit_bond
 
@@ -27,6 +31,31 @@ def recipe_entries() -> list[tuple[str, str, str, np.ndarray]]:
                 continue
             seen.add(k)
             out.append((f"recipe:{s.label()}", MOTIF[kind], "recipe", unit_bond(s.xyz_unit)))
+    return out
+
+
+def common_entries(max_atoms: int = MAX_ATOMS, min_atoms: int = MIN_ATOMS,
+                   skip: set[str] | None = None) -> list[tuple[str, str, str, np.ndarray]]:
+    """Shapes the recipe does not build, up to ``max_atoms``; ``skip``: shape keys already in
+    the library (the recipe's)."""
+    from cbldm.training.offrecipe import truncated_octahedra
+
+    seen = set(skip or ())
+    out = []
+
+    def add(name, motif, x):
+        if (k := shape_key(x)) not in seen:
+            seen.add(k)
+            out.append((f"common:{name}", motif, "common", unit_bond(x)))
+
+    for name, x in truncated_octahedra(min_atoms, max_atoms):
+        add(name, "fcc", x)
+    rng = np.random.default_rng(5)
+    for lat in ("fcc", "hcp", "bcc"):
+        pts = lattice_points(lat, 6.0)
+        for ci, c in enumerate(lattice_centres(lat, rng, n_random=0)):
+            for x in shell_cuts(pts, c, max_atoms=max_atoms, min_atoms=min_atoms):
+                add(f"{lat}_sphere_c{ci}_n{len(x)}", lat, x)
     return out
 
 
@@ -81,9 +110,10 @@ def extended_entries(max_atoms: int = 3000, min_atoms: int = MAX_ATOMS + 1) -> l
 def build(path, max_atoms: int = 3000, log=print) -> dict:
     from cbldm.runtime.library import write_library
 
-    entries = recipe_entries() + extended_entries(max_atoms)
-    log(f"library: {sum(e[2] == 'recipe' for e in entries)} recipe shapes, "
-        f"{sum(e[2] == 'extended' for e in entries)} extended (257-{max_atoms} atoms)")
+    recipe = recipe_entries()
+    entries = recipe + common_entries(skip={shape_key(e[3]) for e in recipe}) + extended_entries(max_atoms)
+    counts = {k: sum(e[2] == k for e in entries) for k in ("recipe", "common", "extended")}
+    log(f"library: {counts['recipe']} recipe shapes, {counts['common']} common shapes the recipe does "
+        f"not build (up to {MAX_ATOMS} atoms), {counts['extended']} extended (257-{max_atoms} atoms)")
     info = write_library(path, entries, log=log)
-    return info | {"recipe": sum(e[2] == "recipe" for e in entries),
-                   "extended": sum(e[2] == "extended" for e in entries)}
+    return info | counts
