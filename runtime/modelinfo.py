@@ -14,7 +14,7 @@ def model_info(m: LoadedModel) -> dict:
         try:  # cbldm-eval's tables: per test set, per source, the totals
             doc = json.loads(ev.read_text())
             totals = {s: {src: t["total"] for src, t in doc[s]["sources"].items()}
-                      for s in ("unseen", "offrecipe") if s in doc}
+                      for s in ("unseen", "offrecipe", "families") if s in doc}
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
             totals = None
     lib = man.get("library") or {}
@@ -64,11 +64,13 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
     lines.append(("data", f"training set manifest sha256 {doc['data_manifest_sha256']}"))
     lib = doc.get("library")
     if lib:
-        lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes, up to "
+        common = f", {lib['common_entries']} common shapes" if lib.get("common_entries") else ""
+        lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes{common}, up to "
                                  f"{lib['largest_atoms']} atoms), sha256 {lib['sha256'][:16]}"))
-    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe"}
+    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "families": "held-out families"}
     for key, by_source in (doc.get("evaluation") or {}).items():
-        cells = [f"{src} {100 * t['exact_count']:.0f} % exact, Rwp {t['rwp']:.3f}" for src, t in by_source.items()]
+        cells = [f"{src} {100 * t['exact_count']:.0f} % exact, pair err {t['pair_distance_error_A']:.2f} A, "
+                 f"Rwp {t['rwp']:.3f}" for src, t in by_source.items()]
         label = "held-out" if key == "unseen" else ""
         lines.append((label, f"{names[key]} ({next(iter(by_source.values()))['n']} PDFs): " + "; ".join(cells)))
     return lines

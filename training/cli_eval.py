@@ -137,7 +137,8 @@ def offrecipe(
                                      help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
                                           "--qdamp` does for a calibrated instrument (default: refined)."),
 ):
-    """The out-of-recipe set, per group: the same metrics, each PDF read like a measured file."""
+    """A set of PDFs with known structures (the out-of-recipe set, the held-out families, the tuning
+    set), per group: the same metrics, each PDF read like a measured file."""
     _needs("offrecipe", model, data=False)
     from cbldm.training.evaluate import OFF_ORDER, evaluate, offrecipe_items
 
@@ -148,7 +149,7 @@ def offrecipe(
         items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
-    what = "out of recipe (never trained or tuned on)" + (", Qdamp known" if known_qdamp else "")
+    what = f"the PDFs of {set_dir}" + (", Qdamp known" if known_qdamp else "")
     doc = evaluate(nets, lib, items, OFF_ORDER, what, srcs, candidates, sampler, seed, ref, log=typer.echo)
     doc.update({"model": str(model), "set": str(set_dir), "known_qdamp": known_qdamp})
     _report(doc, OFF_ORDER, out, "offrecipe")
@@ -203,6 +204,41 @@ def sweep(
         dump(model / "sampler.json", {"sampler": doc["chosen"]["sampler"], "from": "cbldm-eval sweep"})
     c = doc["chosen"]
     typer.echo(f"chosen: {json.dumps(c['sampler'])} ({c['unet_calls']} U-Net calls); wrote {out / 'sweep.json'}")
+
+
+@app.command()
+def summary(
+    model: Path = typer.Option(..., help="Model directory: writes MODEL/evaluation.json (what `cbldm-run info` shows)."),
+    data: Path = typer.Option(..., help="Dataset directory (its split's test and validation shapes are listed)."),
+    unseen: Path = typer.Option(..., help="accuracy.json of `cbldm-eval accuracy` (unseen shapes)."),
+    offrecipe: Path = typer.Option(..., help="offrecipe.json of `cbldm-eval offrecipe` (the out-of-recipe set)."),
+    families: Optional[Path] = typer.Option(None, help="offrecipe.json of the held-out families set."),
+):
+    """Ship the tables of the evaluations beside the model: per test set and source, the totals and
+    groups (no per-PDF rows; those stay in the evaluation's own files)."""
+    import datetime
+
+    from cbldm.runtime.fileutil import atomic_write_text
+    from cbldm.training.dataset import load_manifest
+
+    def tables(path: Path) -> dict:
+        try:
+            doc = json.loads(path.read_text())
+            return {k: doc[k] for k in ("what", "n", "candidates", "refine")} | {
+                "sources": {s: v["table"] for s, v in doc["sources"].items()}}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise fail(f"{path}: not a cbldm-eval result ({type(exc).__name__}: {exc})")
+
+    split = load_manifest(data)["split_shapes"]
+    doc = {"format": "cbldm-evaluation/1",
+           "what": f"tables of cbldm-eval accuracy (unseen shapes) and cbldm-eval offrecipe ({model}, "
+                   f"{datetime.date.today()}); per-PDF results under eval/ in the repository",
+           "test_shapes": sorted(split["test"]), "validation_shapes": sorted(split["val"]),
+           "unseen": tables(unseen), "offrecipe": tables(offrecipe)}
+    if families is not None:
+        doc["families"] = tables(families)
+    atomic_write_text(model / "evaluation.json", json.dumps(doc, indent=1))
+    typer.echo(f"wrote {model / 'evaluation.json'}")
 
 
 def main() -> None:

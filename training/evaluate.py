@@ -43,7 +43,7 @@ PAPER_TABLE2 = {  # Rwp on 100 *training* structures per type (METHOD.md)
                   "sc": 1.107, "total": 1.266},
 }
 ORDER = ["bcc", "dec", "fcc", "hcp", "ico", "oct", "sc"]
-OFF_ORDER = ["unseen-family", "perturbed", "physics", "large"]
+OFF_ORDER = ["unseen-family", "perturbed", "physics", "large", "families", "families-physics", "families-large"]
 
 
 @dataclass
@@ -160,8 +160,12 @@ def score(item: Item, pred) -> dict:
             "answer_source": b.source, "answer_label": b.label, "verdict": pred.verdict.verdict,
             "warnings": pred.verdict.warnings, "motif_true": item.motif, "motif_pred": pm,
             "size_true_A": _diam(item.truth), "size_pred_A": _diam(b.xyz),
+            # each candidate's structure error too: what another ranking would have answered
             "candidates": [{"source": c.source, "n_atoms": c.n_atoms, "rwp": c.rwp, "rwp_rigid": c.rwp_rigid,
-                            "refined": c.refined} for c in pred.candidates]}
+                            "refined": c.refined,
+                            "pair_distance_error_A": pair_distance_error(c.xyz, item.truth)
+                            if max(c.n_atoms, n_true) <= 1500 and c.n_atoms > 1 else float("nan")}
+                           for c in pred.candidates]}
 
 
 def _diam(x: np.ndarray) -> float:
@@ -225,9 +229,22 @@ def summarise(rows: list[dict], groups: list[str]) -> dict:
                     "rwp": mean("rwp"), "rwp_median": float(np.median([r["rwp"] for r in rs])),
                     "rwp_before_refinement": mean("rwp_before_refinement"),
                     "from_model": float(np.mean([r["answer_source"] == "model" for r in rs])),
+                    "n_truth_in_library": sum(bool(r.get("truth_in_library")) for r in rs),
                     "verdicts": {v: sum(r["verdict"] == v for r in rs)
                                  for v in ("ok", "doubtful", "unusable", "refused")}}
     return table
+
+
+def truth_in_library(library, items: list[Item], max_atoms: int = 300) -> set[str]:
+    """Names of the items whose true structure is a library entry (same shape at any bond
+    length): for those the library's answer is a lookup, and tables must say so."""
+    from cbldm.training.variants import shape_key
+
+    small = [it for it in items if len(it.truth) <= max_atoms]
+    if not small:
+        return set()
+    keys = {shape_key(library.xyz(i)) for i in np.flatnonzero(library.n_atoms <= max_atoms)}
+    return {it.name for it in small if shape_key(it.truth) in keys}
 
 
 def evaluate(nets, library, items: list[Item], groups: list[str], what: str,
@@ -235,13 +252,16 @@ def evaluate(nets, library, items: list[Item], groups: list[str], what: str,
              sampler: SamplerConfig | None = None, seed: int = 0,
              refine: RefineConfig = RefineConfig(), log=print) -> dict:
     sampler = sampler or SamplerConfig()
+    held = truth_in_library(library, items) if library is not None else set()
     doc = {"what": what, "n": len(items), "candidates": candidates, "sampler": sampler.as_dict(),
-           "refine": refine.as_dict(), "sources": {}}
+           "refine": refine.as_dict(), "truth_in_library": sorted(held), "sources": {}}
     for src in sources:
         if src in ("model", "both") and nets is None:
             continue
         t0 = time.perf_counter()
         rows = run_items(nets, items, src, library, sampler, candidates, seed, refine, log=log)
+        for r in rows:
+            r["truth_in_library"] = r["name"] in held
         doc["sources"][src] = {"seconds": time.perf_counter() - t0, "table": summarise(rows, groups),
                                "results": rows}
     return doc
@@ -252,6 +272,7 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
     head = ["group", "n"] + [f"{s}: {m}" for s in srcs for m in ("exact N", "pair-dist. err Å", "Rwp")]
     if "both" in srcs:
         head.append("both: from networks")
+    head.append("truth in library")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups + ["total"]:
         first = doc["sources"][srcs[0]]["table"].get(g)
@@ -264,6 +285,7 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
                       f"{r['rwp']:.3f} ({r['rwp_before_refinement']:.3f})"]
         if "both" in srcs:
             cells.append(f"{100 * doc['sources']['both']['table'][g]['from_model']:.0f} %")
+        cells.append(str(first.get("n_truth_in_library", "?")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
