@@ -143,3 +143,25 @@ def test_detached_atoms_are_counted():
     x[far] *= 1.8  # a surface atom pulled 4-5 A out
     x[0 if far else 1] += 40.0  # beyond the PDF's 30 A: the fit cannot see it
     assert detached_atoms(x) == 2
+
+
+def test_the_answer_is_ranked_on_an_information_criterion_not_on_refined_rwp():
+    """A refinement must pay for its free coordinates: a 207-atom structure bent from Rwp 0.16 to
+    0.088 does not outrank a 56-atom one that fits at 0.095 as it is (0.093 refined), while a
+    strained particle whose refinement takes Rwp from 0.27 to 0.024 does outrank a rigid 0.10."""
+    from cbldm.runtime.fitting import FilePhysics
+    from cbldm.runtime.pipeline import Candidate, criterion, independent_points
+
+    n_ind = independent_points(FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0))
+    assert n_ind == pytest.approx(28.5 * 24.3 / np.pi)
+
+    def cand(n, rigid, refined=None):
+        return Candidate(np.zeros((n, 3)), "library", f"{n}", rwp=refined or rigid, rwp_rigid=rigid,
+                         refined=refined is not None)
+
+    bent, near = cand(207, 0.159, 0.088), cand(56, 0.095, 0.093)
+    assert bent.rwp < near.rwp and criterion(near, n_ind) < criterion(bent, n_ind)
+    strained, other = cand(216, 0.27, 0.024), cand(240, 0.10)
+    assert criterion(strained, n_ind) < criterion(other, n_ind)
+    # unrefined candidates: the criterion orders them as Rwp does
+    assert (criterion(cand(50, 0.05), n_ind) < criterion(cand(20, 0.06), n_ind))
