@@ -55,14 +55,14 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...] | None = No
                    f'pip install "cbldm[{extra}]"')
 
 
-def refine_config(top: int, maxiter: int):
-    """``--refine N --refine-iter I`` as a RefineConfig; a bad value is a usage error."""
+def refine_config(top: int, maxiter: int, rank: str = "criterion"):
+    """``--refine N --refine-iter I [--rank R]`` as a RefineConfig; a bad value is a usage error."""
     from cbldm.runtime.pipeline import RefineConfig
 
     try:
-        return RefineConfig(top=top, maxiter=maxiter)
+        return RefineConfig(top=top, maxiter=maxiter, rank=rank)
     except ValueError:
-        raise fail("--refine must be >= 0 and --refine-iter >= 1", EXIT_USAGE) from None
+        raise fail("--refine must be >= 0, --refine-iter >= 1 and --rank criterion or rwp", EXIT_USAGE) from None
 
 
 def readable_help(cmd) -> None:

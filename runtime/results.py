@@ -155,6 +155,8 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         **about,
         "rwp": best.rwp, "rwp_before_refinement": best.rwp_rigid,
         "refined": best.refined, "refine_shift_rms_A": round(best.shift_rms, 4),
+        # a refinement whose Rwp gain did not pay for its free coordinates (pipeline.criterion)
+        "rwp_refined_unjustified": best.rwp_refined_unjustified,
         "refined_physics": phys,
         "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
                 "rmax_A": pred.physics.rmax, "qdamp_held": pred.physics.qdamp, "from": pred.physics.source,

@@ -149,10 +149,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      f"({largest_tried:.0f} A): the particle may be larger than the answer")
     if runner_up is not None and runner_up.n_atoms != n and runner_up.rwp - best.rwp < COUNT_TIE \
             and runner_up.rwp < RWP_UNUSABLE:
-        if runner_up.rwp < best.rwp:   # ranked below on the information criterion (pipeline.criterion)
+        if runner_up.refined and runner_up.rwp < best.rwp:   # ranked below by pipeline.criterion
             doubt.append(f"{runner_up.n_atoms} atoms fit better once their coordinates are refined (Rwp "
-                         f"{runner_up.rwp:.3f} vs {best.rwp:.3f}), by less than so many free coordinates "
-                         "can explain: the atom count is not determined")
+                         f"{runner_up.rwp:.3f} vs {best.rwp:.3f}), but not by enough to pay for the "
+                         "refined coordinates: the atom count is not determined")
         else:
             doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
                          f"{best.rwp:.3f}): the atom count is not determined")

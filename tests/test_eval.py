@@ -113,12 +113,18 @@ def test_heldout_families_are_in_neither_the_library_nor_the_training_pool(tmp_p
     assert not held & lib_keys
     items = build()
     assert [sum(it.group == g for it in items) for g in GROUPS] == [16, 16, 4]
+    assert {shape_key(it.xyz) for it in items if it.group == "families"} == held
+    # any seed builds the set (a centre offset that misses the size range is redrawn)
+    assert len(build(seed=20)) == 36
     assert {it.family for it in items} == {"supported", "lamellar-twin", "rod", "hex-prism"}
     # each family is what it says (common-neighbour analysis): twin planes, a long rod, hcp
     from cbldm.runtime.structure import motif
 
-    twin = next(it for it in items if it.family == "lamellar-twin" and it.group == "families" and it.n_atoms > 100)
-    assert motif(twin.xyz)["motif"] == "fcc with twin/stacking faults"
+    for twin in (it for it in items if it.family == "lamellar-twin"):
+        # two twin planes inside: close-packed layers whose neighbours on both sides share a letter
+        assert _hcp_like_layers(twin.xyz) == 2, twin.name
+        if twin.n_atoms > 100:
+            assert motif(twin.xyz)["motif"] == "fcc with twin/stacking faults"
 
     rod = next(it for it in items if it.family == "rod" and it.n_atoms > 100)
     spread = np.sqrt(np.linalg.eigvalsh(np.cov(rod.xyz.T)))   # along the principal axes
@@ -128,3 +134,23 @@ def test_heldout_families_are_in_neither_the_library_nor_the_training_pool(tmp_p
     res = run("cbldm.training.cli_data", "families", "--out", tmp_path / "fam")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "fam" / "index.json").read_text())["n"] == 36
+
+
+def _hcp_like_layers(xyz: np.ndarray) -> int:
+    """Close-packed layers normal to z whose two neighbouring layers sit on the same lateral
+    site (A-B-A): twin planes in an fcc stacking."""
+    from cbldm.runtime.structure import nn_length
+
+    b = nn_length(xyz)
+    layer = np.rint((xyz[:, 2] - xyz[:, 2].min()) / (np.sqrt(2 / 3) * b)).astype(int)
+    # lateral site of each layer: A, B or C, from any atom's position in the layer's 2-D lattice
+    a1, a2 = np.array([1.0, 0.0]), np.array([0.5, np.sqrt(3) / 2])
+    inv = np.linalg.inv(np.column_stack([a1, a2]))
+    site = {}
+    ref = xyz[np.argmin(xyz[:, 2]), :2]          # an atom of the first layer: its site is A
+    for k in np.unique(layer):
+        f = ((xyz[layer == k][:, :2] - ref) / b) @ inv.T   # A (0,0), B (1/3,1/3), C (2/3,2/3), mod 1
+        votes = np.rint(3 * (f[:, 0] - np.floor(f[:, 0]))).astype(int) % 3
+        site[k] = int(np.bincount(votes, minlength=3).argmax())   # robust to thermal noise
+    ks = sorted(site)
+    return sum(site[ks[i - 1]] == site[ks[i + 1]] for i in range(1, len(ks) - 1))

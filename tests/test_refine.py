@@ -150,7 +150,10 @@ def test_the_answer_is_ranked_on_an_information_criterion_not_on_refined_rwp():
     0.088 does not outrank a 56-atom one that fits at 0.095 as it is (0.093 refined), while a
     strained particle whose refinement takes Rwp from 0.27 to 0.024 does outrank a rigid 0.10."""
     from cbldm.runtime.fitting import FilePhysics
-    from cbldm.runtime.pipeline import Candidate, criterion, independent_points
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from cbldm.runtime.pipeline import Candidate, criterion, independent_points, justified
 
     n_ind = independent_points(FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0))
     assert n_ind == pytest.approx(28.5 * 24.3 / np.pi)
@@ -164,4 +167,18 @@ def test_the_answer_is_ranked_on_an_information_criterion_not_on_refined_rwp():
     strained, other = cand(216, 0.27, 0.024), cand(240, 0.10)
     assert criterion(strained, n_ind) < criterion(other, n_ind)
     # unrefined candidates: the criterion orders them as Rwp does
-    assert (criterion(cand(50, 0.05), n_ind) < criterion(cand(20, 0.06), n_ind))
+    assert criterion(cand(50, 0.05), n_ind) < criterion(cand(20, 0.06), n_ind)
+    # a refinement that does not pay is undone: the structure and fit before it are reported
+    start = np.random.default_rng(0).normal(size=(56, 3))
+    undone = justified(replace(near, start_xyz=start, start_fit=None), n_ind)
+    assert undone.refined    # nothing to go back to: kept as it is
+    fit0 = SimpleNamespace(g_calc=np.zeros(3))
+    undone = justified(replace(near, start_xyz=start, start_fit=fit0), n_ind)
+    assert not undone.refined and undone.xyz is start and undone.rwp == 0.095
+    assert undone.rwp_refined_unjustified == 0.093 and undone.fit is fit0
+    kept = justified(replace(strained, start_xyz=start, start_fit=fit0), n_ind)
+    assert kept.refined and kept.rwp == 0.024
+    # a start with atoms on top of each other has no rigid fit to fall back on
+    clashed = replace(bent, start_clashed=True, rwp=0.15, rwp_rigid=0.05)
+    assert criterion(clashed, n_ind) > criterion(cand(207, 0.08), n_ind)
+    assert justified(replace(clashed, start_xyz=start, start_fit=fit0), n_ind).refined

@@ -85,6 +85,7 @@ class Cand:
     detached: int = 0
     shift_rms: float = 0.05
     source: str = "library"
+    refined: bool = False
     fit: Fit = field(default_factory=Fit)
 
 
@@ -117,6 +118,12 @@ def test_rules_about_size_and_ambiguity():
     tie = judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.105), 2.77, EXT)
     assert tie.verdict == "doubtful" and "not determined" in tie.warnings[0]
     assert judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.2), 2.77, EXT).verdict == "ok"
+    # a runner-up ranked below the answer although its Rwp is lower: only a refinement the
+    # criterion did not count says "once refined"; two rigid fits are a plain tie
+    refined = judge(Cand(rwp=0.10), Cand(n_atoms=207, rwp=0.088, refined=True), 2.77, EXT)
+    assert refined.verdict == "doubtful" and "once their coordinates are refined" in refined.warnings[0]
+    rigid = judge(Cand(rwp=0.101), Cand(n_atoms=87, rwp=0.099), 2.77, EXT)
+    assert "almost as well" in rigid.warnings[0] and "refined" not in rigid.warnings[0]
     guessed = judge(Cand(), None, 2.77, EXT, assumed={"qmax": 25.0})
     assert guessed.verdict == "doubtful" and "qmax not in the file's header" in guessed.warnings[0]
 

@@ -28,6 +28,8 @@ LIBRARY = typer.Option(None, help=LIBRARY_HELP)
 SEED = typer.Option(0, help=SEED_HELP)
 REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help=ITER_HELP)
+RANK = typer.Option("criterion", help="How the answer is chosen: criterion (a refinement must pay for its "
+                                      "coordinates; the runtime's) or rwp (lowest refined Rwp; to compare).")
 
 
 def _needs(command: str, model: Path, data: bool) -> None:
@@ -100,7 +102,7 @@ def accuracy(
     per_type: Optional[int] = typer.Option(20, help="At most N structures per type."),
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (accuracy.json, accuracy.md)."),
-    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER,
+    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
 ):
     """Simulated PDFs of a dataset split, per structure type: exact atom counts, pair-distance
     error, RMSD, Rwp, for the library, the networks and both."""
@@ -111,7 +113,7 @@ def accuracy(
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r}: choose train, val or test", EXIT_USAGE)
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter)
+    ref = refine_config(refine, refine_iter, rank)
     nets, sampler, lib = _open(model, library)
     try:
         items = dataset_items(data, split, per_type, seed)
@@ -132,7 +134,7 @@ def offrecipe(
     groups: Optional[str] = typer.Option(None, help="Comma-separated groups (default: all)."),
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
-    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER,
+    seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
     known_qdamp: bool = typer.Option(False, "--known-qdamp",
                                      help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
                                           "--qdamp` does for a calibrated instrument (default: refined)."),
@@ -143,7 +145,7 @@ def offrecipe(
     from cbldm.training.evaluate import OFF_ORDER, evaluate, offrecipe_items
 
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter)
+    ref = refine_config(refine, refine_iter, rank)
     nets, sampler, lib = _open(model, library)
     try:
         items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
@@ -219,17 +221,27 @@ def summary(
     import datetime
 
     from cbldm.runtime.fileutil import atomic_write_text
-    from cbldm.training.dataset import load_manifest
+    from cbldm.training.dataset import DatasetError, load_manifest
 
     def tables(path: Path) -> dict:
         try:
             doc = json.loads(path.read_text())
-            return {k: doc[k] for k in ("what", "n", "candidates", "refine")} | {
+            out = {k: doc[k] for k in ("what", "n", "candidates", "refine")} | {
                 "sources": {s: v["table"] for s, v in doc["sources"].items()}}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            for t in out["sources"].values():   # what `cbldm-run info` reads
+                _ = [t["total"][k] for k in ("n", "exact_count", "pair_distance_error_A", "rwp")]
+            return out
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise fail(f"{path}: not a cbldm-eval result ({type(exc).__name__}: {exc})")
 
-    split = load_manifest(data)["split_shapes"]
+    if not (model / "manifest.json").is_file():
+        raise fail(f"{model}: not a model directory (no manifest.json)", EXIT_USAGE)
+    try:
+        split = load_manifest(data)["split_shapes"]
+    except DatasetError as exc:
+        raise fail(str(exc))
+    except (KeyError, TypeError):
+        raise fail(f"{data}: its manifest has no shape split (made by an older cbldm-data generate?)")
     doc = {"format": "cbldm-evaluation/1",
            "what": f"tables of cbldm-eval accuracy (unseen shapes) and cbldm-eval offrecipe ({model}, "
                    f"{datetime.date.today()}); per-PDF results under eval/ in the repository",

@@ -7,8 +7,9 @@ open: families real particles take that a library answer can only approximate.
 
 - ``supported``: fcc spheres cut flat by a (111) or (100) plane, as a particle sitting on a
   substrate;
-- ``lamellar-twin``: spheres of close-packed layers with two parallel twin planes;
-- ``rod``: fcc cylinders along [100] or [110], 2-4 diameters long;
+- ``lamellar-twin``: spheres of close-packed layers with two parallel twin planes 3-4 layers
+  apart, both inside the particle;
+- ``rod``: fcc cylinders along [100] or [110], 1.6-2.5 diameters long;
 - ``hex-prism``: hcp hexagonal prisms ({10-10} sides, (0001) ends).
 
 Every shape (up to 256 atoms) comes twice, with the training physics (group ``families``)
@@ -51,22 +52,36 @@ def supported(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]
     return f"supported_{facet}_r{radius:g}", x
 
 
-def lamellar_twin(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-    """Close-packed layers whose stacking reverses at two planes 2-4 layers apart (ABCACBABC...),
-    cut by a sphere."""
-    n_layers = 2 * int(radius) + 7
-    gap = int(rng.integers(2, 5))
+def lamellar_sequence(n_layers: int, gap: int) -> tuple[str, list[int]]:
+    """Close-packed stacking (letters A, B, C) that reverses at two layers ``gap`` apart around
+    the middle: each of those is a twin plane (an hcp-like layer between two of the same letter),
+    every other layer is fcc-like. Returns the sequence and the twin layers' indices."""
     first = n_layers // 2 - gap // 2
-    twins = {first, first + gap}
+    twins = [first, first + gap]
     pos, step, seq = 0, 1, []
     for k in range(n_layers):
-        if k in twins:
+        if k in (first, first + gap):
             step = -step
         seq.append("ABC"[pos % 3])
         pos += step
-    pts = stacked_points("".join(seq), radius + 2)
-    c = rng.uniform(-0.4, 0.4, 3)
-    return f"lamellar_twin_gap{gap}_r{radius:g}", pts[np.linalg.norm(pts - c, axis=1) <= radius]
+    return "".join(seq), twins
+
+
+def lamellar_twin(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """A sphere of ``lamellar_sequence`` stacking, the two twin planes 3 or 4 layers apart (2
+    would be an extrinsic stacking fault), each with particle on both sides of it."""
+    n_layers = 2 * int(radius) + 9
+    dz = math.sqrt(2 / 3)
+    for _ in range(50):
+        gap = int(rng.integers(3, 5))
+        seq, twins = lamellar_sequence(n_layers, gap)
+        pts = stacked_points(seq, radius + 2)
+        c = rng.uniform(-0.4, 0.4, 3)
+        x = pts[np.linalg.norm(pts - c, axis=1) <= radius]
+        occupied = set(np.rint(x[:, 2] / dz).astype(int) + n_layers // 2)   # middle layer at z = 0
+        if all({t - 1, t + 1} <= occupied for t in twins):
+            return f"lamellar_twin_gap{gap}_r{radius:g}", x
+    raise AssertionError(f"lamellar twin r {radius}: twin planes not inside the particle")  # design error
 
 
 def rod(radius: float, aspect: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
@@ -105,14 +120,17 @@ def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str
                 ("rod", lambda: rod(3.5, 1.6, rng)), ("hex-prism", lambda: hex_prism(4.5, 7.0, rng))]
     else:
         plan = [("supported", lambda r=r: supported(r, rng)) for r in (2.3, 2.8, 3.2, 3.6)] + \
-               [("lamellar-twin", lambda r=r: lamellar_twin(r, rng)) for r in (2.2, 2.6, 3.0, 3.4)] + \
+               [("lamellar-twin", lambda r=r: lamellar_twin(r, rng)) for r in (2.4, 2.7, 3.0, 3.4)] + \
                [("rod", lambda r=r, a=a: rod(r, a, rng)) for r, a in ((1.2, 2.5), (1.6, 2.0), (2.0, 1.8), (2.3, 1.6))] + \
                [("hex-prism", lambda r=r, h=h: hex_prism(r, h, rng)) for r, h in ((1.4, 3.3), (2.0, 4.0), (2.4, 5.0), (2.8, 6.0))]
     lo, hi = (300, 1500) if large else (MIN_ATOMS, MAX_ATOMS)
     out = []
     for fam, make in plan:
-        name, x = make()
-        if not lo <= len(x) <= hi:
+        for _ in range(20):   # another centre offset where a seed's first one lands outside the range
+            name, x = make()
+            if lo <= len(x) <= hi:
+                break
+        else:
             raise AssertionError(f"{name}: {len(x)} atoms, outside {lo}-{hi}")  # a design error, not data
         out.append((fam, name, x))
     return out

@@ -99,8 +99,10 @@ def lattice_centres(kind: str, rng: np.random.Generator, n_random: int = 3) -> l
         cents += [np.array([0.5, 0, 0]), np.array([0.5, 0.5, 0]), np.array([0.5, 0.5, 0.5])]
     elif kind == "hcp":
         c = math.sqrt(8 / 3)
-        cents += [np.array([0.5, 0, 0]), np.array([0.5, math.sqrt(3) / 6, c / 4]),
-                  np.array([0, 0, c / 4])]
+        # bond centres in and between the layers, the octahedral hole (six atoms at 1/sqrt 2)
+        # and the tetrahedral one (four at sqrt(3/8))
+        cents += [np.array([0.5, 0, 0]), np.array([0.25, math.sqrt(3) / 12, c / 4]),
+                  np.array([0, 1 / math.sqrt(3), c / 4]), np.array([0, 0, 3 * c / 8])]
     cents += [rng.uniform(-0.5, 0.5, 3) for _ in range(n_random)]
     return cents
 
