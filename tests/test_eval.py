@@ -75,6 +75,20 @@ def test_accuracy_library_model_and_both(tiny_run, tiny_dataset, tmp_path):
     bad = run("cbldm.training.cli_eval", "accuracy", "--model", tiny_run, "--data", tiny_dataset,
               "--sources", "library,oracle", "--out", tmp_path)
     assert bad.returncode == 2 and "--sources" in bad.stderr
+    # the tables shipped beside a model: what `cbldm-run info` then shows
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text("{}")
+    acc = tmp_path / "accuracy.json"
+    res = run("cbldm.training.cli_eval", "summary", "--model", model, "--data", tiny_dataset,
+              "--unseen", acc, "--offrecipe", acc)
+    assert res.returncode == 0, res.stderr
+    shipped = json.loads((model / "evaluation.json").read_text())
+    assert shipped["unseen"]["sources"]["library"]["total"]["exact_count"] == 1.0 and shipped["test_shapes"]
+    (tmp_path / "junk.json").write_bytes(b"\xff\xfe not json")
+    res = run("cbldm.training.cli_eval", "summary", "--model", model, "--data", tiny_dataset,
+              "--unseen", tmp_path / "junk.json", "--offrecipe", acc)
+    assert res.returncode == 1 and "junk.json" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
