@@ -46,6 +46,11 @@ def independent_points(phys: FilePhysics) -> float:
     return max((phys.rmax - phys.rmin) * (phys.qmax - phys.qmin) / math.pi, 1.0)
 
 
+def _misfit(rwp: float, n_ind: float) -> float:
+    """The misfit term of Akaike's criterion for a Gaussian misfit: n_ind ln Rwp^2."""
+    return n_ind * math.log(max(rwp, 1e-9) ** 2)
+
+
 def criterion(c: "Candidate", n_ind: float) -> float:
     """How the answer is chosen: Akaike's criterion for a Gaussian misfit, n_ind ln Rwp^2 + 2P,
     over the data's independent points. A rigid fit has the same handful of physics parameters
@@ -56,12 +61,13 @@ def criterion(c: "Candidate", n_ind: float) -> float:
     outranks one that fits nearly as it is (0.095). Chosen on the tuning set and the families'
     tuning twin against ranking on refined Rwp: the same exact counts, answers closer
     (pair-distance error 0.79 -> 0.73 and 1.19 -> 1.05 A), mean Rwp a little higher (0.063 ->
-    0.064, 0.089 -> 0.095: fewer free parameters). Not counted: the atoms the count search added or removed (its own gain
-    threshold guards it); above ~n_ind / 2 atoms refinement never pays, which is as meant."""
-    refined = n_ind * math.log(max(c.rwp, 1e-9) ** 2) + 2.0 * REFINED_PARAMS_PER_ATOM * c.n_atoms
+    0.064, 0.089 -> 0.095: fewer free parameters). Not counted: the atoms the count search
+    added or removed (its own gain threshold guards it); above ~n_ind / 2 atoms refinement never
+    pays, which is as meant."""
+    refined = _misfit(c.rwp, n_ind) + 2.0 * REFINED_PARAMS_PER_ATOM * c.n_atoms
     if c.refined and c.start_clashed:   # the start had atoms on top of each other: no rigid fit to stand on
         return refined
-    rigid = n_ind * math.log(max(c.rwp_rigid, 1e-9) ** 2)
+    rigid = _misfit(c.rwp_rigid, n_ind)
     return min(rigid, refined) if c.refined else rigid
 
 
@@ -71,7 +77,7 @@ def justified(c: "Candidate", n_ind: float) -> "Candidate":
     ``rwp_refined_unjustified``)."""
     if not c.refined or c.start_clashed or c.start_xyz is None or c.start_fit is None:
         return c
-    if n_ind * math.log(max(c.rwp_rigid, 1e-9) ** 2) > criterion(c, n_ind):
+    if _misfit(c.rwp_rigid, n_ind) > criterion(c, n_ind):
         return c
     return replace(c, xyz=c.start_xyz, fit=c.start_fit, rwp=c.rwp_rigid, g_calc=c.start_fit.g_calc,
                    refined=False, shift_rms=0.0, start_xyz=None, start_fit=None, rwp_refined_unjustified=c.rwp)

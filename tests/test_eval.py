@@ -157,7 +157,7 @@ def _hcp_like_layers(xyz: np.ndarray) -> int:
 
     b = nn_length(xyz)
     layer = np.rint((xyz[:, 2] - xyz[:, 2].min()) / (np.sqrt(2 / 3) * b)).astype(int)
-    # lateral site of each layer: A, B or C, from any atom's position in the layer's 2-D lattice
+    # lateral site of each layer, A, B or C: the vote of its atoms in the layer's 2-D lattice
     a1, a2 = np.array([1.0, 0.0]), np.array([0.5, np.sqrt(3) / 2])
     inv = np.linalg.inv(np.column_stack([a1, a2]))
     site = {}

@@ -228,8 +228,10 @@ def summary(
             doc = json.loads(path.read_text())
             out = {k: doc[k] for k in ("what", "n", "candidates", "refine")} | {
                 "sources": {s: v["table"] for s, v in doc["sources"].items()}}
-            for t in out["sources"].values():   # what `cbldm-run info` reads
-                _ = [t["total"][k] for k in ("n", "exact_count", "pair_distance_error_A", "rwp")]
+            for src, t in out["sources"].items():   # what `cbldm-run info` reads
+                missing = {"n", "exact_count", "pair_distance_error_A", "rwp"} - set(t["total"])
+                if missing:
+                    raise KeyError(f"{src} total lacks {', '.join(sorted(missing))}")
             return out
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise fail(f"{path}: not a cbldm-eval result ({type(exc).__name__}: {exc})")

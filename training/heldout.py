@@ -26,17 +26,12 @@ import numpy as np
 
 from cbldm.training.clusters import MAX_ATOMS, METALS, MIN_ATOMS, canonical_order
 from cbldm.training.offrecipe import Item, _bond, _measurement, stacked_points
+from cbldm.training.variants import lattice_points, unit_bond
 
 SEED = 23
 GROUPS = ["families", "families-physics", "families-large"]
 FCC_METALS = ["Au", "Pt", "Pd", "Ag", "Cu", "Ni", "Rh", "Ir"]
 HCP_METALS = ["Co", "Ru", "Os", "Re", "Ti", "Zr"]
-
-
-def _fcc(radius: float) -> np.ndarray:
-    from cbldm.training.variants import lattice_points
-
-    return lattice_points("fcc", radius)
 
 
 def supported(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
@@ -45,7 +40,7 @@ def supported(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]
     facet = ("111", "100")[int(rng.integers(2))]
     n = np.array([1.0, 1.0, 1.0]) / math.sqrt(3) if facet == "111" else np.array([0.0, 0.0, 1.0])
     c = rng.uniform(-0.5, 0.5, 3)
-    pts = _fcc(radius + 3)
+    pts = lattice_points("fcc", radius + 3)
     rel = pts - c
     h = radius * rng.uniform(0.2, 0.6)
     x = pts[(np.linalg.norm(rel, axis=1) <= radius) & (rel @ n >= -h)]
@@ -89,7 +84,7 @@ def rod(radius: float, aspect: float, rng: np.random.Generator) -> tuple[str, np
     axis_name = ("100", "110")[int(rng.integers(2))]
     axis = np.array([1.0, 0.0, 0.0]) if axis_name == "100" else np.array([1.0, 1.0, 0.0]) / math.sqrt(2)
     half = aspect * radius
-    pts = _fcc(half + radius + 3)
+    pts = lattice_points("fcc", half + radius + 3)
     rel = pts - rng.uniform(-0.5, 0.5, 3)
     along = rel @ axis
     across = np.linalg.norm(rel - along[:, None] * axis, axis=1)
@@ -99,8 +94,6 @@ def rod(radius: float, aspect: float, rng: np.random.Generator) -> tuple[str, np
 def hex_prism(radius: float, height: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """hcp inside a hexagonal prism: six {10-10} faces ``radius`` from the axis, (0001) ends
     ``height`` / 2 from the centre."""
-    from cbldm.training.variants import lattice_points
-
     pts = lattice_points("hcp", math.hypot(radius * 1.2, height) + 3)
     rel = pts - rng.uniform(-0.5, 0.5, 3)
     ang = math.pi / 6 + np.arange(6) * math.pi / 3     # {10-10} normals of the a1 = x cell
@@ -137,8 +130,6 @@ def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str
 
 
 def build(seed: int = SEED) -> list[Item]:
-    from cbldm.training.variants import unit_bond
-
     rng = np.random.default_rng(seed)
     items = []
     for fam, name, x in shapes(rng):
