@@ -138,6 +138,11 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      "reshaped by the fit")
     if best.fit is not None and best.fit.at_bounds:
         doubt.append(f"fitted {', '.join(best.fit.at_bounds)} at the edge of the allowed range")
+        if "qdamp" in best.fit.at_bounds:   # every candidate was: see pipeline.overdamped
+            doubt.append(f"the fit needed the strongest instrumental damping allowed (Qdamp "
+                         f"{best.fit.qdamp:.2f} 1/A) to fade the calculated PDF as fast as the data: "
+                         "the particle is probably smaller than the answer, or the answer's Qdamp "
+                         "hides another broadening (give --qdamp if it is known)")
     if extent.get("beyond_networks") and best.source == "model":
         doubt.append(f"the particle looks larger (~{extent['compact_atoms_estimate']} atoms if compact) than "
                      f"the networks' {NETWORK_ATOMS}")

@@ -182,3 +182,35 @@ def test_the_answer_is_ranked_on_an_information_criterion_not_on_refined_rwp():
     clashed = replace(bent, start_clashed=True, rwp=0.15, rwp_rigid=0.05)
     assert criterion(clashed, n_ind) > criterion(cand(207, 0.08), n_ind)
     assert justified(replace(clashed, start_xyz=start, start_fit=fit0), n_ind).refined
+
+
+def test_a_structure_that_needs_qdamp_at_its_bound_ranks_after_one_that_does_not(tmp_path):
+    """A twinned 117-atom particle of the held-out families (training physics, Qdamp 0): a
+    409-atom decahedron fits it best on Rwp only under the strongest damping allowed (Qdamp
+    0.08), an 84-atom fcc sphere a little worse with Qdamp inside the range. The decahedron is
+    too large for the data and must not be the answer; alone, the verdict says why."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import PDFInput, overdamped
+    from cbldm.training.heldout import build
+
+    twin = next(it for it in build() if it.name == "hf_lamellar_twin_gap3_r2.7")
+    calc = DebyePDF(twin.params)
+    pdf = PDFInput(calc.r, calc.calc(twin.xyz, twin.element), twin.element, name=twin.name)  # Qdamp refined
+    shipped = Library(default_model_dir() / "library.npz")
+    pick = {n: i for i, n in enumerate(shipped.names)}
+
+    def library(names):
+        path = tmp_path / f"{len(names)}.npz"
+        write_library(path, [(n, shipped.motif[pick[n]], "extended", shipped.xyz(pick[n])) for n in names], log=None)
+        return Library(path)
+
+    lib = library(["ext:decahedron_p6_q4_r0", "common:fcc_sphere_c1_n84"])
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=lib, refine=NO_REFINEMENT)
+    big = next(c for c in pred.candidates if c.n_atoms == 409)
+    assert overdamped(big) and big.rwp < pred.best.rwp       # the better Rwp, at the bound
+    assert pred.best.n_atoms == 84 and not overdamped(pred.best)
+    alone = predict(None, pdf, SamplerConfig(), 0, source="library", library=library(["ext:decahedron_p6_q4_r0"]),
+                    refine=NO_REFINEMENT)
+    assert alone.best.n_atoms == 409 and alone.verdict.verdict == "doubtful"
+    assert any("strongest instrumental damping" in w for w in alone.verdict.warnings)
