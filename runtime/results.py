@@ -41,10 +41,14 @@ class FileResult:
     outputs: list[str]
 
     warnings: list[str] | None = None
+    rwp_refined_unjustified: float | None = None
 
     def line(self) -> str:
         why = f" ({self.warnings[0]}{'; ...' if len(self.warnings) > 1 else ''})" if self.warnings else ""
-        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}, {self.verdict.upper()}{why}"
+        # a reader comparing with a PDFgui refinement should know a lower Rwp was reached and why it is not reported
+        undone = "" if self.rwp_refined_unjustified is None else \
+            f" (refined coordinates reached {self.rwp_refined_unjustified:.3f}, too little gain for their number)"
+        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}{undone}, {self.verdict.upper()}{why}"
 
 
 def free_stem(outdir: Path, stem: str) -> str:
@@ -103,7 +107,7 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     outputs, total, doc = _write_outputs(outdir, stem, path, data, pdf, pred, model, plot, t_start,
                                          {"read_s": t_read, **pred.timings})
     return FileResult(str(path), stem, pred.best.n_atoms, pred.best.rwp, pred.verdict.verdict,
-                      doc["motif"], total, outputs, pred.verdict.warnings)
+                      doc["motif"], total, outputs, pred.verdict.warnings, pred.best.rwp_refined_unjustified)
 
 
 def describe(pred: Prediction) -> dict:

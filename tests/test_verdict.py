@@ -75,6 +75,7 @@ def test_extent_of_a_small_and_a_large_particle():
 class Fit:
     scale: float = 1.0
     at_bounds: list = field(default_factory=list)
+    qdamp: float = 0.08
 
 
 @dataclass
@@ -102,6 +103,7 @@ EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False
     ({"detached": 3}, "doubtful", "no neighbour"),
     ({"shift_rms": 0.5}, "doubtful", "reshaped by the fit"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "qdamp at the edge"),
+    ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "probably smaller than the answer"),
 ])
 def test_each_rule(change, verdict, words):
     v = judge(Cand(**change), None, 2.77, EXT)
@@ -147,3 +149,14 @@ def test_cli_refuses_noise_and_nm_with_one_line_each(tmp_path):
     assert "noise.gr" in errors[0] and "noise level" in errors[0]
     assert "nm.gr" in errors[1] and "nm" in errors[1]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_result_line_says_when_a_refinement_was_not_counted():
+    """The one-line answer: a refinement undone by the criterion is named with the Rwp it reached,
+    so a reader who refines the same structure in PDFgui is not surprised by the lower number."""
+    from cbldm.runtime.results import FileResult
+
+    kept = FileResult("a.gr", "a", 105, 0.151, "doubtful", "decahedral", 1.0, [], ["x"], 0.121)
+    assert kept.line().startswith("105 atoms, decahedral, Rwp 0.151 (refined coordinates reached 0.121")
+    plain = FileResult("a.gr", "a", 105, 0.151, "ok", "decahedral", 1.0, [])
+    assert plain.line() == "105 atoms, decahedral, Rwp 0.151, OK"
