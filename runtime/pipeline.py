@@ -341,9 +341,17 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if runner is not None:
             k = next(j for j, c in enumerate(cands) if c is runner)
             cands[k] = runner = _report_exact(runner, p.physics, grid, g_fit, p.element)
+        # the best candidate ranked down for needing Qdamp at its bound, if it fits better
+        damped = next((c for c in cands[1:] if overdamped(c) and c.n_atoms != cands[0].n_atoms
+                       and c.physical(d, frac)), None)
+        if damped is not None and not overdamped(cands[0]):
+            k = next(j for j, c in enumerate(cands) if c is damped)
+            cands[k] = damped = _report_exact(damped, p.physics, grid, g_fit, p.element)
+        else:
+            damped = None
         assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
                    if str(p.physics.source.get(k, "")).startswith("default")}
-        verdict = judge(cands[0], runner, d, extent, largest, assumed)
+        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,

@@ -115,9 +115,11 @@ class Verdict:
 
 
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
-          assumed: dict | None = None) -> Verdict:
+          assumed: dict | None = None, damped=None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
-    Q-range values (name -> 1/A) taken from defaults because the file's header lacks them."""
+    Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
+    ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
+    bound (ranked below, ``pipeline.overdamped``)."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -161,6 +163,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         else:
             doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
                          f"{best.rwp:.3f}): the atom count is not determined")
+    if damped is not None and damped.rwp < best.rwp:
+        doubt.append(f"{damped.n_atoms} atoms fit better (Rwp {damped.rwp:.3f}) but only with Qdamp at its "
+                     f"bound ({damped.fit.qdamp:.2f} 1/A): the size rests on the instrument resolution "
+                     "(give --qdamp if it is known)")
     if assumed:   # a wrong Qmax changes every peak's width and ripples: the fit cannot be trusted
         doubt.append(f"{' and '.join(assumed)} not in the file's header: the training values "
                      f"({', '.join(f'{k} {v:g}' for k, v in assumed.items())} 1/A) were assumed "
