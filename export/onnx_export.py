@@ -301,6 +301,7 @@ def attach_library(model_dir: Path, library: Path) -> dict:
     manifest["library"] = {"file": target.name, "sha256": sha256_file(target), "entries": len(lib),
                            "recipe_entries": int(np.sum(lib.kind == "recipe")),
                            "common_entries": int(np.sum(lib.kind == "common")),
+                           "twinned_entries": int(np.sum(lib.kind == "twinned")),
                            "largest_atoms": int(lib.n_atoms.max())}
     (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest["library"]

@@ -65,9 +65,11 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
     lib = doc.get("library")
     if lib:
         common = f", {lib['common_entries']} common shapes" if lib.get("common_entries") else ""
+        common += f", {lib['twinned_entries']} twinned spheres" if lib.get("twinned_entries") else ""
         lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes{common}, up to "
                                  f"{lib['largest_atoms']} atoms), sha256 {lib['sha256'][:16]}"))
-    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "families": "held-out families"}
+    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "families": "held-out families (a)",
+             "families_b": "held-out families (b)"}
     for key, by_source in (doc.get("evaluation") or {}).items():
         cells = [f"{src} {100 * t['exact_count']:.0f} % exact, pair err {t['pair_distance_error_A']:.2f} A, "
                  f"Rwp {t['rwp']:.3f}" for src, t in by_source.items()]

@@ -150,6 +150,46 @@ def test_heldout_families_are_in_neither_the_library_nor_the_training_pool(tmp_p
     assert json.loads((tmp_path / "fam" / "index.json").read_text())["n"] == 36
 
 
+def test_second_heldout_families_set_is_held_out_and_built_as_described(tmp_path):
+    """Set b (made when twinned spheres joined the library): none of its shapes is a library
+    entry or a pool structure; platelets are thin, polytypes are neither fcc nor hcp, bipyramids
+    and multiply twinned spheres have the twin planes they claim."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library
+    from cbldm.training.heldout_b import GROUPS, build, keys
+    from cbldm.training.offrecipe import excluded_keys
+    from cbldm.training.variants import shape_key
+
+    held = keys()
+    assert len(held) == 16 and held <= excluded_keys()
+    lib = Library(default_model_dir() / "library.npz")
+    assert not held & {shape_key(lib.xyz(i)) for i in np.flatnonzero(lib.n_atoms <= 256)}
+    items = build()
+    assert [sum(it.group == g for it in items) for g in GROUPS] == [16, 16, 4]
+    assert {it.family for it in items} == {"plate", "polytype", "bipyramid", "multi-twin"}
+    assert len(build(seed=40)) == 36
+    small = [it for it in items if it.group == GROUPS[0]]
+    for it in small:
+        layers = _hcp_like_layers(it.xyz)
+        if it.family == "multi-twin":
+            assert layers == 3, it.name
+        elif it.family == "bipyramid":
+            assert layers == 1, it.name
+        elif it.family == "plate":
+            assert layers == ("_twin" in it.name), it.name
+            assert np.ptp(it.xyz[:, 2]) < 0.6 * np.ptp(it.xyz[:, :2], axis=0).max(), it.name   # flat
+        else:   # 4H: every second layer hcp-like, 6H every third (fcc: none, hcp: all)
+            from cbldm.runtime.structure import nn_length
+
+            n_layers = len(np.unique(np.rint(it.xyz[:, 2] / (np.sqrt(2 / 3) * nn_length(it.xyz)))))
+            assert (n_layers - 2) // 3 <= layers < n_layers - 2, it.name
+    res = run("cbldm.training.cli_data", "families", "--set", "b", "--out", tmp_path / "famb")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "famb" / "index.json").read_text())["n"] == 36
+    bad = run("cbldm.training.cli_data", "families", "--set", "c", "--out", tmp_path / "famc")
+    assert bad.returncode != 0 and "--set must be a or b" in bad.stderr and not (tmp_path / "famc").exists()
+
+
 def _hcp_like_layers(xyz: np.ndarray) -> int:
     """Close-packed layers normal to z whose two neighbouring layers sit on the same lateral
     site (A-B-A): twin planes in an fcc stacking."""

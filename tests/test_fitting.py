@@ -110,6 +110,23 @@ def test_library_holds_the_common_particle_shapes_the_recipe_does_not_build():
     assert sorted(lib.names[lib.kind == "common"]) == sorted(e[0] for e in common)
 
 
+def test_library_holds_twinned_spheres_with_the_defects_they_name():
+    """The twinned part: stackings that reverse once (a twin plane) or twice (intrinsic and
+    extrinsic faults, lamellar twins), none a recipe or common shape again, each defect inside."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library
+    from cbldm.training.library_build import reversed_stacking, twinned_entries
+    from cbldm.training.variants import shape_key
+
+    assert reversed_stacking(9, [4]) == "ABCABACBA"        # twin plane at layer 4: a B between two As
+    assert reversed_stacking(9, [4, 5]) == "ABCABABCA"     # intrinsic fault: one C layer missing
+    lib = Library(default_model_dir() / "library.npz")
+    twinned = twinned_entries(skip={shape_key(lib.xyz(i)) for i in np.flatnonzero(lib.kind != "twinned")})
+    assert sorted(lib.names[lib.kind == "twinned"]) == sorted(e[0] for e in twinned)
+    assert {e[1] for e in twinned} == {"fcc-twinned"} and max(len(e[3]) for e in twinned) <= 1500
+    assert {e[0].split(":")[1].split("_sphere")[0] for e in twinned} == {"twin", "isf", "esf", "lamellar3", "lamellar4"}
+
+
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
     """A library of a few recipe shapes: each one's PDF, at another bond length and with
     measurement-like physics, finds itself first; F0 is the Debye sum of the calculator."""

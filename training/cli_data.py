@@ -144,30 +144,40 @@ def library(
     max_atoms: int = typer.Option(3000, help="Largest cluster of the extended part."),
 ):
     """Build the cluster library the runtime searches: the recipe's 331 shapes, the common shapes it
-    does not build up to 256 atoms (truncated octahedra, cuboctahedra, fcc/hcp/bcc spheres) and
+    does not build up to 256 atoms (truncated octahedra, cuboctahedra, fcc/hcp/bcc spheres),
     ideal clusters of 257..MAX_ATOMS atoms (octahedra, truncated octahedra, icosahedra,
-    decahedra, spheres)."""
+    decahedra, spheres) and twinned fcc spheres (a twin plane, a stacking fault, lamellar
+    twins; up to 1500 atoms)."""
     from cbldm.training.library_build import build
 
     if max_atoms < 257:
         raise fail("--max-atoms must be >= 257 (the recipe covers up to 256)", EXIT_USAGE)
     info = build(out, max_atoms=max_atoms, log=typer.echo)
-    typer.echo(f"{out}: {info['recipe']} recipe shapes + {info['common']} common + {info['extended']} extended, "
+    typer.echo(f"{out}: {info['recipe']} recipe shapes + {info['common']} common + {info['extended']} extended + "
+               f"{info['twinned']} twinned, "
                f"{info['q_points']} Q points")
 
 
 @app.command()
 def families(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the .gr/.xyz files and index.json."),
-    seed: int = typer.Option(23, help="Seed of every random choice."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random choice (default: set a 23, set b 31)."),
+    which: str = typer.Option("a", "--set", help="a: supported, lamellar-twinned, rod and hcp-prism particles "
+                                                 "(cbldm.training.heldout; its lamellar twins are a library family "
+                                                 "since 2026-11-27); b: platelets, 4H/6H polytypes, twinned "
+                                                 "bipyramids, multiply twinned spheres (cbldm.training.heldout_b)."),
 ):
-    """Write the held-out families set: supported, lamellar-twinned, rod and hcp-prism particles
-    that neither the cluster library nor the training pool holds (cbldm.training.heldout), in
-    the out-of-recipe set's format. Never train or tune on it."""
-    from cbldm.training.heldout import build as build_items
+    """Write a held-out families set: particle families that neither the cluster library nor the
+    training pool holds, in the out-of-recipe set's format. Never train or tune on it."""
+    from cbldm.training import heldout, heldout_b
     from cbldm.training.offrecipe import write
 
-    write(build_items(seed), out, seed, log=typer.echo)
+    sets = {"a": heldout, "b": heldout_b}
+    if which not in sets:
+        raise fail(f"--set must be a or b, got {which!r}", EXIT_USAGE)
+    mod = sets[which]
+    seed = mod.SEED if seed is None else seed
+    write(mod.build(seed), out, seed, log=typer.echo)
 
 
 @app.command()

@@ -214,7 +214,8 @@ def summary(
     data: Path = typer.Option(..., help="Dataset directory (its split's test and validation shapes are listed)."),
     unseen: Path = typer.Option(..., help="accuracy.json of `cbldm-eval accuracy` (unseen shapes)."),
     offrecipe: Path = typer.Option(..., help="offrecipe.json of `cbldm-eval offrecipe` (the out-of-recipe set)."),
-    families: Optional[Path] = typer.Option(None, help="offrecipe.json of the held-out families set."),
+    families: Optional[Path] = typer.Option(None, help="offrecipe.json of the held-out families set (a)."),
+    families_b: Optional[Path] = typer.Option(None, help="offrecipe.json of the second held-out families set (b)."),
 ):
     """Ship the tables of the evaluations beside the model: per test set and source, the totals and
     groups (no per-PDF rows; those stay in the evaluation's own files)."""
@@ -251,6 +252,8 @@ def summary(
            "unseen": tables(unseen), "offrecipe": tables(offrecipe)}
     if families is not None:
         doc["families"] = tables(families)
+    if families_b is not None:
+        doc["families_b"] = tables(families_b)
     atomic_write_text(model / "evaluation.json", json.dumps(doc, indent=1))
     typer.echo(f"wrote {model / 'evaluation.json'}")
 

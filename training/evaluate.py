@@ -43,7 +43,8 @@ PAPER_TABLE2 = {  # Rwp on 100 *training* structures per type (METHOD.md)
                   "sc": 1.107, "total": 1.266},
 }
 ORDER = ["bcc", "dec", "fcc", "hcp", "ico", "oct", "sc"]
-OFF_ORDER = ["unseen-family", "perturbed", "physics", "large", "families", "families-physics", "families-large"]
+OFF_ORDER = ["unseen-family", "perturbed", "physics", "large", "families", "families-physics", "families-large",
+             "families-b", "families-b-physics", "families-b-large"]
 
 
 @dataclass

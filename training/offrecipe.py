@@ -141,11 +141,12 @@ def excluded_keys() -> set[str]:
     """Shapes of the unseen families and the held-out families (up to 256 atoms): never in the
     training pool."""
     from cbldm.training.heldout import keys as heldout_keys
+    from cbldm.training.heldout_b import keys as heldout_b_keys
     from cbldm.training.variants import shape_key
 
     shapes = [x for _, x in truncated_octahedra()] + [x for _, x in wulff_polyhedra(WULFF_SIZES, WULFF_SEED)] \
         + [x for _, _, x in tetrahedra_and_twins(WULFF_SEED)]
-    return {shape_key(x) for x in shapes} | heldout_keys()
+    return {shape_key(x) for x in shapes} | heldout_keys() | heldout_b_keys()
 
 
 WULFF_SIZES = (30, 60, 90, 130, 170, 220)

@@ -37,7 +37,7 @@ from cbldm.training.dataset import load_arrays
 from cbldm.training.models import CbLDM, ModelConfig, full_to_blocks, gaussian_kl, preset
 
 STAGES = ("condition", "structure", "denoiser")
-POOL_VERSION = 2  # bump when cbldm.training.variants, offrecipe or heldout change what the pool holds
+POOL_VERSION = 3  # bump when cbldm.training.variants, offrecipe or heldout(_b) change what the pool holds
 TRAINED = {"condition": ("cond_vae",), "structure": ("encoder", "decoder", "prior"), "denoiser": ("unet",)}
 
 

@@ -1,0 +1,156 @@
+"""Held-out families, second set: made when the library took in twinned fcc spheres
+(2026-11-27), which made the first set's lamellar twins a library family.
+
+Families real particles take that neither the cluster library nor the training pool holds:
+- ``plate``: fcc (111) platelets 3-6 layers thick, hexagonal or triangular, half of them
+  with a twin plane parallel to the flat faces (silver and gold nanoprisms);
+- ``polytype``: spheres of the 4H (ABCB) and 6H (ABCACB) stackings, neither fcc nor hcp;
+- ``bipyramid``: trigonal bipyramids, two fcc tetrahedra mirrored across a shared twin plane,
+  vertices cut or not;
+- ``multi-twin``: spheres with three parallel twin planes at irregular spacings of 2-4 layers.
+
+Same layout as ``cbldm.training.heldout``: every shape up to 256 atoms twice (training
+physics, group ``families-b``; beamline-like physics and noise, ``families-b-physics``), one
+particle of 300-1500 atoms per family measured to 40-50 A (``families-b-large``).
+``cbldm-data families --set b --out DIR``. Never train or tune on it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cbldm.training.clusters import MAX_ATOMS, METALS, MIN_ATOMS, canonical_order
+from cbldm.training.heldout import FCC_METALS
+from cbldm.training.library_build import reversed_stacking
+from cbldm.training.offrecipe import Item, _bond, _measurement, stacked_points
+from cbldm.training.variants import unit_bond
+
+SEED = 31
+GROUPS = ["families-b", "families-b-physics", "families-b-large"]
+DZ = math.sqrt(2 / 3)
+
+
+def _in_plane_normals(k: int, phase: float) -> np.ndarray:
+    ang = phase + np.arange(k) * 2 * math.pi / k
+    return np.stack([np.cos(ang), np.sin(ang)], 1)
+
+
+def plate(radius: float, layers: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """``layers`` close-packed layers, hexagonal or triangular outline ``radius`` from the axis;
+    twinned plates have a twin plane in their middle layer."""
+    twin = bool(rng.integers(2))
+    outline = ("hex", "tri")[int(rng.integers(2))]
+    n = 41
+    seq = reversed_stacking(n, [n // 2]) if twin else "ABC" * (n // 3) + "ABC"[: n % 3]
+    pts = stacked_points(seq, radius * 2 + layers + 3)
+    c = np.array([*rng.uniform(-0.5, 0.5, 2), 0.0])
+    # the plate's layers: ``layers`` consecutive ones around z = 0 (the middle one is the twin plane)
+    lo = -(layers // 2)
+    k = np.rint(pts[:, 2] / DZ).astype(int)
+    normals = _in_plane_normals(6, math.pi / 6) if outline == "hex" else _in_plane_normals(3, math.pi / 2)
+    lim = radius if outline == "hex" else radius / 2   # a triangle's inradius is half its circumradius
+    inside = (k >= lo) & (k < lo + layers) & np.all((pts[:, :2] - c[:2]) @ normals.T <= lim, axis=1)
+    return f"plate_{outline}{'_twin' if twin else ''}_r{radius:g}_l{layers}", pts[inside]
+
+
+def polytype(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """A sphere of the 4H (ABCB) or 6H (ABCACB) stacking, its centre offset at random."""
+    name, unit = (("4H", "ABCB"), ("6H", "ABCACB"))[int(rng.integers(2))]
+    n = 2 * int(radius) + 13
+    pts = stacked_points((unit * n)[:n], radius + 2)
+    c = rng.uniform(-0.5, 0.5, 3)
+    return f"polytype_{name}_r{radius:g}", pts[np.linalg.norm(pts - c, axis=1) <= radius]
+
+
+def bipyramid(size: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """Two {111}-faced tetrahedra sharing their base, a twin plane: the points of a stacking
+    mirrored at z = 0 whose (x, y, |z|) lies inside the three side faces ``size`` from the axis
+    line; the five vertices cut (their outermost atoms removed) or not."""
+    cut = bool(rng.integers(2))
+    n = 2 * int(size * 3) + 11
+    pts = stacked_points(reversed_stacking(n, [n // 2]), size * 4 + 3)
+    nz = np.array([0.0, 0.0, 1.0])
+    faces = np.stack([math.sqrt(8) / 3 * np.array([math.cos(p), math.sin(p), 0.0]) + nz / 3
+                      for p in (math.pi / 6, math.pi / 6 + 2 * math.pi / 3, math.pi / 6 + 4 * math.pi / 3)])
+    c = np.array([*rng.uniform(-0.2, 0.2, 2), 0.0])
+    rel = pts - c
+    rel[:, 2] = np.abs(rel[:, 2])
+    x = pts[np.all(rel @ faces.T <= size + 1e-6, axis=1)]
+    if cut and len(x) > 20:
+        r = np.linalg.norm(x - x.mean(0), axis=1)
+        x = x[r < np.sort(r)[-5] - 1e-6]
+    return f"bipyramid_s{size:g}{'_cut' if cut else ''}", x
+
+
+def multi_twin(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """A sphere with three parallel twin planes 2-4 layers apart (the two spacings differ), all
+    inside the particle."""
+    n = 2 * int(radius) + 21
+    for _ in range(50):
+        gaps = rng.integers(2, 5, 2)
+        if gaps[0] == gaps[1] or (gaps.sum() + 2) * DZ / 2 > radius - 0.1:   # spacings the sphere cannot hold
+            continue
+        first = n // 2 - int(gaps.sum()) // 2
+        twins = [first, first + int(gaps[0]), first + int(gaps.sum())]
+        pts = stacked_points(reversed_stacking(n, twins), radius + 2)
+        # centred between the outer twin planes, offset at random
+        c = rng.uniform(-0.4, 0.4, 3) * np.array([1.0, 1.0, 0.25]) + np.array([0.0, 0.0, (twins[0] + twins[-1] - 2 * (n // 2)) * DZ / 2])
+        x = pts[np.linalg.norm(pts - c, axis=1) <= radius]
+        occupied = set(np.rint(x[:, 2] / DZ).astype(int) + n // 2)   # layer index, middle at z = 0
+        if all({t - 1, t + 1} <= occupied for t in twins):
+            return f"multi_twin_g{gaps[0]}{gaps[1]}_r{radius:g}", x
+    raise AssertionError(f"multi-twin r {radius}: twin planes not inside the particle")  # design error
+
+
+FAMILY_MOTIF = {"plate": "fcc", "polytype": "hcp", "bipyramid": "fcc", "multi-twin": "fcc"}
+
+
+def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str, np.ndarray]]:
+    if large:
+        plan = [("plate", lambda: plate(7.0, 6, rng)), ("polytype", lambda: polytype(5.0, rng)),
+                ("bipyramid", lambda: bipyramid(2.6, rng)), ("multi-twin", lambda: multi_twin(5.0, rng))]
+    else:
+        plan = [("plate", lambda r=r, n=n: plate(r, n, rng)) for r, n in ((2.5, 3), (3.5, 3), (3.5, 5), (4.5, 4))] + \
+               [("polytype", lambda r=r: polytype(r, rng)) for r in (2.2, 2.6, 3.0, 3.5)] + \
+               [("bipyramid", lambda s=s: bipyramid(s, rng)) for s in (0.9, 1.1, 1.3, 1.5)] + \
+               [("multi-twin", lambda r=r: multi_twin(r, rng)) for r in (3.0, 3.2, 3.35, 3.5)]
+    lo, hi = (300, 1500) if large else (MIN_ATOMS, MAX_ATOMS)
+    out = []
+    for fam, make in plan:
+        for _ in range(20):   # another random choice where a seed's first one lands outside the range
+            name, x = make()
+            if lo <= len(x) <= hi:
+                break
+        else:
+            raise AssertionError(f"{name}: {len(x)} atoms, outside {lo}-{hi}")  # a design error, not data
+        out.append((fam, name, x))
+    return out
+
+
+def build(seed: int = SEED) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    items = []
+    hcp_like = ["Co", "Ru", "Os", "Au", "Ag"]   # 4H/6H are reported for Au and Ag nanostructures
+    for fam, name, x in shapes(rng):
+        x = unit_bond(x)
+        el = str(rng.choice(METALS))
+        items.append(Item(f"bf_{name}", GROUPS[0], fam, FAMILY_MOTIF[fam], el, canonical_order(x * _bond(rng, el))))
+        el = str(rng.choice(hcp_like if fam == "polytype" else FCC_METALS))
+        p, noise = _measurement(rng)
+        items.append(Item(f"bp_{name}", GROUPS[1], fam, FAMILY_MOTIF[fam], el,
+                          canonical_order(x * _bond(rng, el)), p, noise))
+    for fam, name, x in shapes(rng, large=True):
+        x = unit_bond(x) + rng.normal(scale=0.01, size=x.shape)
+        el = str(rng.choice(hcp_like if fam == "polytype" else FCC_METALS))
+        p, noise = _measurement(rng, rmax=(40.0, 50.0))
+        items.append(Item(f"bl_{name}_{len(x)}", GROUPS[2], fam, FAMILY_MOTIF[fam], el,
+                          x * _bond(rng, el), p, noise, notes={"perturbation": "thermal"}))
+    return items
+
+
+def keys(seed: int = SEED) -> set[str]:
+    """Shape keys of the set (up to 256 atoms): never in the training pool or the library."""
+    from cbldm.training.variants import shape_key
+
+    return {shape_key(x) for _, _, x in shapes(np.random.default_rng(seed))}
