@@ -14,7 +14,7 @@ def model_info(m: LoadedModel) -> dict:
         try:  # cbldm-eval's tables: per test set, per source, the totals
             doc = json.loads(ev.read_text())
             totals = {s: {src: t["total"] for src, t in doc[s]["sources"].items()}
-                      for s in ("unseen", "offrecipe", "families") if s in doc}
+                      for s in ("unseen", "offrecipe", "families", "families_b") if s in doc}
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
             totals = None
     lib = man.get("library") or {}

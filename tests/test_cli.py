@@ -94,6 +94,7 @@ def test_info_prints_readable_lines_and_json_on_request():
     assert not any(ch in res.stdout for ch in "{}[]'\""), res.stdout
     assert "cpu (CPUExecutionProvider)" in res.stdout and "fp32 (every graph)" in res.stdout
     assert re.search(r"held-out\s+unseen shapes \(\d+ PDFs\): library \d+ % exact, pair err \d\.\d\d A, Rwp 0\.\d{3}; model", res.stdout)
+    assert "held-out families (a) (36 PDFs)" in res.stdout and "held-out families (b) (36 PDFs)" in res.stdout
     doc = json.loads(run("cbldm.runtime.cli_run", "info", "--model", SHIPPED, "--backend", "cpu", "--json").stdout)
     assert doc["backend"] == "cpu" and doc["precisions"]["unet"] == "fp32"
     assert doc["schedule"] == {"T": 1000, "s": 0.0005, "kind": "cosine"} and doc["pdf_params"]["qmax"] == 25.0
