@@ -15,8 +15,10 @@ particle is beyond the networks' 256 atoms.
 Verdict on an answer (rules, in order of severity; each failed rule adds one plain sentence):
 unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengths, or no atoms;
 doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that moved atoms more
-           than 0.35 A RMS, a physics parameter stuck at its bound, signal that lasts to the
-           end of the data, a particle larger than every cluster tried, a networks' answer for
+           than 0.35 A RMS, a physics parameter stuck at its bound (Qdamp at its top: the
+           structure is probably too large), a structure of another count that fits better
+           only with Qdamp at its bound, signal that lasts to the end of the data, a particle
+           larger than every cluster tried, a networks' answer for
            a particle beyond their 256 atoms, a runner-up with another atom count within 0.01
            in Rwp, a Qmin or Qmax assumed because the file's header does not state it;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cbldm.training.evaluate import assigned_rmsd, criteria, pair_distance_error
+from cbldm.training.library_build import hcp_like_layers
 
 
 def run(module, *args, timeout=600):
@@ -136,7 +137,7 @@ def test_heldout_families_are_in_neither_the_library_nor_the_training_pool(tmp_p
 
     for twin in (it for it in items if it.family == "lamellar-twin"):
         # two twin planes inside: close-packed layers whose neighbours on both sides share a letter
-        assert _hcp_like_layers(twin.xyz) == 2, twin.name
+        assert hcp_like_layers(twin.xyz) == 2, twin.name
         if twin.n_atoms > 100:
             assert motif(twin.xyz)["motif"] == "fcc with twin/stacking faults"
 
@@ -168,43 +169,29 @@ def test_second_heldout_families_set_is_held_out_and_built_as_described(tmp_path
     assert [sum(it.group == g for it in items) for g in GROUPS] == [16, 16, 4]
     assert {it.family for it in items} == {"plate", "polytype", "bipyramid", "multi-twin"}
     assert len(build(seed=40)) == 36
+    from cbldm.runtime.structure import nn_length
+
     small = [it for it in items if it.group == GROUPS[0]]
     for it in small:
-        layers = _hcp_like_layers(it.xyz)
+        layers = hcp_like_layers(it.xyz)
         if it.family == "multi-twin":
             assert layers == 3, it.name
         elif it.family == "bipyramid":
             assert layers == 1, it.name
+            z = np.rint(it.xyz[:, 2] / (np.sqrt(2 / 3) * nn_length(it.xyz))).astype(int)
+            sizes = [int(np.sum(z == k)) for k in range(z.min(), z.max() + 1)]
+            if "_cut" not in it.name:   # {111} faces: triangles of 1, 3, 6, 10, ... atoms from each apex
+                half = len(sizes) // 2
+                tri = [(k + 1) * (k + 2) // 2 for k in range(half)]
+                assert sizes[:half] == tri and sizes[::-1][:half] == tri, (it.name, sizes)
         elif it.family == "plate":
             assert layers == ("_twin" in it.name), it.name
             assert np.ptp(it.xyz[:, 2]) < 0.6 * np.ptp(it.xyz[:, :2], axis=0).max(), it.name   # flat
-        else:   # 4H: every second layer hcp-like, 6H every third (fcc: none, hcp: all)
-            from cbldm.runtime.structure import nn_length
-
+        else:   # 4H: every second inner layer hcp-like, 6H every third (fcc: none, hcp: all)
             n_layers = len(np.unique(np.rint(it.xyz[:, 2] / (np.sqrt(2 / 3) * nn_length(it.xyz)))))
-            assert (n_layers - 2) // 3 <= layers < n_layers - 2, it.name
+            assert abs(layers - (n_layers - 2) / (2 if "4H" in it.name else 3)) <= 1, it.name
     res = run("cbldm.training.cli_data", "families", "--set", "b", "--out", tmp_path / "famb")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "famb" / "index.json").read_text())["n"] == 36
     bad = run("cbldm.training.cli_data", "families", "--set", "c", "--out", tmp_path / "famc")
     assert bad.returncode != 0 and "--set must be a or b" in bad.stderr and not (tmp_path / "famc").exists()
-
-
-def _hcp_like_layers(xyz: np.ndarray) -> int:
-    """Close-packed layers normal to z whose two neighbouring layers sit on the same lateral
-    site (A-B-A): twin planes in an fcc stacking."""
-    from cbldm.runtime.structure import nn_length
-
-    b = nn_length(xyz)
-    layer = np.rint((xyz[:, 2] - xyz[:, 2].min()) / (np.sqrt(2 / 3) * b)).astype(int)
-    # lateral site of each layer, A, B or C: the vote of its atoms in the layer's 2-D lattice
-    a1, a2 = np.array([1.0, 0.0]), np.array([0.5, np.sqrt(3) / 2])
-    inv = np.linalg.inv(np.column_stack([a1, a2]))
-    site = {}
-    ref = xyz[np.argmin(xyz[:, 2]), :2]          # an atom of the first layer: its site is A
-    for k in np.unique(layer):
-        f = ((xyz[layer == k][:, :2] - ref) / b) @ inv.T   # A (0,0), B (1/3,1/3), C (2/3,2/3), mod 1
-        votes = np.rint(3 * (f[:, 0] - np.floor(f[:, 0]))).astype(int) % 3
-        site[k] = int(np.bincount(votes, minlength=3).argmax())   # robust to thermal noise
-    ks = sorted(site)
-    return sum(site[ks[i - 1]] == site[ks[i + 1]] for i in range(1, len(ks) - 1))

@@ -115,7 +115,7 @@ def test_library_holds_twinned_spheres_with_the_defects_they_name():
     extrinsic faults, lamellar twins), none a recipe or common shape again, each defect inside."""
     from cbldm.models import default_model_dir
     from cbldm.runtime.library import Library
-    from cbldm.training.library_build import reversed_stacking, twinned_entries
+    from cbldm.training.library_build import hcp_like_layers, reversed_stacking, twinned_entries
     from cbldm.training.variants import shape_key
 
     assert reversed_stacking(9, [4]) == "ABCABACBA"        # twin plane at layer 4: a B between two As
@@ -125,6 +125,11 @@ def test_library_holds_twinned_spheres_with_the_defects_they_name():
     assert sorted(lib.names[lib.kind == "twinned"]) == sorted(e[0] for e in twinned)
     assert {e[1] for e in twinned} == {"fcc-twinned"} and max(len(e[3]) for e in twinned) <= 1500
     assert {e[0].split(":")[1].split("_sphere")[0] for e in twinned} == {"twin", "isf", "esf", "lamellar3", "lamellar4"}
+    planes = {"twin": 1, "isf": 2, "esf": 2, "lamellar3": 2, "lamellar4": 2}
+    for name, _, _, x in twinned:
+        if len(x) <= 400:   # every defect inside the sphere (hcp-like layers counted)
+            assert hcp_like_layers(x) == planes[name.split(":")[1].split("_sphere")[0]], name
+    assert min(len(e[3]) for e in twinned) >= 13
 
 
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):

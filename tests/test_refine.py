@@ -210,6 +210,9 @@ def test_a_structure_that_needs_qdamp_at_its_bound_ranks_after_one_that_does_not
     big = next(c for c in pred.candidates if c.n_atoms == 409)
     assert overdamped(big) and big.rwp < pred.best.rwp       # the better Rwp, at the bound
     assert pred.best.n_atoms == 84 and not overdamped(pred.best)
+    # the verdict names the better fit once, for what it is
+    said = [w for w in pred.verdict.warnings if "409 atoms" in w]
+    assert len(said) == 1 and "only with Qdamp at its bound" in said[0], pred.verdict.warnings
     alone = predict(None, pdf, SamplerConfig(), 0, source="library", library=library(["ext:decahedron_p6_q4_r0"]),
                     refine=NO_REFINEMENT)
     assert alone.best.n_atoms == 409 and alone.verdict.verdict == "doubtful"

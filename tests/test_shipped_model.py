@@ -87,7 +87,7 @@ def test_measured_pdfs_get_physical_answers_with_the_files_physics(shipped, name
     """Issue 11's bar: below what a search over the recipe shapes with the training physics
     and free refinement reached, physical, with the refined physics reported. The bar was set
     by refined fits; the answer may be a rigid one where refining its coordinates does not pay
-    for them (pipeline.criterion: Au144's ~160 independent points cannot carry 105 atoms'
+    for them (pipeline.criterion: Au144's ~160 independent points cannot carry 85 atoms'
     coordinates), so the bar holds for the best fit the pipeline reached, refined or not."""
     from cbldm.runtime.pipeline import predict
     from cbldm.runtime.results import read_input

@@ -2,12 +2,14 @@
 (2026-11-27), which made the first set's lamellar twins a library family.
 
 Families real particles take that neither the cluster library nor the training pool holds:
-- ``plate``: fcc (111) platelets 3-6 layers thick, hexagonal or triangular, half of them
+- ``plate``: fcc (111) platelets 3-6 layers thick, hexagonal or triangular, three of five
   with a twin plane parallel to the flat faces (silver and gold nanoprisms);
 - ``polytype``: spheres of the 4H (ABCB) and 6H (ABCACB) stackings, neither fcc nor hcp;
 - ``bipyramid``: trigonal bipyramids, two fcc tetrahedra mirrored across a shared twin plane,
   vertices cut or not;
-- ``multi-twin``: spheres with three parallel twin planes at irregular spacings of 2-4 layers.
+- ``multi-twin``: spheres whose stacking reverses three times, at two different spacings of
+  2-4 layers (a spacing of 2 is an extrinsic stacking fault, which the library holds alone;
+  up to 256 atoms only spacings 2 and 3 fit, so the small ones are a fault beside a twin).
 
 Same layout as ``cbldm.training.heldout``: every shape up to 256 atoms twice (training
 physics, group ``families-b``; beamline-like physics and noise, ``families-b-physics``), one
@@ -36,10 +38,9 @@ def _in_plane_normals(k: int, phase: float) -> np.ndarray:
     return np.stack([np.cos(ang), np.sin(ang)], 1)
 
 
-def plate(radius: float, layers: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+def plate(radius: float, layers: int, twin: bool, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """``layers`` close-packed layers, hexagonal or triangular outline ``radius`` from the axis;
-    twinned plates have a twin plane in their middle layer."""
-    twin = bool(rng.integers(2))
+    a twinned plate has a twin plane in its middle layer."""
     outline = ("hex", "tri")[int(rng.integers(2))]
     n = 41
     seq = reversed_stacking(n, [n // 2]) if twin else "ABC" * (n // 3) + "ABC"[: n % 3]
@@ -66,20 +67,23 @@ def polytype(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
 def bipyramid(size: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """Two {111}-faced tetrahedra sharing their base, a twin plane: the points of a stacking
     mirrored at z = 0 whose (x, y, |z|) lies inside the three side faces ``size`` from the axis
-    line; the five vertices cut (their outermost atoms removed) or not."""
+    line (layers of 1, 3, 6, 10, ... atoms from each apex); the five vertex atoms cut or not."""
     cut = bool(rng.integers(2))
     n = 2 * int(size * 3) + 11
     pts = stacked_points(reversed_stacking(n, [n // 2]), size * 4 + 3)
     nz = np.array([0.0, 0.0, 1.0])
-    faces = np.stack([math.sqrt(8) / 3 * np.array([math.cos(p), math.sin(p), 0.0]) + nz / 3
-                      for p in (math.pi / 6, math.pi / 6 + 2 * math.pi / 3, math.pi / 6 + 4 * math.pi / 3)])
+    # above the twin plane this stacking runs C -> B -> A, so its {111} side faces lean the
+    # opposite way to those of offrecipe.tetrahedra_and_twins (A -> B -> C)
+    across = [-np.array([math.cos(p), math.sin(p), 0.0]) for p in math.pi / 6 + np.arange(3) * 2 * math.pi / 3]
+    faces = np.stack([math.sqrt(8) / 3 * a + nz / 3 for a in across])
     c = np.array([*rng.uniform(-0.2, 0.2, 2), 0.0])
     rel = pts - c
     rel[:, 2] = np.abs(rel[:, 2])
     x = pts[np.all(rel @ faces.T <= size + 1e-6, axis=1)]
-    if cut and len(x) > 20:
-        r = np.linalg.norm(x - x.mean(0), axis=1)
-        x = x[r < np.sort(r)[-5] - 1e-6]
+    if cut and len(x) > 20:   # the two apices and the base triangle's three corners
+        m = x - x.mean(0)
+        vertices = {int(np.argmax(m @ d)) for d in [nz, -nz] + [-a for a in across]}
+        x = np.delete(x, sorted(vertices), axis=0)
     return f"bipyramid_s{size:g}{'_cut' if cut else ''}", x
 
 
@@ -108,12 +112,13 @@ FAMILY_MOTIF = {"plate": "fcc", "polytype": "hcp", "bipyramid": "fcc", "multi-tw
 
 def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str, np.ndarray]]:
     if large:
-        plan = [("plate", lambda: plate(7.0, 6, rng)), ("polytype", lambda: polytype(5.0, rng)),
+        plan = [("plate", lambda: plate(7.0, 6, True, rng)), ("polytype", lambda: polytype(5.0, rng)),
                 ("bipyramid", lambda: bipyramid(2.6, rng)), ("multi-twin", lambda: multi_twin(5.0, rng))]
     else:
-        plan = [("plate", lambda r=r, n=n: plate(r, n, rng)) for r, n in ((2.5, 3), (3.5, 3), (3.5, 5), (4.5, 4))] + \
+        plan = [("plate", lambda r=r, n=n, t=t: plate(r, n, t, rng))
+                for r, n, t in ((2.5, 3, True), (3.5, 3, False), (3.5, 4, True), (4.5, 4, False))] + \
                [("polytype", lambda r=r: polytype(r, rng)) for r in (2.2, 2.6, 3.0, 3.5)] + \
-               [("bipyramid", lambda s=s: bipyramid(s, rng)) for s in (0.9, 1.1, 1.3, 1.5)] + \
+               [("bipyramid", lambda s=s: bipyramid(s, rng)) for s in (1.1, 1.5, 1.9, 2.2)] + \
                [("multi-twin", lambda r=r: multi_twin(r, rng)) for r in (3.0, 3.2, 3.35, 3.5)]
     lo, hi = (300, 1500) if large else (MIN_ATOMS, MAX_ATOMS)
     out = []

@@ -24,6 +24,7 @@ import numpy as np
 
 from cbldm.training.clusters import MAX_ATOMS, MIN_ATOMS, TYPES, unit_shapes
 from cbldm.training.offrecipe import MOTIF
+from cbldm.runtime.structure import nn_length
 from cbldm.training.variants import lattice_centres, lattice_points, shape_key, shell_cuts, unit_bond
 
 
@@ -129,33 +130,55 @@ def reversed_stacking(n_layers: int, reversals) -> str:
     return "".join(out)
 
 
-def twinned_entries(max_atoms: int = 1500, min_atoms: int = MIN_ATOMS,
+def twinned_entries(max_atoms: int = 1500, min_atoms: int = 13,
                     skip: set[str] | None = None) -> list[tuple[str, str, str, np.ndarray]]:
     """Spheres of fcc with the ``TWIN_DEFECTS`` (motif ``fcc-twinned``: its own share of the
     search's proposals, so twinned spheres do not displace plain fcc ones), centred between the
-    defect's planes on an atom column or a hollow, in the middle layer or half a layer off; one
-    shape per ~5 % in atom count up to 256 atoms, ~10 % beyond."""
+    defect's planes on the atom column of the first reversal layer or on a hollow of it, in
+    that layer or half a layer off; only spheres that hold every layer next to a reversal (the
+    defect is inside); one shape per ~5 % in atom count up to 256 atoms, ~10 % beyond."""
     from cbldm.training.offrecipe import stacked_points
 
     seen = set(skip or ())
     dz = math.sqrt(2 / 3)
     n_layers = 41
-    mid = n_layers // 2            # stacked_points puts this layer at z = 0; it is an A layer
+    mid = n_layers // 2    # stacked_points puts this layer at z = 0; reversed_stacking makes it a C layer
+    atom, hollow = (0.0, 1 / math.sqrt(3)), (0.0, 0.0)   # the C column; the A column, a hollow of C
     out = []
     for name, rel in TWIN_DEFECTS.items():
         pts = stacked_points(reversed_stacking(n_layers, [mid + k for k in rel]), 12.0)
         zc = 0.5 * (rel[0] + rel[-1]) * dz
-        for ci, (x0, y0, oz) in enumerate(((0.0, 0.0, 0.0), (0.5, math.sqrt(3) / 6, 0.0),
-                                           (0.0, 0.0, dz / 2), (0.5, math.sqrt(3) / 6, dz / 2))):
+        need = {mid + k + e for k in rel for e in (-1, 1)}
+        for ci, ((x0, y0), oz) in enumerate(((atom, 0.0), (hollow, 0.0), (atom, dz / 2), (hollow, dz / 2))):
             last = 0
             for x in shell_cuts(pts, np.array([x0, y0, zc + oz]), min_atoms=min_atoms, max_atoms=max_atoms):
                 if len(x) < last * (1.05 if len(x) <= MAX_ATOMS else 1.10):
+                    continue
+                if not need <= set(np.rint(x[:, 2] / dz).astype(int) + mid):
                     continue
                 last = len(x)
                 if (k := shape_key(x)) not in seen:
                     seen.add(k)
                     out.append((f"twin:{name}_sphere_c{ci}_n{len(x)}", "fcc-twinned", "twinned", unit_bond(x)))
     return out
+
+
+def hcp_like_layers(xyz: np.ndarray) -> int:
+    """Close-packed layers normal to z whose two neighbouring layers sit on the same lateral
+    site (A-B-A): twin planes in an fcc stacking."""
+    b = nn_length(xyz)
+    layer = np.rint((xyz[:, 2] - xyz[:, 2].min()) / (np.sqrt(2 / 3) * b)).astype(int)
+    # lateral site of each layer, A, B or C: the vote of its atoms in the layer's 2-D lattice
+    a1, a2 = np.array([1.0, 0.0]), np.array([0.5, np.sqrt(3) / 2])
+    inv = np.linalg.inv(np.column_stack([a1, a2]))
+    site = {}
+    ref = xyz[np.argmin(xyz[:, 2]), :2]          # an atom of the first layer: its site is A
+    for k in np.unique(layer):
+        f = ((xyz[layer == k][:, :2] - ref) / b) @ inv.T   # A (0,0), B (1/3,1/3), C (2/3,2/3), mod 1
+        votes = np.rint(3 * (f[:, 0] - np.floor(f[:, 0]))).astype(int) % 3
+        site[k] = int(np.bincount(votes, minlength=3).argmax())   # robust to thermal noise
+    ks = sorted(site)
+    return sum(site[ks[i - 1]] == site[ks[i + 1]] for i in range(1, len(ks) - 1))
 
 
 def build(path, max_atoms: int = 3000, log=print) -> dict:
