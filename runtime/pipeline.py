@@ -36,12 +36,13 @@ from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, par
 
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 6          # library matches fitted per PDF ...
-LIBRARY_PER_MOTIF = 3    # ... at most this many of one motif (tuning sets: 4 and 2 lost an octahedron
-                         # to fcc spheres; 6 and 3: exact counts 48 -> 50 %, 8 -> 8 %, 3 -> 6 %)
+LIBRARY_PER_MOTIF = 3    # ... at most this many of one motif (4 and 2 lost an octahedron to fcc
+                         # spheres; with REFINE_NOT_NEEDED 0.005, tuning sets 45 -> 50, 3 -> 6, 0 -> 3 %)
 REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
-REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp: coordinates have nothing to add
-                           # (0.02 skipped the count search on noise-free data fitting at 0.018
-                           # with three atoms too many; 0.005: tuning set 45 -> 48 % exact)
+REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp: neither count search nor coordinates
+                           # have anything to add (0.02 left a noise-free fit at 0.018 with three
+                           # atoms too many as it was). Below the binned fit's own floor on ideal
+                           # recipe shapes (0.006-0.010): those get the search too, at a cost in time
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
 
@@ -364,6 +365,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
                               sampler.as_dict() | {"candidates": candidates, "seed": seed,
                                                    "source": source, "library_top": library_top,
+                                                   "library_per_motif": LIBRARY_PER_MOTIF,
                                                    "refine": refine.as_dict()}))
     return out
 

@@ -254,8 +254,14 @@ def evaluate(nets, library, items: list[Item], groups: list[str], what: str,
              refine: RefineConfig = RefineConfig(), log=print) -> dict:
     sampler = sampler or SamplerConfig()
     held = truth_in_library(library, items) if library is not None else set()
+    from cbldm.runtime import pipeline
+
     doc = {"what": what, "n": len(items), "candidates": candidates, "sampler": sampler.as_dict(),
-           "refine": refine.as_dict(), "truth_in_library": sorted(held), "sources": {}}
+           "refine": refine.as_dict(), "truth_in_library": sorted(held), "sources": {},
+           # the pipeline's constants: runs with other values must be told apart
+           "pipeline": {"library_top": pipeline.LIBRARY_TOP, "library_per_motif": pipeline.LIBRARY_PER_MOTIF,
+                        "refine_not_needed": pipeline.REFINE_NOT_NEEDED,
+                        "library_entries": None if library is None else len(library)}}
     for src in sources:
         if src in ("model", "both") and nets is None:
             continue

@@ -9,7 +9,7 @@ Families real particles take that neither the cluster library nor the training p
   vertices cut or not;
 - ``multi-twin``: spheres whose stacking reverses three times, at two different spacings of
   2-4 layers (a spacing of 2 is an extrinsic stacking fault, which the library holds alone;
-  up to 256 atoms only spacings 2 and 3 fit, so the small ones are a fault beside a twin).
+  up to 256 atoms mostly spacings 2 and 3 fit, so most small ones are a fault beside a twin).
 
 Same layout as ``cbldm.training.heldout``: every shape up to 256 atoms twice (training
 physics, group ``families-b``; beamline-like physics and noise, ``families-b-physics``), one
@@ -80,7 +80,8 @@ def bipyramid(size: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     rel = pts - c
     rel[:, 2] = np.abs(rel[:, 2])
     x = pts[np.all(rel @ faces.T <= size + 1e-6, axis=1)]
-    if cut and len(x) > 20:   # the two apices and the base triangle's three corners
+    cut = cut and len(x) > 20   # too small to lose its corners: named uncut
+    if cut:   # the two apices and the base triangle's three corners
         m = x - x.mean(0)
         vertices = {int(np.argmax(m @ d)) for d in [nz, -nz] + [-a for a in across]}
         x = np.delete(x, sorted(vertices), axis=0)
@@ -88,8 +89,8 @@ def bipyramid(size: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
 
 
 def multi_twin(radius: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-    """A sphere with three parallel twin planes 2-4 layers apart (the two spacings differ), all
-    inside the particle."""
+    """A sphere whose stacking reverses three times, 2-4 layers apart (the two spacings differ;
+    2 makes an extrinsic fault), every reversal inside the particle."""
     n = 2 * int(radius) + 21
     for _ in range(50):
         gaps = rng.integers(2, 5, 2)
