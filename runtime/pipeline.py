@@ -309,14 +309,19 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             c.g_calc = c.fit.g_calc
         tm["fit_s"] = time.perf_counter() - tf
         frac = refine.min_distance
-        # physical ones first: atoms on top of each other must not win on Rwp
-        cands.sort(key=lambda c: (not c.physical(d, frac), overdamped(c), c.rwp))
+
+        def tier(c: Candidate) -> tuple[bool, bool]:
+            # physical ones first (atoms on top of each other must not win on Rwp), then those
+            # whose fit keeps Qdamp inside its range
+            return not c.physical(d, frac), overdamped(c)
+
+        cands.sort(key=lambda c: (*tier(c), c.rwp))
         if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tsr = time.perf_counter()
             found = [_search(c, grid, g_fit, d, refine.search_gain) for c in cands[:refine.search]
                      if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
             cands += [c for c in found if c is not None]
-            cands.sort(key=lambda c: (not c.physical(d, frac), overdamped(c), c.rwp))
+            cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["search_s"] = time.perf_counter() - tsr
         if refine.top > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tr = time.perf_counter()
@@ -330,9 +335,9 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             if refine.rank == "criterion":
                 n_ind = independent_points(p.physics)
                 cands = [justified(c, n_ind) for c in cands]
-                cands.sort(key=lambda c: (not c.physical(d, frac), overdamped(c), criterion(c, n_ind)))
+                cands.sort(key=lambda c: (*tier(c), criterion(c, n_ind)))
             else:
-                cands.sort(key=lambda c: (not c.physical(d, frac), overdamped(c), c.rwp))
+                cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["refine_s"] = time.perf_counter() - tr
         if not cands:
             raise InputRefused(f"{p.name or f'PDF {i}'}: no candidate structure (the networks decoded "
@@ -341,22 +346,23 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         largest = None
         if use_library:
             largest = float(np.max(library.diameter)) * d
+
+        def exact(x: Candidate) -> Candidate:   # in the list too: the JSON reports what the verdict says
+            k = next(j for j, c in enumerate(cands) if c is x)
+            cands[k] = _report_exact(x, p.physics, grid, g_fit, p.element)
+            return cands[k]
+
         # the runner-up with another count, physical, its Rwp from the same calculator; a
         # candidate ranked down for needing Qdamp at its bound is said separately (``damped``)
-        demoted = (lambda c: overdamped(c)) if not overdamped(cands[0]) else (lambda c: False)
-        runner = next((c for c in cands[1:] if c.n_atoms != cands[0].n_atoms and c.physical(d, frac)
-                       and not demoted(c)), None)
-        if runner is not None:
-            k = next(j for j, c in enumerate(cands) if c is runner)
-            cands[k] = runner = _report_exact(runner, p.physics, grid, g_fit, p.element)
+        demote = not overdamped(cands[0])
+        others = [c for c in cands[1:] if c.n_atoms != cands[0].n_atoms and c.physical(d, frac)]
+        runner = next((c for c in others if not (demote and overdamped(c))), None)
         # the best-fitting candidate ranked down for needing Qdamp at its bound
-        damped = min((c for c in cands[1:] if demoted(c) and c.n_atoms != cands[0].n_atoms
-                      and c.physical(d, frac)), key=lambda c: c.rwp, default=None)
+        damped = min((c for c in others if demote and overdamped(c)), key=lambda c: c.rwp, default=None)
+        if runner is not None:
+            runner = exact(runner)
         if damped is not None:
-            k = next(j for j, c in enumerate(cands) if c is damped)
-            cands[k] = damped = _report_exact(damped, p.physics, grid, g_fit, p.element)
-        else:
-            damped = None
+            damped = exact(damped)
         assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
                    if str(p.physics.source.get(k, "")).startswith("default")}
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped)

@@ -116,10 +116,17 @@ def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str
                [("lamellar-twin", lambda r=r: lamellar_twin(r, rng)) for r in (2.4, 2.7, 3.0, 3.4)] + \
                [("rod", lambda r=r, a=a: rod(r, a, rng)) for r, a in ((1.2, 2.5), (1.6, 2.0), (2.0, 1.8), (2.3, 1.6))] + \
                [("hex-prism", lambda r=r, h=h: hex_prism(r, h, rng)) for r, h in ((1.4, 3.3), (2.0, 4.0), (2.4, 5.0), (2.8, 6.0))]
+    return draw(plan, large)
+
+
+def draw(plan, large: bool) -> list[tuple[str, str, np.ndarray]]:
+    """(family, name, xyz) of each (family, make) in ``plan``, ``make`` called again (another
+    random centre or choice) where it lands outside the size range (300-1500 atoms if ``large``,
+    else the recipe's)."""
     lo, hi = (300, 1500) if large else (MIN_ATOMS, MAX_ATOMS)
     out = []
     for fam, make in plan:
-        for _ in range(20):   # another centre offset where a seed's first one lands outside the range
+        for _ in range(20):
             name, x = make()
             if lo <= len(x) <= hi:
                 break
@@ -129,25 +136,33 @@ def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str
     return out
 
 
-def build(seed: int = SEED) -> list[Item]:
-    rng = np.random.default_rng(seed)
+def items_of(shapes_fn, rng: np.random.Generator, prefixes: tuple[str, str, str], groups: list[str],
+             motif: dict, metals) -> list[Item]:
+    """A held-out set's items: each small shape with the training physics (any metal) and with
+    beamline-like physics and noise, then the large ones thermally displaced and measured to
+    40-50 A; ``metals(family)``: the elements for the last two."""
     items = []
-    for fam, name, x in shapes(rng):
+    for fam, name, x in shapes_fn(rng):
         x = unit_bond(x)
         el = str(rng.choice(METALS))
-        items.append(Item(f"hf_{name}", "families", fam, FAMILY_MOTIF[fam], el,
+        items.append(Item(f"{prefixes[0]}_{name}", groups[0], fam, motif[fam], el,
                           canonical_order(x * _bond(rng, el))))
-        el = str(rng.choice(HCP_METALS if FAMILY_MOTIF[fam] == "hcp" else FCC_METALS))
+        el = str(rng.choice(metals(fam)))
         p, noise = _measurement(rng)
-        items.append(Item(f"hp_{name}", "families-physics", fam, FAMILY_MOTIF[fam], el,
+        items.append(Item(f"{prefixes[1]}_{name}", groups[1], fam, motif[fam], el,
                           canonical_order(x * _bond(rng, el)), p, noise))
-    for fam, name, x in shapes(rng, large=True):
+    for fam, name, x in shapes_fn(rng, large=True):
         x = unit_bond(x) + rng.normal(scale=0.01, size=x.shape)
-        el = str(rng.choice(HCP_METALS if FAMILY_MOTIF[fam] == "hcp" else FCC_METALS))
+        el = str(rng.choice(metals(fam)))
         p, noise = _measurement(rng, rmax=(40.0, 50.0))
-        items.append(Item(f"hl_{name}_{len(x)}", "families-large", fam, FAMILY_MOTIF[fam], el,
+        items.append(Item(f"{prefixes[2]}_{name}_{len(x)}", groups[2], fam, motif[fam], el,
                           x * _bond(rng, el), p, noise, notes={"perturbation": "thermal"}))
     return items
+
+
+def build(seed: int = SEED) -> list[Item]:
+    return items_of(shapes, np.random.default_rng(seed), ("hf", "hp", "hl"), GROUPS, FAMILY_MOTIF,
+                    lambda fam: HCP_METALS if FAMILY_MOTIF[fam] == "hcp" else FCC_METALS)
 
 
 def keys(seed: int = SEED) -> set[str]:

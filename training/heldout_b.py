@@ -22,11 +22,9 @@ import math
 
 import numpy as np
 
-from cbldm.training.clusters import MAX_ATOMS, METALS, MIN_ATOMS, canonical_order
-from cbldm.training.heldout import FCC_METALS
+from cbldm.training.heldout import FCC_METALS, Item, draw, items_of
 from cbldm.training.library_build import reversed_stacking
-from cbldm.training.offrecipe import Item, _bond, _measurement, stacked_points
-from cbldm.training.variants import unit_bond
+from cbldm.training.offrecipe import stacked_points
 
 SEED = 31
 GROUPS = ["families-b", "families-b-physics", "families-b-large"]
@@ -121,38 +119,13 @@ def shapes(rng: np.random.Generator, large: bool = False) -> list[tuple[str, str
                [("polytype", lambda r=r: polytype(r, rng)) for r in (2.2, 2.6, 3.0, 3.5)] + \
                [("bipyramid", lambda s=s: bipyramid(s, rng)) for s in (1.1, 1.5, 1.9, 2.2)] + \
                [("multi-twin", lambda r=r: multi_twin(r, rng)) for r in (3.0, 3.2, 3.35, 3.5)]
-    lo, hi = (300, 1500) if large else (MIN_ATOMS, MAX_ATOMS)
-    out = []
-    for fam, make in plan:
-        for _ in range(20):   # another random choice where a seed's first one lands outside the range
-            name, x = make()
-            if lo <= len(x) <= hi:
-                break
-        else:
-            raise AssertionError(f"{name}: {len(x)} atoms, outside {lo}-{hi}")  # a design error, not data
-        out.append((fam, name, x))
-    return out
+    return draw(plan, large)
 
 
 def build(seed: int = SEED) -> list[Item]:
-    rng = np.random.default_rng(seed)
-    items = []
     hcp_like = ["Co", "Ru", "Os", "Au", "Ag"]   # 4H/6H are reported for Au and Ag nanostructures
-    for fam, name, x in shapes(rng):
-        x = unit_bond(x)
-        el = str(rng.choice(METALS))
-        items.append(Item(f"bf_{name}", GROUPS[0], fam, FAMILY_MOTIF[fam], el, canonical_order(x * _bond(rng, el))))
-        el = str(rng.choice(hcp_like if fam == "polytype" else FCC_METALS))
-        p, noise = _measurement(rng)
-        items.append(Item(f"bp_{name}", GROUPS[1], fam, FAMILY_MOTIF[fam], el,
-                          canonical_order(x * _bond(rng, el)), p, noise))
-    for fam, name, x in shapes(rng, large=True):
-        x = unit_bond(x) + rng.normal(scale=0.01, size=x.shape)
-        el = str(rng.choice(hcp_like if fam == "polytype" else FCC_METALS))
-        p, noise = _measurement(rng, rmax=(40.0, 50.0))
-        items.append(Item(f"bl_{name}_{len(x)}", GROUPS[2], fam, FAMILY_MOTIF[fam], el,
-                          x * _bond(rng, el), p, noise, notes={"perturbation": "thermal"}))
-    return items
+    return items_of(shapes, np.random.default_rng(seed), ("bf", "bp", "bl"), GROUPS, FAMILY_MOTIF,
+                    lambda fam: hcp_like if fam == "polytype" else FCC_METALS)
 
 
 def keys(seed: int = SEED) -> set[str]:
