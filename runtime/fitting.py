@@ -212,7 +212,8 @@ class FitGrid:
         d, wt = self.pair_histogram(xyz)
         sizes = np.linspace(1 - SIZE_SPAN, 1 + SIZE_SPAN, 13) if sizes is None else np.asarray(sizes)
         x0 = np.array([start[0], start[1], start[2] ** 2], float)
-        _, p = self._inner(self.moments(d, n, 1.0, wt), g_obs_fit, gg, x0, fix_delta2)
+        mom1 = self.moments(d, n, 1.0, wt)
+        val1, p = self._inner(mom1, g_obs_fit, gg, x0, fix_delta2)
         vals = [self._cost(p, self.moments(d, n, s, wt), g_obs_fit, gg, fix_delta2)[0] for s in sizes]
         k = int(np.argmin(vals))
         # a narrow scan whose best is at its edge walks on, as far as the +-SIZE_SPAN limit
@@ -233,8 +234,11 @@ class FitGrid:
             den = v0 - 2 * v1 + v2
             if den > 0:
                 s = float(sizes[k] + 0.5 * (sizes[k] - sizes[k - 1]) * (v0 - v2) / den)
-        mom = self.moments(d, n, s, wt)
-        val, p = self._inner(mom, g_obs_fit, gg, p, fix_delta2)
+        if s == 1.0:     # the physics is already fitted there (a one-size fit, as the searches use)
+            mom, val = mom1, val1
+        else:
+            mom = self.moments(d, n, s, wt)
+            val, p = self._inner(mom, g_obs_fit, gg, p, fix_delta2)
         p = np.array([p[0], p[1], math.sqrt(max(p[2], 0.0))])   # back to Qdamp
         g = self.g(mom, p[0], p[1], p[2])
         hh = float(g @ g)

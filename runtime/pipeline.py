@@ -318,9 +318,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         cands.sort(key=lambda c: (*tier(c), c.rwp))
         if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
             tsr = time.perf_counter()
-            found = [_search(c, grid, g_fit, d, refine.search_gain) for c in cands[:refine.search]
-                     if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
-            cands += [c for c in found if c is not None]
+            for c in [c for c in cands[:refine.search] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]:
+                cands += _search(c, grid, g_fit, d, refine.search_gain)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["search_s"] = time.perf_counter() - tsr
         if refine.top > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
@@ -474,18 +473,31 @@ def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndar
     return replace(c, rwp=r, rwp_rigid=rigid, g_calc=scale * g, fit=replace(c.fit, scale=scale, rwp=r), exact=True)
 
 
-def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float) -> Candidate | None:
-    """The atom-count search from ``c``: a new candidate when it changed the count and lowered
-    Rwp by ``gain`` of its value (a thermally disordered particle of the right count gains a
-    few per cent from any extra or missing atom; a wrong count gains far more from the right one)."""
-    from cbldm.runtime.search import grow_prune
+def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float) -> list[Candidate]:
+    """The atom-count search from ``c`` and the facet-layer search followed by the atom-count
+    search (``cbldm.runtime.search``): new candidates where the count changed and Rwp fell by
+    ``gain`` of its value (a thermally disordered particle of the right count gains a few per
+    cent from any extra or missing atom; a wrong count gains far more from the right one)."""
+    from cbldm.runtime.search import grow_prune, layer_search
 
-    res = grow_prune(c.xyz, g_fit, grid, c.fit, nn_length(c.xyz))
-    if res.removed == res.added == 0 or len(res.xyz) == c.n_atoms and res.rwp >= c.rwp:
-        return None
-    fit = res.fit
-    if fit.rwp >= (1.0 - gain) * c.rwp:
-        return None
-    label = f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms (-{res.removed}/+{res.added})"
-    return Candidate(res.xyz, c.source, label, None, fit.rwp, fit.rwp, fit,
-                     g_calc=fit.g_calc, search_rwp=c.search_rwp)
+    def found(res, how: str) -> Candidate:
+        return Candidate(res.xyz, c.source, f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms ({how})", None,
+                         res.fit.rwp, res.fit.rwp, res.fit, g_calc=res.fit.g_calc, search_rwp=c.search_rwp)
+
+    out = []
+    bond = nn_length(c.xyz)
+    res = grow_prune(c.xyz, g_fit, grid, c.fit, bond)
+    if (res.removed or res.added) and res.fit.rwp < (1.0 - gain) * c.rwp:
+        out.append(found(res, f"-{res.removed}/+{res.added}"))
+    lay = layer_search(c.xyz, g_fit, grid, c.fit, bond)
+    if lay.removed or lay.added:
+        more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz))
+        best = more if more.fit.rwp < lay.fit.rwp else lay
+        extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
+        if len(best.xyz) != c.n_atoms and best.fit.rwp < (1.0 - gain) * c.rwp:
+            new = found(best, f"layers -{lay.removed}/+{lay.added}{extra}")
+            # one candidate per count from one start: the better fit
+            out = [o for o in out if o.n_atoms != new.n_atoms or o.rwp < new.rwp]
+            if all(o.n_atoms != new.n_atoms for o in out):
+                out.append(new)
+    return out
