@@ -35,6 +35,19 @@ DELTA2_RANGE = (0.0, 5.0)
 TAYLOR_TERMS = 10       # exp(a / r^2) to a^9 / 9!: within 0.004 in Rwp of the exact sum up to
                         # Biso 3, delta2 5 (6 terms were 0.03 off there)
 QDAMP_RANGE = (0.0, 0.08)
+# DiffPy cuts F(Q) at Qmin and Qmax on a Q grid of step pi / (rmax + extension), the
+# extension growing with the largest Uiso: the cut lands up to one step (~0.1 1/A) above Qmin,
+# at a place that depends on the Biso the file was *made* with. The fit's model must cut where
+# the file's maker did, or the missing sliver of low-Q signal is a ripple of every r that no
+# physics parameter absorbs: with the grid of Biso 3 (before 2026-11-27) the true structures
+# of the 12 DiffPy reference files fitted to Rwp 0.001-0.037 (spurious Qdamp 0.01-0.03; thin
+# rods and small clusters worst, enough to rank a longer hcp rod above the true one); with the
+# grid of their Biso, 0.3, to 0.0001-0.0003 (tests/test_fitting.py). So the first fits use the
+# grid of Biso 0.3 (DeepStruc's simulations; room-temperature metal particles) and the
+# pipeline fits again on the grid of the Biso the best candidate found when that grid cuts
+# elsewhere (``grid_for``). Measured data are cut by their reduction program on its own fine
+# grid: there the choice is one of two close approximations.
+QGRID_BISO = 0.3
 SIZE_SPAN = 0.03        # +-3 %: the first-shell peak fixes the bond length to about 1 %
 
 
@@ -81,16 +94,20 @@ class FitGrid:
 
     Build once per file; ``fit`` any number of structures against it."""
 
-    def __init__(self, phys: FilePhysics):
+    def __init__(self, phys: FilePhysics, qgrid_biso: float = QGRID_BISO):
         self.phys = phys
-        # the r extension (and so the Q grid) must allow the widest peak the fit may try
+        self.qgrid_biso = qgrid_biso
+        # the Q grid DiffPy uses at Biso QGRID_BISO (where it cuts at Qmin and Qmax); the pairs
+        # counted reach as far beyond rmax as the widest peak the fit may try (Biso 3)
         self.calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep,
-                                       qmin=phys.qmin, qmax=phys.qmax, biso=BISO_RANGE[1]))
+                                       qmin=phys.qmin, qmax=phys.qmax, biso=qgrid_biso))
+        wide = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep,
+                                  qmin=phys.qmin, qmax=phys.qmax, biso=BISO_RANGE[1]))
         self.r = self.calc.r
         self.mask = (self.r >= phys.rmin - 1e-9) & (self.r <= phys.rmax + 1e-9)
         self.h = self.calc.HIST_STEP * HIST_STRIDE
         # the calculator's histogram kernel at the fit's bin width, sin(Qr)/r (bins, nq)
-        rb = np.arange(int(math.ceil(self.calc.rcalchi / self.calc.HIST_STEP)) + 2)[::HIST_STRIDE] \
+        rb = np.arange(int(math.ceil(wide.rcalchi / self.calc.HIST_STEP)) + 2)[::HIST_STRIDE] \
             * self.calc.HIST_STEP
         with np.errstate(divide="ignore", invalid="ignore"):
             k = np.sin(np.outer(rb, self.calc.q)) / rb[:, None]
@@ -305,19 +322,35 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
 _GRIDS: dict = {}
 
 
-def fit_grid(phys: FilePhysics) -> FitGrid:
-    """A FitGrid per physics, kept for the next file (a watch service sees the same reduction
-    settings file after file; building one costs 0.1-0.5 s and holds 10-30 MB). Keyed on what
-    the arrays depend on; the grid handed out carries the caller's physics (its held Qdamp)."""
+def _qstep(phys: FilePhysics, biso: float) -> float:
+    return DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep, qmin=phys.qmin,
+                              qmax=phys.qmax, biso=biso)).qstep
+
+
+def fit_grid(phys: FilePhysics, qgrid_biso: float = QGRID_BISO) -> FitGrid:
+    """A FitGrid per physics (and Q grid), kept for the next file (a watch service sees the same
+    reduction settings file after file; building one costs 0.1-0.5 s and holds 10-30 MB). Keyed
+    on what the arrays depend on; the grid handed out carries the caller's physics (its held
+    Qdamp)."""
     import copy
 
-    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep)
+    key = (phys.qmin, phys.qmax, phys.rmin, phys.rmax, phys.rstep, round(_qstep(phys, qgrid_biso), 12))
     if key not in _GRIDS:
-        if len(_GRIDS) >= 3:
+        if len(_GRIDS) >= 6:
             _GRIDS.pop(next(iter(_GRIDS)))
-        _GRIDS[key] = FitGrid(phys)
+        _GRIDS[key] = FitGrid(phys, qgrid_biso)
     grid = _GRIDS[key]
     if grid.phys != phys:      # shares the arrays, which a fit only reads
         grid = copy.copy(grid)
         grid.phys = phys
     return grid
+
+
+def grid_for(grid: FitGrid, biso: float) -> FitGrid | None:
+    """The grid on which DiffPy would have cut a file made with ``biso``, if it cuts elsewhere
+    than ``grid`` does (its Qmin or Qmax cut moves by more than a tenth of a step), else None."""
+    q_new, q_old = _qstep(grid.phys, biso), grid.calc.qstep
+    cut = lambda q: (math.ceil(grid.phys.qmin / q - 1e-9) * q, math.ceil(grid.phys.qmax / q - 1e-9) * q)  # noqa: E731
+    if max(abs(a - b) for a, b in zip(cut(q_new), cut(q_old))) <= 0.1 * q_old:
+        return None
+    return fit_grid(grid.phys, biso)

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid
+from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid, grid_for
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
 from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_input, nn_distance
@@ -307,6 +307,18 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             c.xyz = (c.xyz - c.xyz.mean(0)) * c.fit.size
             c.rwp = c.rwp_rigid = c.fit.rwp
             c.g_calc = c.fit.g_calc
+        # fit again on the Q grid on which DiffPy would have cut a file of the Biso found
+        # (cbldm.runtime.fitting.QGRID_BISO)
+        best = min(cands, key=lambda c: c.rwp, default=None)
+        regrid = grid_for(grid, best.fit.biso) if best is not None else None
+        if regrid is not None:
+            grid = regrid
+            for c in cands:
+                c.fit = grid.fit(c.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 5),
+                                 start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
+                c.xyz = c.xyz * c.fit.size
+                c.rwp = c.rwp_rigid = c.fit.rwp
+                c.g_calc = c.fit.g_calc
         tm["fit_s"] = time.perf_counter() - tf
         frac = refine.min_distance
 
