@@ -41,8 +41,8 @@ LIBRARY_PER_MOTIF = 3    # ... at most this many of one motif (4 and 2 lost an o
 REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
 REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp: neither count search nor coordinates
                            # have anything to add (0.02 left a noise-free fit at 0.018 with three
-                           # atoms too many as it was). Below the binned fit's own floor on ideal
-                           # recipe shapes (0.006-0.010): those get the search too, at a cost in time
+                           # atoms too many as it was). Ideal recipe shapes fit DiffPy's PDFs to
+                           # 1e-4-level Rwp (fitting.QGRID_BISO): those skip both
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
 
@@ -456,17 +456,15 @@ def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray
 
 
 def _exact_g(phys: FilePhysics, grid: FitGrid, f: PhysicsFit | None, x: np.ndarray, element: str):
-    """The exact calculator configured as the fit's grid (its Q grid and pair range come from
-    the largest Biso the fit allows), the fitted Biso given per atom: the same model."""
-    from cbldm.runtime.fitting import BISO_RANGE
+    """DiffPy's calculation with the fitted physics: its Q grid (where it cuts at Qmin and Qmax)
+    that of the fitted Biso, as for a file DiffPy made with it (``fitting.QGRID_BISO``)."""
     from cbldm.runtime.pdf import DebyePDF, PDFParams
 
     if f is None or len(x) < 2:
         return None
     calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep, qmin=phys.qmin,
-                              qmax=phys.qmax, biso=BISO_RANGE[1], delta2=f.delta2, qdamp=f.qdamp))
-    uiso = np.full(len(x), f.biso / (8.0 * math.pi**2))
-    return calc.calc(x, element, uiso=uiso, method="exact" if len(x) <= 400 else "histogram")[grid.mask]
+                              qmax=phys.qmax, biso=f.biso, delta2=f.delta2, qdamp=f.qdamp))
+    return calc.calc(x, element, method="exact" if len(x) <= 400 else "histogram")[grid.mask]
 
 
 def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray, element: str) -> Candidate:

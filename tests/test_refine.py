@@ -119,14 +119,11 @@ def test_pipeline_refines_the_best_candidates_only(fake_model, calc):
     assert c.rwp < 0.5 * c.rwp_rigid, (c.rwp, c.rwp_rigid)
     # the reported Rwp is the exact calculator's, for the returned coordinates and fitted physics
     assert c is ref.best
-    from cbldm.runtime.fitting import BISO_RANGE
-
     f, ph = c.fit, ref.physics
-    # configured as the fit's grid (Q grid and pair range of the largest Biso it allows), the
-    # fitted Biso per atom: the same model the fit used
-    exact = DebyePDF(PDFParams(rmax=ph.rmax + ph.rstep, qmin=ph.qmin, qmax=ph.qmax, biso=BISO_RANGE[1],
-                               delta2=f.delta2, qdamp=f.qdamp)).calc(
-        c.xyz, "Pt", uiso=np.full(c.n_atoms, f.biso / (8 * np.pi**2)))
+    # DiffPy's calculation with the fitted physics, on the Q grid of the fitted Biso (where
+    # DiffPy cuts at Qmin and Qmax for a file made with it)
+    exact = DebyePDF(PDFParams(rmax=ph.rmax + ph.rstep, qmin=ph.qmin, qmax=ph.qmax, biso=f.biso,
+                               delta2=f.delta2, qdamp=f.qdamp)).calc(c.xyz, "Pt")
     assert c.rwp == pytest.approx(rwp(ref.g_obs, exact[(exact.shape[0] - len(ref.r)):]), rel=1e-6)
     # and the untouched candidates are exactly what the unrefined run gave
     assert {x.label: x.n_atoms for x in ref.candidates if not x.refined} == \
