@@ -191,6 +191,7 @@ class Candidate:
     start_fit: PhysicsFit | None = None
     start_clashed: bool = False           # refined to separate atoms on top of each other
     rwp_refined_unjustified: float | None = None   # a refinement undone by the criterion: its Rwp
+    near: "Candidate | None" = None  # a search's answer: the structure one move short of it
 
     @property
     def n_atoms(self) -> int:
@@ -368,6 +369,11 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         demote = not overdamped(cands[0])
         others = [c for c in cands[1:] if c.n_atoms != cands[0].n_atoms and c.physical(d, frac)]
         runner = next((c for c in others if not (demote and overdamped(c))), None)
+        near = cands[0].near
+        if near is not None and near.n_atoms != cands[0].n_atoms and near.physical(d, frac) \
+                and not (demote and overdamped(near)) and (runner is None or near.rwp < runner.rwp):
+            cands.insert(1, near)      # listed, so the JSON holds what the verdict names
+            runner = near
         # the best-fitting candidate ranked down for needing Qdamp at its bound
         damped = min((c for c in others if demote and overdamped(c)), key=lambda c: c.rwp, default=None)
         if runner is not None:
@@ -502,10 +508,19 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     lay = layer_search(c.xyz, g_fit, grid, c.fit, bond)
     if lay.removed or lay.added:
         more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz))
-        best = more if more.fit.rwp < lay.fit.rwp else lay
+        best = more if (more.removed or more.added) and more.fit.rwp < lay.fit.rwp else lay
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
         if len(best.xyz) != c.n_atoms and best.fit.rwp < (1.0 - gain) * c.rwp:
             new = found(best, f"layers -{lay.removed}/+{lay.added}{extra}")
+            # the search walks the count one move at a time while the fit improves: the
+            # structure one move short is its closest rival of another count (each layer a
+            # measured particle takes on can gain less than the count tie of the verdict)
+            prev = (lay.xyz, lay.fit) if best is more else lay.path[-2] if len(lay.path) >= 2 else None
+            if prev is not None and len(prev[0]) != new.n_atoms:
+                x, f = prev
+                new.near = Candidate(x, c.source, f"{c.label} {len(x) - c.n_atoms:+d} atoms (one search "
+                                     "move short of the answer)", None, f.rwp, f.rwp, f, g_calc=f.g_calc,
+                                     search_rwp=c.search_rwp)
             # one candidate per count from one start: the better fit
             out = [o for o in out if o.n_atoms != new.n_atoms or o.rwp < new.rwp]
             if all(o.n_atoms != new.n_atoms for o in out):

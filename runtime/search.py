@@ -304,6 +304,7 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     n0 = len(x)
     removed = added = moves = idle = 0
     cur, first = fit, fit.rwp
+    path = []          # (structure, its fit) after each move
     # phases of removals only and additions only, as in ``grow_prune``: the first greedy step
     # of a prism four layers too long was a layer added on its side (0.038 -> 0.031), after
     # which no sequence of end removals reached the prism
@@ -320,9 +321,10 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
             cur = grid.fit(x, g_obs, sizes=np.linspace(0.995, 1.005, 3), start=(f.biso, f.delta2, f.qdamp))
             x = x * cur.size
             bond = bond * cur.size
+            path.append((x - x.mean(0), cur))
             moves, took = moves + 1, took + 1
         idle = 0 if took else idle + 1
-    return SearchResult(x - x.mean(0), cur.rwp, first, removed, added, fit=cur)
+    return SearchResult(x - x.mean(0), cur.rwp, first, removed, added, path=path, fit=cur)
 
 
 def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms):

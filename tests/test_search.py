@@ -91,3 +91,22 @@ def test_facet_normals_of_a_cube_are_its_six_faces():
     nrm = facet_normals(x - 1.5)
     assert len(nrm) == 6
     assert np.allclose(np.sort(np.abs(nrm).max(1)), 1.0)
+
+
+def test_pipeline_answers_with_the_recut_prism_and_lists_the_move_before(calc, tmp_path):
+    """A library holding only the prism four layers too long: the pipeline's answer is the
+    truth, re-cut by the layer search, and the structure one move short of it is listed right
+    after it (the verdict's runner-up: here far behind, so no tie)."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    truth, longer = _shape("HCP_Size1_3_Size2_4_Size3_4"), _shape("HCP_Size1_3_Size2_4_Size3_6")
+    write_library(tmp_path / "lib.npz", [("recipe:longer", "hcp", "recipe", longer / D)], log=None)
+    pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=Library(tmp_path / "lib.npz"))
+    assert pred.best.n_atoms == len(truth) and "layers -48/+0" in pred.best.label
+    assert _err(pred.best.xyz, truth) < 0.01 and pred.best.rwp < 0.002
+    near = pred.candidates[1]
+    assert near.label == pred.best.near.label and near.exact and near.n_atoms == len(truth) + 12 and "one search move short" in near.label
+    assert not any("fit almost as well" in w for w in pred.verdict.warnings), pred.verdict.warnings
