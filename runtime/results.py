@@ -200,7 +200,11 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
     fig = plt.figure(figsize=(12, 4.6))
     ax = fig.add_axes([0.06, 0.12, 0.56, 0.76])
     ax.plot(r_data, g_data, color="0.15", lw=1.1, label="data")
-    ax.plot(pred.r, best.g_calc, color="tab:red", lw=0.9, label=f"fit ({best.source}: {best.label})")
+    import textwrap
+
+    # a search's label is long: wrapped, the legend keeps to the right of the warnings
+    ax.plot(pred.r, best.g_calc, color="tab:red", lw=0.9,
+            label=textwrap.fill(f"fit ({best.source}: {best.label})", 42, subsequent_indent="  "))
     lo = min(float(g_data.min()), float(best.g_calc.min()))
     off = lo - 0.25 * float(np.abs(g_data).max())
     ax.plot(pred.r, pred.g_obs - best.g_calc + off, color="tab:blue", lw=0.8, label="difference (offset)")
@@ -216,9 +220,7 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
     ax.set_title(title, fontsize=9.5)
     ax.legend(frameon=False, fontsize=7.5, loc="upper right")
     if pred.verdict.warnings:
-        import textwrap
-
-        text = "\n".join(textwrap.fill(w, 70) for w in pred.verdict.warnings[:3])
+        text = "\n".join(textwrap.fill(w, 62) for w in pred.verdict.warnings[:3])
         ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=6.5,
                 color="tab:red" if pred.verdict.verdict != "ok" else "0.3")
     ax3 = fig.add_axes([0.63, 0.06, 0.30, 0.86], projection="3d")
