@@ -45,8 +45,10 @@ QDAMP_RANGE = (0.0, 0.08)
 # grid of their Biso, 0.3, to 0.0001-0.0003 (tests/test_fitting.py). So the first fits use the
 # grid of Biso 0.3 (DeepStruc's simulations; room-temperature metal particles) and the
 # pipeline fits again on the grid of the Biso the best candidate found when that grid cuts
-# elsewhere (``grid_for``). Measured data are cut by their reduction program on its own fine
-# grid: there the choice is one of two close approximations.
+# elsewhere (``grid_for``; the Qmax cut, nq steps up, moves with almost any Biso, so most files
+# are fitted twice). Measured data are cut by their reduction program on its own fine grid:
+# there the choice is one of two close approximations. The pairs counted reach as far as Biso 3
+# needs, farther than DiffPy's at Biso 0.3: it matters for particles wider than rmax + 2 A only.
 QGRID_BISO = 0.3
 SIZE_SPAN = 0.03        # +-3 %: the first-shell peak fixes the bond length to about 1 %
 
@@ -339,7 +341,7 @@ def fit_grid(phys: FilePhysics, qgrid_biso: float = QGRID_BISO) -> FitGrid:
         if len(_GRIDS) >= 6:
             _GRIDS.pop(next(iter(_GRIDS)))
         _GRIDS[key] = FitGrid(phys, qgrid_biso)
-    grid = _GRIDS[key]
+    grid = _GRIDS[key] = _GRIDS.pop(key)      # least recently used goes first
     if grid.phys != phys:      # shares the arrays, which a fit only reads
         grid = copy.copy(grid)
         grid.phys = phys

@@ -221,6 +221,7 @@ class Prediction:
     input_check: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     sampler: dict = field(default_factory=dict)
+    q_grid_biso: float = 0.3                 # the Biso whose DiffPy Q grid the fit cut F(Q) on
 
     @property
     def best(self) -> Candidate:
@@ -308,25 +309,29 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             c.xyz = (c.xyz - c.xyz.mean(0)) * c.fit.size
             c.rwp = c.rwp_rigid = c.fit.rwp
             c.g_calc = c.fit.g_calc
-        # fit again on the Q grid on which DiffPy would have cut a file of the Biso found
-        # (cbldm.runtime.fitting.QGRID_BISO)
-        best = min(cands, key=lambda c: c.rwp, default=None)
-        regrid = grid_for(grid, best.fit.biso) if best is not None else None
-        if regrid is not None:
-            grid = regrid
-            for c in cands:
-                c.fit = grid.fit(c.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 5),
-                                 start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
-                c.xyz = c.xyz * c.fit.size
-                c.rwp = c.rwp_rigid = c.fit.rwp
-                c.g_calc = c.fit.g_calc
-        tm["fit_s"] = time.perf_counter() - tf
         frac = refine.min_distance
 
         def tier(c: Candidate) -> tuple[bool, bool]:
             # physical ones first (atoms on top of each other must not win on Rwp), then those
             # whose fit keeps Qdamp inside its range
             return not c.physical(d, frac), overdamped(c)
+
+        # fit again on the Q grid on which DiffPy would have cut a file of the Biso the best
+        # candidate found (cbldm.runtime.fitting.QGRID_BISO); the size found stays reported
+        best = min(cands, key=lambda c: (*tier(c), c.rwp), default=None)
+        regrid = grid_for(grid, best.fit.biso) if best is not None else None
+        if regrid is not None:
+            grid = regrid
+            for c in cands:
+                old = c.fit
+                f = grid.fit(c.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 5),
+                             start=(old.biso, old.delta2, old.qdamp))
+                c.xyz = c.xyz * f.size
+                c.fit = replace(f, size=old.size * f.size,
+                                at_bounds=sorted(set(f.at_bounds) | ({"size"} & set(old.at_bounds))))
+                c.rwp = c.rwp_rigid = c.fit.rwp
+                c.g_calc = c.fit.g_calc
+        tm["fit_s"] = time.perf_counter() - tf
 
         cands.sort(key=lambda c: (*tier(c), c.rwp))
         if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
@@ -389,7 +394,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                               sampler.as_dict() | {"candidates": candidates, "seed": seed,
                                                    "source": source, "library_top": library_top,
                                                    "library_per_motif": LIBRARY_PER_MOTIF,
-                                                   "refine": refine.as_dict()}))
+                                                   "refine": refine.as_dict()}, grid.qgrid_biso))
     return out
 
 
@@ -462,15 +467,19 @@ def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray
 
 
 def _exact_g(phys: FilePhysics, grid: FitGrid, f: PhysicsFit | None, x: np.ndarray, element: str):
-    """DiffPy's calculation with the fitted physics: its Q grid (where it cuts at Qmin and Qmax)
-    that of the fitted Biso, as for a file DiffPy made with it (``fitting.QGRID_BISO``)."""
+    """DiffPy's calculation with the fitted physics, on the fit's Q grid (where it cuts at Qmin
+    and Qmax: ``fitting.QGRID_BISO``) with the fitted Biso given per atom; a fitted Biso above
+    the grid's widens DiffPy's r extension and so its Q grid: then that of the fitted Biso, as
+    for a file DiffPy made with it."""
     from cbldm.runtime.pdf import DebyePDF, PDFParams
 
     if f is None or len(x) < 2:
         return None
+    b = max(grid.qgrid_biso, f.biso)
     calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep, qmin=phys.qmin,
-                              qmax=phys.qmax, biso=f.biso, delta2=f.delta2, qdamp=f.qdamp))
-    return calc.calc(x, element, method="exact" if len(x) <= 400 else "histogram")[grid.mask]
+                              qmax=phys.qmax, biso=b, delta2=f.delta2, qdamp=f.qdamp))
+    uiso = np.full(len(x), f.biso / (8.0 * math.pi**2))
+    return calc.calc(x, element, uiso=uiso, method="exact" if len(x) <= 400 else "histogram")[grid.mask]
 
 
 def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray, element: str) -> Candidate:
@@ -508,7 +517,9 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     lay = layer_search(c.xyz, g_fit, grid, c.fit, bond)
     if lay.removed or lay.added:
         more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz))
-        best = more if (more.removed or more.added) and more.fit.rwp < lay.fit.rwp else lay
+        # the atom search after the layers must keep the count the layers changed
+        best = more if (more.removed or more.added) and more.fit.rwp < lay.fit.rwp \
+            and len(more.xyz) != c.n_atoms else lay
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
         if len(best.xyz) != c.n_atoms and best.fit.rwp < (1.0 - gain) * c.rwp:
             new = found(best, f"layers -{lay.removed}/+{lay.added}{extra}")

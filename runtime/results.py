@@ -164,7 +164,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         "refined_physics": phys,
         "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
                 "rmax_A": pred.physics.rmax, "qdamp_held": pred.physics.qdamp, "from": pred.physics.source,
-                "points": int(len(pred.r))},
+                "points": int(len(pred.r)), "q_grid_biso": round(float(pred.q_grid_biso), 4)},
         "first_shell_A": round(pred.d_nn, 4),
         "particle": pred.extent, "input_check": {k: round(float(x), 5) for k, x in pred.input_check.items()},
         # sanity numbers for the reader: metals have no pair far below the first shell, and

@@ -49,7 +49,9 @@ def test_true_structures_of_the_diffpy_reference_files_fit_to_their_floor(refere
     spurious Qdamp of 0.01-0.03)."""
     from conftest import reference_graphs
 
-    for name, xyz, _, _, g in reference_graphs(reference):
+    graphs = reference_graphs(reference)
+    assert len(graphs) == 12
+    for name, xyz, _, _, g in graphs:
         r = np.arange(len(g)) * 0.01
         grid = fit_grid(file_physics({}, r, qmin=0.7, qmax=25.0))
         f = grid.fit(xyz, np.interp(grid.r_fit, r, g))

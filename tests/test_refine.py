@@ -120,10 +120,11 @@ def test_pipeline_refines_the_best_candidates_only(fake_model, calc):
     # the reported Rwp is the exact calculator's, for the returned coordinates and fitted physics
     assert c is ref.best
     f, ph = c.fit, ref.physics
-    # DiffPy's calculation with the fitted physics, on the Q grid of the fitted Biso (where
-    # DiffPy cuts at Qmin and Qmax for a file made with it)
-    exact = DebyePDF(PDFParams(rmax=ph.rmax + ph.rstep, qmin=ph.qmin, qmax=ph.qmax, biso=f.biso,
-                               delta2=f.delta2, qdamp=f.qdamp)).calc(c.xyz, "Pt")
+    # DiffPy's calculation with the fitted physics on the fit's Q grid (where DiffPy cuts at
+    # Qmin and Qmax), the fitted Biso per atom
+    exact = DebyePDF(PDFParams(rmax=ph.rmax + ph.rstep, qmin=ph.qmin, qmax=ph.qmax, biso=max(ref.q_grid_biso, f.biso),
+                               delta2=f.delta2, qdamp=f.qdamp)).calc(
+        c.xyz, "Pt", uiso=np.full(c.n_atoms, f.biso / (8 * np.pi**2)))
     assert c.rwp == pytest.approx(rwp(ref.g_obs, exact[(exact.shape[0] - len(ref.r)):]), rel=1e-6)
     # and the untouched candidates are exactly what the unrefined run gave
     assert {x.label: x.n_atoms for x in ref.candidates if not x.refined} == \

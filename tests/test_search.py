@@ -38,7 +38,8 @@ def _err(x, truth):
 
 def test_count_search_finds_missing_surface_atoms(calc):
     start = _shape("Decahedron_p_2_q_3_r_1")
-    # three vacancies on the surface (the farthest atoms from the centre: the two apices)
+    # three vacancies on the surface: the two apices and one of the six atoms next farthest
+    # out (argsort's pick among equals; deterministic)
     far = np.argsort(np.linalg.norm(start, axis=1))[-3:]
     truth = np.delete(start, far, axis=0)
     grid, g = _data(calc, truth)
@@ -110,3 +111,21 @@ def test_pipeline_answers_with_the_recut_prism_and_lists_the_move_before(calc, t
     near = pred.candidates[1]
     assert near.label == pred.best.near.label and near.exact and near.n_atoms == len(truth) + 12 and "one search move short" in near.label
     assert not any("fit almost as well" in w for w in pred.verdict.warnings), pred.verdict.warnings
+
+
+def test_pipeline_fits_again_on_the_q_grid_of_the_biso_it_finds(tmp_path):
+    """A PDF DiffPy would make at Biso 1.0 (its Q grid cuts elsewhere than at the first grid's
+    Biso 0.3): the pipeline moves to that grid, and the true shape then fits to its floor,
+    also in the reported (exact) Rwp."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import NO_REFINEMENT, predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    truth = _shape("Decahedron_p_2_q_3_r_1")
+    params = DEEPSTRUC_PARAMS.replace(biso=1.0)
+    write_library(tmp_path / "lib.npz", [("recipe:deca", "decahedral", "recipe", truth / D)], log=None)
+    pdf = PDFInput.on_model_grid(DebyePDF(params).calc(truth, "Pt"), "Pt", params=params)
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=Library(tmp_path / "lib.npz"),
+                   refine=NO_REFINEMENT)
+    assert abs(pred.q_grid_biso - 1.0) < 0.05 and abs(pred.best.fit.biso - 1.0) < 0.02
+    assert pred.best.exact and pred.best.rwp < 1e-3 and abs(nn_length(pred.best.xyz) - D) < 0.005
