@@ -60,8 +60,8 @@ BACKEND_HELP = ("auto (tensorrt, cuda, cpu: the first that runs the model), tens
 PRECISION_HELP = ("fp32 or fp16 graphs; a graph exported without an fp16 version runs fp32, "
                   "and the report says so.")
 
-REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off; "
-               "the structure as the networks gave it).")
+REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off, and no "
+               "atom-count or facet-layer search: the structures as the networks and library gave them).")
 
 
 SOURCE_HELP = ("Where candidates come from: both (default), model (the networks) or library "

@@ -60,7 +60,8 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion"):
     from cbldm.runtime.pipeline import RefineConfig
 
     try:
-        return RefineConfig(top=top, maxiter=maxiter, rank=rank)
+        # 0 is "the structure as found": no coordinate refinement and no atom or layer search
+        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=1 if top > 0 else 0)
     except ValueError:
         raise fail("--refine must be >= 0, --refine-iter >= 1 and --rank criterion or rwp", EXIT_USAGE) from None
 
