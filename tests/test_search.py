@@ -129,3 +129,11 @@ def test_pipeline_fits_again_on_the_q_grid_of_the_biso_it_finds(tmp_path):
                    refine=NO_REFINEMENT)
     assert abs(pred.q_grid_biso - 1.0) < 0.05 and abs(pred.best.fit.biso - 1.0) < 0.02
     assert pred.best.exact and pred.best.rwp < 1e-3 and abs(nn_length(pred.best.xyz) - D) < 0.005
+
+
+def test_refine_0_on_the_command_line_also_turns_the_searches_off():
+    """`cbldm-run --refine 0` promises the structures as found: no refinement and no search."""
+    from cbldm.runtime.cliutil import refine_config
+
+    assert refine_config(0, 100).search == 0 and refine_config(0, 100).top == 0
+    assert refine_config(4, 100).search == 1
