@@ -505,15 +505,15 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     cent from any extra or missing atom; a wrong count gains far more from the right one)."""
     from cbldm.runtime.search import grow_prune, layer_search
 
-    def found(res, how: str) -> Candidate:
-        return Candidate(res.xyz, c.source, f"{c.label} {len(res.xyz) - c.n_atoms:+d} atoms ({how})", None,
-                         res.fit.rwp, res.fit.rwp, res.fit, g_calc=res.fit.g_calc, search_rwp=c.search_rwp)
+    def found(xyz: np.ndarray, fit: PhysicsFit, how: str) -> Candidate:
+        return Candidate(xyz, c.source, f"{c.label} {len(xyz) - c.n_atoms:+d} atoms ({how})", None,
+                         fit.rwp, fit.rwp, fit, g_calc=fit.g_calc, search_rwp=c.search_rwp)
 
     out = []
     bond = nn_length(c.xyz)
     res = grow_prune(c.xyz, g_fit, grid, c.fit, bond)
     if (res.removed or res.added) and res.fit.rwp < (1.0 - gain) * c.rwp:
-        out.append(found(res, f"-{res.removed}/+{res.added}"))
+        out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}"))
     lay = layer_search(c.xyz, g_fit, grid, c.fit, bond)
     if lay.removed or lay.added:
         more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz))
@@ -522,16 +522,13 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
             and len(more.xyz) != c.n_atoms else lay
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
         if len(best.xyz) != c.n_atoms and best.fit.rwp < (1.0 - gain) * c.rwp:
-            new = found(best, f"layers -{lay.removed}/+{lay.added}{extra}")
+            new = found(best.xyz, best.fit, f"layers -{lay.removed}/+{lay.added}{extra}")
             # the search walks the count one move at a time while the fit improves: the
             # structure one move short is its closest rival of another count (each layer a
             # measured particle takes on can gain less than the count tie of the verdict)
             prev = (lay.xyz, lay.fit) if best is more else lay.path[-2] if len(lay.path) >= 2 else None
             if prev is not None and len(prev[0]) != new.n_atoms:
-                x, f = prev
-                new.near = Candidate(x, c.source, f"{c.label} {len(x) - c.n_atoms:+d} atoms (one search "
-                                     "move short of the answer)", None, f.rwp, f.rwp, f, g_calc=f.g_calc,
-                                     search_rwp=c.search_rwp)
+                new.near = found(*prev, "one search move short of the answer")
             # one candidate per count from one start: the better fit
             out = [o for o in out if o.n_atoms != new.n_atoms or o.rwp < new.rwp]
             if all(o.n_atoms != new.n_atoms for o in out):

@@ -280,8 +280,9 @@ def _layer_sites(x: np.ndarray, bond: float, n: np.ndarray, top: np.ndarray, mir
     return s[(nbrs >= 1) & (nbrs + own >= 3)]
 
 
-def _layer_moves(x: np.ndarray, bond: float) -> list[tuple[str, np.ndarray]]:
-    """Every facet layer removal (indices) and addition (sites, both stackings) of ``x``."""
+def _layer_moves(x: np.ndarray, bond: float, kind: str) -> list[np.ndarray]:
+    """Every facet layer removal (``kind`` "remove": indices) or addition ("add": sites, both
+    stackings) of ``x``."""
     moves, tops = [], set()
     for n in facet_normals(x):
         p = x @ n
@@ -291,14 +292,16 @@ def _layer_moves(x: np.ndarray, bond: float) -> list[tuple[str, np.ndarray]]:
         if (key := tuple(top)) in tops:
             continue
         tops.add(key)
-        if len(top) < len(x) - 3:
-            moves.append(("remove", top))
+        if kind == "remove":
+            if len(top) < len(x) - 3:
+                moves.append(top)
+            continue
         seen = None
         for mirror in (False, True):
             s = _layer_sites(x, bond, n, top, mirror)
             if len(s) >= 2 and not (seen is not None and len(s) == len(seen)
                                     and np.allclose(np.sort(s, 0), np.sort(seen, 0), atol=0.1 * bond)):
-                moves.append(("add", s))
+                moves.append(s)
                 seen = s
     return moves
 
@@ -349,9 +352,7 @@ def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms):
     ft = fa.sum(0) / 2.0
     n = len(x)
     scored = []
-    for k, m in _layer_moves(x, bond):
-        if k != kind:
-            continue
+    for m in _layer_moves(x, bond, kind):
         if kind == "remove":
             if n - len(m) < max(min_atoms, (1 - LAYER_MAX_CHANGE) * n0):
                 continue
