@@ -32,17 +32,19 @@ from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 from cbldm.runtime.structure import nn_distances, nn_length
-from cbldm.runtime.verdict import InputRefused, Verdict, check_input, judge, particle_extent
+from cbldm.runtime.verdict import (NOISE_FLOOR, InputRefused, Verdict, check_input, gain_bound, judge, misfit,
+                                   noise_rwp, particle_extent)
 
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 6          # library matches fitted per PDF ...
 LIBRARY_PER_MOTIF = 3    # ... at most this many of one motif (4 and 2 lost an octahedron to fcc
                          # spheres; with REFINE_NOT_NEEDED 0.005, tuning sets 45 -> 50, 3 -> 6, 0 -> 3 %)
 REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
-REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp: neither count search nor coordinates
-                           # have anything to add (0.02 left a noise-free fit at 0.018 with three
-                           # atoms too many as it was). Ideal recipe shapes fit DiffPy's PDFs to
-                           # 1e-4-level Rwp (fitting.QGRID_BISO): those skip both
+REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp (beyond the data's noise, verdict.misfit):
+                           # neither count search nor coordinates have anything to add (0.02 left
+                           # a noise-free fit at 0.018 with three atoms too many as it was). Ideal
+                           # recipe shapes fit DiffPy's PDFs to 1e-4-level Rwp
+                           # (fitting.QGRID_BISO): those skip both
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
 
@@ -124,7 +126,8 @@ class RefineConfig:
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
     restrain: bool = True
     search: int = 1            # atom-count search (cbldm.runtime.search) on the best N candidates
-    search_gain: float = 0.2   # ...kept when it lowers Rwp by this fraction (chosen on the tuning set)
+    search_gain: float = 0.2   # ...kept when it lowers Rwp (beyond the noise: verdict.gain_bound) by this
+                               # fraction (chosen on the tuning set, noise-free and noisy alike then)
     rank: str = "criterion"
 
     def __post_init__(self) -> None:
@@ -222,6 +225,7 @@ class Prediction:
     timings: dict = field(default_factory=dict)
     sampler: dict = field(default_factory=dict)
     q_grid_biso: float = 0.3                 # the Biso whose DiffPy Q grid the fit cut F(Q) on
+    noise_rwp: float = 0.0                   # the Rwp the data's noise alone leaves (verdict.noise_rwp)
 
     @property
     def best(self) -> Candidate:
@@ -287,6 +291,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         d = float(d_nn[i])
         grid = fit_grid(p.physics)
         g_fit = np.interp(grid.r_fit, p.r, p.g)
+        # what the noise alone leaves: searches and refinement chase the misfit beyond it
+        noise = noise_rwp(p.r, p.g, grid.r_fit, g_fit, p.physics.qmax)
         extent = particle_extent(p.r, p.g, d, checks[i]["noise_level"])
         cands = list(decoded[i])
         tm = {k: v / len(pdfs) for k, v in timings.items()}
@@ -334,13 +340,20 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         tm["fit_s"] = time.perf_counter() - tf
 
         cands.sort(key=lambda c: (*tier(c), c.rwp))
-        if refine.search > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
+        def settled(c: Candidate) -> bool:
+            # a fit whose misfit beyond the noise is already below REFINE_NOT_NEEDED, or too close
+            # to the noise for a search's gain to be told apart, has nothing for searches or
+            # refinement (on noise they fit noise)
+            floor = NOISE_FLOOR * noise / (1.0 - refine.search_gain)
+            return misfit(c.rwp_rigid, noise) < max(REFINE_NOT_NEEDED, floor)
+
+        if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
             for c in [c for c in cands[:refine.search] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]:
-                cands += _search(c, grid, g_fit, d, refine.search_gain)
+                cands += _search(c, grid, g_fit, d, refine.search_gain, noise)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["search_s"] = time.perf_counter() - tsr
-        if refine.top > 0 and cands and cands[0].rwp_rigid >= REFINE_NOT_NEEDED:
+        if refine.top > 0 and cands and not settled(cands[0]):
             tr = time.perf_counter()
             # a candidate far behind the best rigid fit does not catch up under restraints:
             # refining it only costs time
@@ -387,14 +400,14 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             damped = exact(damped)
         assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
                    if str(p.physics.source.get(k, "")).startswith("default")}
-        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped)
+        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
                               sampler.as_dict() | {"candidates": candidates, "seed": seed,
                                                    "source": source, "library_top": library_top,
                                                    "library_per_motif": LIBRARY_PER_MOTIF,
-                                                   "refine": refine.as_dict()}, grid.qgrid_biso))
+                                                   "refine": refine.as_dict()}, grid.qgrid_biso, noise))
     return out
 
 
@@ -498,11 +511,13 @@ def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndar
     return replace(c, rwp=r, rwp_rigid=rigid, g_calc=scale * g, fit=replace(c.fit, scale=scale, rwp=r), exact=True)
 
 
-def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float) -> list[Candidate]:
+def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: float,
+            noise: float = 0.0) -> list[Candidate]:
     """The atom-count search from ``c`` and the facet-layer search followed by the atom-count
     search (``cbldm.runtime.search``): new candidates where the count changed and Rwp fell by
     ``gain`` of its value (a thermally disordered particle of the right count gains a few per
-    cent from any extra or missing atom; a wrong count gains far more from the right one)."""
+    cent from any extra or missing atom; a wrong count gains far more from the right one), in
+    its misfit beyond the data's noise ``noise`` (``verdict.gain_bound``)."""
     from cbldm.runtime.search import grow_prune, layer_search
 
     def found(xyz: np.ndarray, fit: PhysicsFit, how: str) -> Candidate:
@@ -511,17 +526,18 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
 
     out = []
     bond = nn_length(c.xyz)
-    res = grow_prune(c.xyz, g_fit, grid, c.fit, bond)
-    if (res.removed or res.added) and res.fit.rwp < (1.0 - gain) * c.rwp:
+    bound = gain_bound(c.rwp, gain, noise)
+    res = grow_prune(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
+    if (res.removed or res.added) and res.fit.rwp < bound:
         out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}"))
-    lay = layer_search(c.xyz, g_fit, grid, c.fit, bond)
+    lay = layer_search(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
     if lay.removed or lay.added:
-        more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz))
+        more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz), noise=noise)
         # the atom search after the layers must keep the count the layers changed
         best = more if (more.removed or more.added) and more.fit.rwp < lay.fit.rwp \
             and len(more.xyz) != c.n_atoms else lay
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
-        if len(best.xyz) != c.n_atoms and best.fit.rwp < (1.0 - gain) * c.rwp:
+        if len(best.xyz) != c.n_atoms and best.fit.rwp < bound:
             new = found(best.xyz, best.fit, f"layers -{lay.removed}/+{lay.added}{extra}")
             # the search walks the count one move at a time while the fit improves: the
             # structure one move short is its closest rival of another count (each layer a

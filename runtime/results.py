@@ -24,7 +24,7 @@ from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, write_gr
 from cbldm.runtime.pipeline import PDFInput, Prediction, RefineConfig, predict
 from cbldm.runtime.sampling import SamplerConfig
 from cbldm.runtime.structure import bonds, diameter, motif
-from cbldm.runtime.verdict import InputRefused
+from cbldm.runtime.verdict import InputRefused, beyond_noise
 
 SUFFIXES = (".xyz", ".fit.gr", ".json", ".png")
 
@@ -164,7 +164,11 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         "refined_physics": phys,
         "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
                 "rmax_A": pred.physics.rmax, "qdamp_held": pred.physics.qdamp, "from": pred.physics.source,
-                "points": int(len(pred.r)), "q_grid_biso": round(float(pred.q_grid_biso), 4)},
+                "points": int(len(pred.r)), "q_grid_biso": round(float(pred.q_grid_biso), 4),
+                # what of Rwp the data's noise explains (0 where none is seen above Qmax) and
+                # what it leaves: searches judge gains on the latter
+                "noise_rwp": round(float(pred.noise_rwp), 5),
+                "rwp_beyond_noise": round(beyond_noise(best.rwp, pred.noise_rwp), 5)},
         "first_shell_A": round(pred.d_nn, 4),
         "particle": pred.extent, "input_check": {k: round(float(x), 5) for k, x in pred.input_check.items()},
         # sanity numbers for the reader: metals have no pair far below the first shell, and

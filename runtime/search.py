@@ -10,9 +10,10 @@ vacancies and adatoms. Rwp decides, one atom at a time (greedy best improvement)
 Every possible move is scored at once with the physics of the candidate's fit held fixed:
 G is linear in the pair histogram, so F after removing atom i is F_total - F_i (F_i: the
 Debye sum of atom i's pairs) and after adding site s, F_total + F_s, renormalised by the new
-atom count. A move is taken only if it lowers Rwp by ``MIN_GAIN`` of its value, and the count
-stays within ``MAX_CHANGE`` of the start's: the search adjusts a motif, it does not invent one
-(left free, it turned a 105-atom decahedron fitted to a ligand-capped Au cluster into 65 atoms
+atom count. A move is taken only if it lowers Rwp (its part beyond the data's noise,
+``verdict.gain_bound``) by ``MIN_GAIN`` of its value, and the count stays within
+``MAX_CHANGE`` of the start's: the search adjusts a motif, it does not invent one (left free,
+it turned a 105-atom decahedron fitted to a ligand-capped Au cluster into 65 atoms
 of no motif at a lower Rwp). Phases of
 removals only and of additions only alternate, the physics fitted again between them; every
 structure the path passes through is then fitted with its own physics and the best wins (the
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_GAIN = 0.01        # relative Rwp improvement a move must bring
+from cbldm.runtime.verdict import gain_bound
+
+MIN_GAIN = 0.01        # relative Rwp improvement a move must bring (beyond the noise: verdict.gain_bound)
 MAX_CHANGE = 0.12      # the count may move by at most this fraction of the start's (and 3 atoms)
 MAX_MOVES = 24         # per phase
 LAYER_MAX_CHANGE = 0.5  # layer moves may change the count by at most this fraction of the start's
@@ -117,10 +120,13 @@ def _sites(x: np.ndarray, bond: float, surface: np.ndarray) -> np.ndarray:
 
 
 def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
-               max_moves: int = MAX_MOVES, min_atoms: int = 4, rounds: int = 3) -> SearchResult:
+               max_moves: int = MAX_MOVES, min_atoms: int = 4, rounds: int = 3,
+               noise: float = 0.0) -> SearchResult:
     """Greedy atom removals and additions (see the module docstring). The physics of ``fit`` is
     held fixed within a round; between rounds it is fitted again to the changed structure (the
-    physics of a wrong structure absorbs part of its misfit and hides moves that help)."""
+    physics of a wrong structure absorbs part of its misfit and hides moves that help).
+    ``noise``: the Rwp the data's noise alone leaves (``verdict.noise_rwp``); gains are judged
+    on the misfit beyond it (``verdict.gain_bound``)."""
     x = np.asarray(xyz, float)
     first = None
     removed = added = 0
@@ -131,7 +137,7 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     # the start's misfit, and together leave a wrong count
     for k in range(2 * rounds):
         res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, "remove" if k % 2 == 0 else "add",
-                      n0=len(xyz))
+                      n0=len(xyz), noise=noise)
         path += [(p, removed + a, added + b) for p, a, b in res.path]
         first = res.rwp_start if first is None else first
         removed, added = removed + res.removed, added + res.added
@@ -156,7 +162,7 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     return SearchResult(x - x.mean(0), rwp, first, removed, added, fit=f)
 
 
-def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None) -> SearchResult:
+def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, noise=0.0) -> SearchResult:
     from scipy.spatial.distance import cdist
 
     sc = _Scorer(grid, fit, g_obs)
@@ -176,7 +182,7 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None) ->
         n = len(x)
         cn = (d < 1.2 * bond).sum(1) - 1
         surface = cn < cn.max() if cn.max() > cn.min() else np.ones(n, bool)
-        best, move = cur * (1.0 - MIN_GAIN), None
+        best, move = gain_bound(cur, MIN_GAIN, noise), None
         if kind == "remove" and n > max(min_atoms, n0 - limit):
             cand = np.flatnonzero(surface & ~new)
             r = sc.rwp(ft[None] - fa[cand], np.full(len(cand), n - 1.0))
@@ -307,13 +313,13 @@ def _layer_moves(x: np.ndarray, bond: float, kind: str) -> list[np.ndarray]:
 
 
 def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
-                 max_moves: int = LAYER_MAX_MOVES, min_atoms: int = 4) -> SearchResult:
+                 max_moves: int = LAYER_MAX_MOVES, min_atoms: int = 4, noise: float = 0.0) -> SearchResult:
     """Greedy facet-layer removals and additions (module docstring). A layer moves the fit
     more than one atom does, and the physics held fixed hides it (a prism four layers too
     long: removing an end layer scores 0.0161 against the start's 0.0157 with the start's
     physics, 0.0142 with its own): every move is ranked with the held physics, the best
     LAYER_REFIT are fitted with their own, and the best of those is taken while it lowers
-    Rwp by MIN_GAIN."""
+    its misfit beyond the noise (``grow_prune``) by MIN_GAIN."""
     x = np.asarray(xyz, float)
     n0 = len(x)
     removed = added = moves = idle = 0
@@ -327,7 +333,7 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
             break
         took = 0
         while moves < max_moves:
-            step = _layer_step(x, g_obs, grid, cur, bond, phase, n0, min_atoms)
+            step = _layer_step(x, g_obs, grid, cur, bond, phase, n0, min_atoms, noise)
             if step is None:
                 break
             f, m, x = step
@@ -341,8 +347,8 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     return SearchResult(x - x.mean(0), cur.rwp, first, removed, added, path=path, fit=cur)
 
 
-def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms):
-    """The best layer move of one kind, fitted with its own physics, if it lowers Rwp by
+def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms, noise=0.0):
+    """The best layer move of one kind, fitted with its own physics, if it lowers the misfit by
     MIN_GAIN: (fit, layer, new structure), else None."""
     from scipy.spatial.distance import cdist
 
@@ -372,6 +378,6 @@ def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms):
         f = grid.fit(y, g_obs, sizes=np.ones(1), start=(cur.biso, cur.delta2, cur.qdamp))
         if best is None or f.rwp < best[0].rwp:
             best = (f, m, y)
-    if best is None or best[0].rwp >= cur.rwp * (1.0 - MIN_GAIN):
+    if best is None or best[0].rwp >= gain_bound(cur.rwp, MIN_GAIN, noise):
         return None
     return best

@@ -37,6 +37,8 @@ def test_predict_writes_all_outputs_and_never_overwrites(tiny_model, tmp_path):
     # the example is a recipe shape fitted with the training physics: the library finds it exactly
     assert doc["n_atoms"] == 146 and doc["rwp"] < 0.02 and doc["verdict"] == "ok", doc["warnings"]
     assert doc["fit"]["qmax"] == 25.0 and doc["fit"]["from"]["qmax"] == "file header"
+    # a noise-free simulation: no noise to take off, the whole Rwp is misfit
+    assert doc["fit"]["noise_rwp"] < 0.001 and abs(doc["fit"]["rwp_beyond_noise"] - doc["rwp"]) < 0.001
     assert doc["sampler"]["refine"]["top"] == 4
     first = (tmp_path / "Pt_decahedron_p3_q2_r1.json").read_bytes()
     assert doc["fit"]["qdamp_held"] == 0.0 and doc["fit"]["from"]["qdamp"] == "file header"   # it says 'qdamp = 0'

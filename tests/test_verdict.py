@@ -132,6 +132,16 @@ def test_rules_about_size_and_ambiguity():
     damped = judge(Cand(n_atoms=85, rwp=0.164), None, 2.77, EXT, damped=Cand(n_atoms=105, rwp=0.151))
     assert damped.verdict == "doubtful" and "105 atoms fit better (Rwp 0.151) but only with Qdamp" in damped.warnings[0]
     assert judge(Cand(rwp=0.10), None, 2.77, EXT, damped=Cand(n_atoms=105, rwp=0.2)).verdict == "ok"
+    # noisy data: the noise alone leaves 0.051; a fit at 0.059 leaves 0.030 beyond it
+    left = judge(Cand(rwp=0.0593), None, 2.77, EXT, noise=0.0510)
+    assert left.verdict == "doubtful" and "a misfit of 0.030 that noise does not explain" in left.warnings[0]
+    assert judge(Cand(rwp=0.0530), None, 2.77, EXT, noise=0.0510).verdict == "ok"     # 0.014 beyond
+    # a runner-up 0.012 behind (no tie in Rwp) but itself within the noise: the data cannot tell
+    within = judge(Cand(rwp=0.168), Cand(n_atoms=72, rwp=0.180), 2.77, EXT, noise=0.168)
+    assert within.verdict == "doubtful" and "72 atoms also fit to within the data's noise" in within.warnings[0]
+    assert judge(Cand(rwp=0.168), Cand(n_atoms=72, rwp=0.190), 2.77, EXT, noise=0.168).verdict == "ok"
+    # noise too small to be a yardstick (noise-free simulations, measured data reduced below Qmax)
+    assert judge(Cand(rwp=0.05), None, 2.77, EXT, noise=0.01).verdict == "ok"
 
 
 def run(*args):
