@@ -279,6 +279,12 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
     head = ["group", "n"] + [f"{s}: {m}" for s in srcs for m in ("exact N", "pair-dist. err Å", "Rwp")]
     if "both" in srcs:
         head.append("both: from networks")
+    # how far an "ok" verdict can be trusted: of the answers it was given to, how many have
+    # the exact atom count (the answering source: both, where it ran)
+    judged = "both" if "both" in srcs else srcs[-1]
+    rows = doc["sources"][judged].get("results")
+    if rows is not None:
+        head.append(f"{judged}: 'ok' exact / given")
     head.append("truth in library")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups + ["total"]:
@@ -292,6 +298,9 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
                       f"{r['rwp']:.3f} ({r['rwp_before_refinement']:.3f})"]
         if "both" in srcs:
             cells.append(f"{100 * doc['sources']['both']['table'][g]['from_model']:.0f} %")
+        if rows is not None:
+            ok = [r for r in rows if (g == "total" or r["group"] == g) and r["verdict"] == "ok"]
+            cells.append(f"{sum(bool(r['exact_count']) for r in ok)} / {len(ok)}")
         cells.append(str(first.get("n_truth_in_library", "?")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
