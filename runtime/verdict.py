@@ -221,15 +221,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     if largest_tried is not None and extent.get("extent_A", 0) > 1.15 * largest_tried:
         doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
                      f"({largest_tried:.0f} A): the particle may be larger than the answer")
-    within = noise >= NOISE_VISIBLE and runner_up is not None \
-        and beyond_noise(runner_up.rwp, noise) <= NOISE_LEFT * noise
-    if runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE \
-            and within and runner_up.rwp - best.rwp >= COUNT_TIE:
-        doubt.append(f"{runner_up.n_atoms} atoms also fit to within the data's noise (Rwp {runner_up.rwp:.3f} "
-                     f"vs {best.rwp:.3f}; the noise alone leaves {noise:.3f}): the atom count is not "
-                     "determined")
-    elif runner_up is not None and runner_up.n_atoms != n and runner_up.rwp - best.rwp < COUNT_TIE \
-            and runner_up.rwp < RWP_UNUSABLE:
+    rival = runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE
+    if rival and runner_up.rwp - best.rwp < COUNT_TIE:
         if runner_up.refined and runner_up.rwp < best.rwp:   # ranked below by pipeline.criterion
             doubt.append(f"{runner_up.n_atoms} atoms fit better once their coordinates are refined (Rwp "
                          f"{runner_up.rwp:.3f} vs {best.rwp:.3f}), but not by enough to pay for the "
@@ -237,6 +230,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         else:
             doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
                          f"{best.rwp:.3f}): the atom count is not determined")
+    elif rival and noise >= NOISE_VISIBLE and beyond_noise(runner_up.rwp, noise) <= NOISE_LEFT * noise:
+        doubt.append(f"{runner_up.n_atoms} atoms also fit to within the data's noise (Rwp {runner_up.rwp:.3f} "
+                     f"vs {best.rwp:.3f}; the noise alone leaves {noise:.3f}): the atom count is not "
+                     "determined")
     if damped is not None and damped.rwp < best.rwp:
         doubt.append(f"{damped.n_atoms} atoms fit better (Rwp {damped.rwp:.3f}) but only with Qdamp at its "
                      f"bound ({damped.fit.qdamp:.2f} 1/A): the size rests on the instrument resolution "
