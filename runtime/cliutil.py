@@ -61,7 +61,7 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion"):
 
     try:
         # 0 is "the structure as found": no coordinate refinement and no atom or layer search
-        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=1 if top > 0 else 0)
+        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=1 if top > 0 else 0, strain=top > 0)
     except ValueError:
         raise fail("--refine must be >= 0, --refine-iter >= 1 and --rank criterion or rwp", EXIT_USAGE) from None
 

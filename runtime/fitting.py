@@ -84,11 +84,17 @@ class PhysicsFit:
     rwp: float
     g_calc: np.ndarray    # on the fit grid, scaled to the data
     at_bounds: list[str] = field(default_factory=list)
+    # anisotropic strain applied to the structure (symmetric, traceless: the isotropic part is
+    # ``size``), or None (cbldm.runtime.refine.fit_strain)
+    strain: np.ndarray | None = None
 
     def params(self) -> dict:
         return {"size_factor": round(self.size, 5), "biso_A2": round(self.biso, 4),
                 "delta2_A2": round(self.delta2, 4), "qdamp_invA": round(self.qdamp, 5),
-                "scale": float(self.scale)}
+                "scale": float(self.scale),
+                # principal strains, largest first: how far the lattice is from the ideal one scaled
+                "strain_principal": None if self.strain is None else
+                [round(float(v), 5) for v in np.linalg.eigvalsh(self.strain)[::-1]]}
 
 
 class FitGrid:
