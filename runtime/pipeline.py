@@ -513,8 +513,10 @@ def _strain(c: Candidate, grid: FitGrid, g_fit: np.ndarray, n_ind: float, gain: 
     pays = _misfit(fit.rwp, n_ind) + 2.0 * STRAIN_PARAMS < _misfit(c.rwp, n_ind)
     if not pays or fit.rwp >= gain_bound(c.rwp, gain, noise):
         return c
+    # I + E = (1 + iso) (I + D): the isotropic part joins the size, D (traceless to first order)
+    # is what is reported
     iso = float(np.trace(s.strain)) / 3.0
-    fit = replace(fit, size=c.fit.size * (1.0 + iso), strain=s.strain - iso * np.eye(3),
+    fit = replace(fit, size=c.fit.size * (1.0 + iso), strain=(s.strain - iso * np.eye(3)) / (1.0 + iso),
                   at_bounds=sorted(set(fit.at_bounds) | ({"size"} & set(c.fit.at_bounds))))
     return replace(c, xyz=s.xyz, fit=fit, rwp=fit.rwp, rwp_rigid=fit.rwp, g_calc=fit.g_calc, unstrained=c)
 

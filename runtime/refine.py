@@ -211,7 +211,7 @@ class StrainFit:
     biso: float         # the physics the strain was fitted with (Biso, Qdamp; delta2 held)
     qdamp: float
     rwp: float          # Rwp strained (binned model, scale profiled out)
-    rwp_start: float
+    rwp_start: float    # the rigid fit's (``fit.rwp``)
     iterations: int
 
 
@@ -301,6 +301,8 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
     # isotropic at zero strain: zero once the size is fitted, a saddle the optimiser never leaves.
     # A tetragonal start keeps two axes alike and stops at the next saddle, so the first, short
     # range also starts from the six orthorhombic strains (+s, 0, -s) along the axes.
+    # Only axis-aligned starts: a stretch along axes other than the structure's is not found
+    # (tests/test_strain.py, xfail; six more shear starts found it in part, not evaluated).
     starts = [np.zeros(6)] + [np.r_[np.array(perm) * STRAIN_START, 0.0, 0.0, 0.0]
                               for perm in itertools.permutations((1.0, 0.0, -1.0))]
     nit = 0
@@ -316,17 +318,21 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
             pairs = (iu[near], ju[near])
         best = None
         for e in starts:
+            # the starts take a few steps each on a short range; on the full range (a fit range
+            # ending below STRAIN_REACH[0]) the best of them must still converge
+            few = len(starts) > 1 and reach < math.inf
             res = optimize.minimize(loss, np.r_[e, p[6:]], args=(nr, go, float(go @ go), *pairs), jac=True,
                                     method="L-BFGS-B", bounds=bounds,
-                                    options={"maxiter": maxiter if len(starts) == 1 else STRAIN_START_ITER,
+                                    options={"maxiter": STRAIN_START_ITER if few else maxiter,
                                              "ftol": 1e-10, "gtol": 1e-9})
             nit += int(res.nit)
             if best is None or res.fun < best.fun:
                 best = res
         p, starts = best.x, [best.x[:6]]
     val = loss(p, full, g_obs, gg)[0]
+    # l0 is the start with delta2 = 0 (this model's); rwp_start reports the fit's own Rwp
     if not (np.isfinite(val) and val < l0):
-        return StrainFit(x0, np.zeros((3, 3)), fit.biso, fit.qdamp, math.sqrt(l0), math.sqrt(l0), nit)
+        return StrainFit(x0, np.zeros((3, 3)), fit.biso, fit.qdamp, math.sqrt(l0), fit.rwp, nit)
     e = strain_matrix(p[:6])
     return StrainFit(x0 @ (np.eye(3) + e), e, fit.biso + float(p[6]), math.sqrt(max(p[7], 0.0)),
-                     math.sqrt(val), math.sqrt(l0), nit)
+                     math.sqrt(val), fit.rwp, nit)

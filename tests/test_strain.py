@@ -42,7 +42,7 @@ def _deviatoric(e):
 @pytest.mark.parametrize("label,stretch", [
     # cubic: at zero strain the gradient is isotropic (a saddle); needs the orthorhombic starts
     ("BCC_h_4_k_4_l_5", (1.024, 1.0, 0.977)),
-    # hcp with c/a 2 % above the ideal and a small shear in the basal plane
+    # hcp with c/a 2 % above the ideal and a small stretch in the basal plane
     ("HCP_Size1_2_Size2_4_Size3_6", (1.0, 1.008, 1.02)),
 ])
 def test_fit_strain_recovers_the_stretch(calc, label, stretch):
@@ -51,7 +51,7 @@ def test_fit_strain_recovers_the_stretch(calc, label, stretch):
     pdf, grid, g, fit, start = _fitted(calc, truth, ideal)
     assert fit.rwp > 0.05      # the size alone cannot follow it
     s = fit_strain(grid, fit, start, g)
-    assert s.rwp < 0.01 and s.rwp < 0.1 * s.rwp_start, (s.rwp, s.rwp_start)
+    assert s.rwp < 0.01 and s.rwp < 0.1 * s.rwp_start and s.rwp_start == fit.rwp, (s.rwp, s.rwp_start)
     want = np.log(np.array(stretch))
     assert np.allclose(_deviatoric(s.strain), np.sort(want - want.mean()), atol=0.002), s.strain
     # and the structure it hands back has the truth's pair distances
@@ -120,8 +120,6 @@ def test_pipeline_answers_a_strained_prism_with_its_shape_and_says_the_strain(ca
     write_library(tmp_path / "lib.npz", [("recipe:prism", "hcp", "recipe", ideal / D)], log=None)
     lib = Library(tmp_path / "lib.npz")
     pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
-    from cbldm.runtime import pipeline
-
     pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=lib)
     best = pred.best
     assert best.n_atoms == len(truth) and best.rwp < 0.01, (best.n_atoms, best.rwp, best.label)
@@ -153,3 +151,24 @@ def test_a_strained_start_is_searched_also_as_it_was(calc, tmp_path, monkeypatch
     # re-cut toward the particle (80 -> 68 atoms for 64: the layer search takes off a layer
     # and a half of the strained rod's ends, Rwp 0.0035), not left at the library's length
     assert abs(pred.best.n_atoms - len(truth)) < abs(len(longer) - len(truth)) / 2, pred.best.label
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: the strain fit starts from axis-aligned strains "
+                                       "only; a stretch along rotated axes of a cubic block is not found "
+                                       "(six shear starts found it in part: Rwp 0.027, not shipped)")
+def test_fit_strain_finds_a_stretch_along_axes_the_structure_is_not_aligned_with(calc):
+    """The same bcc block stretched along rotated axes: the strain has off-diagonal parts in the
+    structure's frame (which the axis-aligned cases cannot test), and the fit should recover its
+    principal values."""
+    from scipy.spatial.transform import Rotation
+
+    ideal = _shape("BCC_h_4_k_4_l_5")
+    rot = Rotation.from_euler("zyx", [0.4, 0.7, 0.2]).as_matrix()
+    stretch = np.array([1.024, 1.0, 0.977])
+    truth = ideal @ rot @ np.diag(stretch) @ rot.T
+    pdf, grid, g, fit, start = _fitted(calc, truth, ideal)
+    s = fit_strain(grid, fit, start, g)
+    assert np.abs(s.strain - np.diag(np.diag(s.strain))).max() > 0.005     # off-diagonal parts found
+    want = np.log(stretch)
+    assert s.rwp < 0.01 and np.allclose(_deviatoric(s.strain), np.sort(want - want.mean()), atol=0.002), \
+        (s.rwp, _deviatoric(s.strain))
