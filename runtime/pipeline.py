@@ -9,12 +9,14 @@ Sources of candidates:
   skip-step sampling, kernel -> xyz recovery, scaled by the first-shell distance;
 - ``library``: the cluster library's best matches (``cbldm.runtime.library``).
 Every candidate then gets the same treatment (``cbldm.runtime.fitting``): size, Biso,
-delta2, Qdamp and scale refined against the data over the file's own r range and Q range;
-the best ``STRAIN_TOP`` library entries get a homogeneous strain where it pays (``_strain``),
-the best candidate the atom-count and facet-layer searches (``cbldm.runtime.search``); the best ``refine.top``
-by that rigid fit get their coordinates refined with bond restraints (``cbldm.runtime.refine``). Ranking: physical candidates (no atoms closer than the clash
-distance) first, then those whose fit does not need Qdamp at its bound (``overdamped``), then by
-Akaike's criterion (``criterion``). The verdict (``cbldm.runtime.verdict``) says whether to trust it.
+delta2, Qdamp and scale refined against the data over the file's own r range and Q range.
+The best ``STRAIN_TOP`` library entries get a homogeneous strain where it pays (``_strain``);
+the best candidate goes through the atom-count and facet-layer searches
+(``cbldm.runtime.search``); the best ``refine.top`` by the rigid fit get their coordinates
+refined with bond restraints (``cbldm.runtime.refine``). Ranking: physical candidates (no
+atoms closer than the clash distance) first, then those whose fit does not need Qdamp at its
+bound (``overdamped``), then by Akaike's criterion (``criterion``). The verdict
+(``cbldm.runtime.verdict``) says whether to trust it.
 """
 from __future__ import annotations
 
