@@ -129,3 +129,25 @@ def fake_model():
                            precisions={n: "fp32" for n in GRAPH_NAMES})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def calc():
+    """The calculator with the training physics (DeepStruc's simulations)."""
+    from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF
+
+    return DebyePDF(DEEPSTRUC_PARAMS)
+
+
+PT_BOND = 2.77   # A: the Pt nearest-neighbour distance the search and strain tests build with
+
+
+def recipe_shape(label: str, bond: float = PT_BOND) -> np.ndarray:
+    """A recipe shape by its label (``HCP_Size1_3_Size2_4_Size3_4``), at ``bond``, centred."""
+    from cbldm.runtime.structure import nn_length
+    from cbldm.training.clusters import unit_shapes
+
+    kind = label.split("_")[0]
+    x = next(s for s in unit_shapes(kind) if s.label() == label).xyz_unit
+    x = x / nn_length(x) * bond
+    return x - x.mean(0)

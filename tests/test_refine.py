@@ -2,16 +2,11 @@
 import numpy as np
 import pytest
 
-from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF, rwp
+from cbldm.runtime.pdf import DebyePDF, rwp
 from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig, predict
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig
 from cbldm.training.clusters import sorted_distances, unit_shapes
-
-
-@pytest.fixture(scope="module")
-def calc():
-    return DebyePDF(DEEPSTRUC_PARAMS)
 
 
 def _cluster(kind="Decahedron", atoms=80, d=2.77):

@@ -2,27 +2,20 @@
 shape with the wrong cut to the particle's count, on PDFs computed from known structures."""
 import numpy as np
 import pytest
+from conftest import PT_BOND, recipe_shape
 
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF
 from cbldm.runtime.pipeline import PDFInput
 from cbldm.runtime.fitting import fit_grid
 from cbldm.runtime.search import MAX_CHANGE, facet_normals, grow_prune, layer_search
 from cbldm.runtime.structure import nn_length
-from cbldm.training.clusters import sorted_distances, unit_shapes
+from cbldm.training.clusters import sorted_distances
 
-D = 2.77   # Pt
-
-
-@pytest.fixture(scope="module")
-def calc():
-    return DebyePDF(DEEPSTRUC_PARAMS)
+D = PT_BOND
 
 
 def _shape(label: str) -> np.ndarray:
-    kind = label.split("_")[0]
-    x = next(s for s in unit_shapes(kind) if s.label() == label).xyz_unit
-    x = x / nn_length(x) * D
-    return x - x.mean(0)
+    return recipe_shape(label, D)
 
 
 def _data(calc, truth):

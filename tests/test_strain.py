@@ -4,27 +4,18 @@ is fitted by its ideal shape strained, not re-cut into another shape; an ideal p
 is left as it is."""
 import numpy as np
 import pytest
+from conftest import PT_BOND, recipe_shape
 
 from cbldm.runtime.fitting import fit_grid
-from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, DebyePDF
 from cbldm.runtime.pipeline import PDFInput, _strain, independent_points
 from cbldm.runtime.refine import fit_strain
-from cbldm.runtime.structure import nn_length
-from cbldm.training.clusters import sorted_distances, unit_shapes
+from cbldm.training.clusters import sorted_distances
 
-D = 2.77   # Pt
-
-
-@pytest.fixture(scope="module")
-def calc():
-    return DebyePDF(DEEPSTRUC_PARAMS)
+D = PT_BOND
 
 
 def _shape(label: str) -> np.ndarray:
-    kind = label.split("_")[0]
-    x = next(s for s in unit_shapes(kind) if s.label() == label).xyz_unit
-    x = x / nn_length(x) * D
-    return x - x.mean(0)
+    return recipe_shape(label, D)
 
 
 def _fitted(calc, truth, start):
