@@ -341,7 +341,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                              start=(old.biso, old.delta2, old.qdamp))
                 c.xyz = c.xyz * f.size
                 c.fit = replace(f, size=old.size * f.size,
-                                at_bounds=sorted(set(f.at_bounds) | ({"size"} & set(old.at_bounds))))
+                                at_bounds=_size_flag_kept(f, old))
                 c.rwp = c.rwp_rigid = c.fit.rwp
                 c.g_calc = c.fit.g_calc
         tm["fit_s"] = time.perf_counter() - tf
@@ -470,6 +470,12 @@ def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) ->
     return out
 
 
+def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:
+    """``new``'s parameters at their bounds, and the size's flag from ``old``: a fit at fixed size
+    (the size is in the coordinates now) cannot see that the size it carries hit its bound."""
+    return sorted(set(new.at_bounds) | ({"size"} & set(old.at_bounds)))
+
+
 def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
     refiner = PDFRefiner.for_fit(grid, c.fit)
     dmin = cfg.min_distance * d
@@ -489,7 +495,7 @@ def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d
                    start=(c.fit.biso, c.fit.delta2, c.fit.qdamp))
     # the size is in the coordinates now: a size at its bound stays flagged
     fit = replace(fit, size=c.fit.size, strain=c.fit.strain,
-                  at_bounds=sorted(set(fit.at_bounds) | ({"size"} & set(c.fit.at_bounds))))
+                  at_bounds=_size_flag_kept(fit, c.fit))
     if fit.rwp >= c.rwp and not clash:
         return c
     return replace(c, xyz=ref.xyz, rwp=fit.rwp, fit=fit, g_calc=fit.g_calc, refined=True,
@@ -519,7 +525,7 @@ def _strain(c: Candidate, grid: FitGrid, g_fit: np.ndarray, n_ind: float, gain: 
     # is what is reported
     iso = float(np.trace(s.strain)) / 3.0
     fit = replace(fit, size=c.fit.size * (1.0 + iso), strain=(s.strain - iso * np.eye(3)) / (1.0 + iso),
-                  at_bounds=sorted(set(fit.at_bounds) | ({"size"} & set(c.fit.at_bounds))))
+                  at_bounds=_size_flag_kept(fit, c.fit))
     return replace(c, xyz=s.xyz, fit=fit, rwp=fit.rwp, rwp_rigid=fit.rwp, g_calc=fit.g_calc, unstrained=c)
 
 

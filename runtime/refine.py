@@ -40,6 +40,26 @@ RESTRAINT_WEIGHT = 1.0   # per A^2
 RESTRAINT_REACH = 1.2
 
 
+def _binned(d: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Pair distances ``d`` on bins of ``h`` with linear weights: lower bin, weight of the upper
+    one, bins used, histogram."""
+    xs = d / h
+    lo = np.floor(xs).astype(np.int64)
+    w = xs - lo
+    nb = int(lo.max()) + 2 if len(lo) else 1
+    hist = np.bincount(lo, weights=1.0 - w, minlength=nb)
+    hist += np.bincount(lo + 1, weights=w, minlength=nb)
+    return lo, w, nb, hist
+
+
+def _scatter(iu: np.ndarray, ju: np.ndarray, gpair: np.ndarray, n: int) -> np.ndarray:
+    """Per-pair gradient vectors (on atom i, minus on atom j) summed per atom, (n, 3)."""
+    grad = np.empty((n, 3))
+    for k in range(3):  # bincount scatters ~10x faster than np.add.at
+        grad[:, k] = np.bincount(iu, gpair[:, k], minlength=n) - np.bincount(ju, gpair[:, k], minlength=n)
+    return grad
+
+
 @dataclass
 class Refinement:
     xyz: np.ndarray     # (N, 3) refined coordinates
@@ -118,15 +138,10 @@ class PDFRefiner:
         # pairs beyond the calculator's range do not enter G; keep them out of the gradient
         keep = d < self.rmax_pair
         iu, ju, diff, d, dpen = iu[keep], ju[keep], diff[keep], d[keep], dpen[keep]
-        xs = d / self.h
-        lo = np.floor(xs).astype(np.int64)
-        w = xs - lo
+        lo, w, nb, hist = _binned(d, self.h)
         # only the kernel rows up to the longest pair distance take part (a 3 nm cluster
         # uses half of them)
-        nb = int(lo.max()) + 2 if len(lo) else 1
         kern = self.K[:nb]
-        hist = np.bincount(lo, weights=1.0 - w, minlength=nb)
-        hist += np.bincount(lo + 1, weights=w, minlength=nb)
         f = (2.0 / n) * (hist @ kern)
         g = self.T @ f
         hh = float(g @ g)
@@ -142,11 +157,7 @@ class PDFRefiner:
         with np.errstate(invalid="ignore", divide="ignore"):
             u = np.where(d[:, None] > 0, diff / d[:, None], 0.0)
         gpair = dd[:, None] * u
-        grad = np.empty_like(x)
-        for k in range(3):  # bincount scatters ~10x faster than np.add.at
-            grad[:, k] = np.bincount(iu, gpair[:, k], minlength=n) \
-                - np.bincount(ju, gpair[:, k], minlength=n)
-        return value, grad.ravel()
+        return value, _scatter(iu, ju, gpair, n).ravel()
 
     def refine(self, xyz: np.ndarray, g_obs: np.ndarray, maxiter: int = 200,
                max_shift: float | None = 0.5, min_distance: float = 0.0,
@@ -255,12 +266,8 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
         d = np.sqrt(np.sum(diff * diff, axis=1))
         keep = d < base.rmax_pair
         a, b, diff, d = iu[keep], ju[keep], diff[keep], d[keep]
-        xs = d / h
-        lo = np.floor(xs).astype(np.int64)
-        w = xs - lo
-        nb = int(lo.max()) + 2 if len(lo) else 1
+        lo, w, nb, hist = _binned(d, h)
         kern = K[:nb]
-        hist = np.bincount(lo, weights=1.0 - w, minlength=nb) + np.bincount(lo + 1, weights=w, minlength=nb)
         dw = np.exp(-q2 * db / c8)
         f = (2.0 / n) * (hist @ kern) * dw
         env = np.exp(-0.5 * r2[:nr] * qd2)
@@ -277,10 +284,7 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
         psi = (2.0 / n) * (kern @ (vf * dw))
         dd = (psi[lo + 1] - psi[lo]) / h
         gpair = (dd / np.maximum(d, 1e-12))[:, None] * diff
-        gx = np.empty_like(x)
-        for k in range(3):
-            gx[:, k] = np.bincount(a, gpair[:, k], minlength=n) - np.bincount(b, gpair[:, k], minlength=n)
-        m = x0.T @ gx
+        m = x0.T @ _scatter(a, b, gpair, n)
         grad[:6] = [m[i, j] if i == j else m[i, j] + m[j, i] for i, j in _STRAIN_IDX]
         return val, grad
 
@@ -305,6 +309,7 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
     # (tests/test_strain.py, xfail; six more shear starts found it in part, not evaluated).
     starts = [np.zeros(6)] + [np.r_[np.array(perm) * STRAIN_START, 0.0, 0.0, 0.0]
                               for perm in itertools.permutations((1.0, 0.0, -1.0))]
+    d0 = np.linalg.norm(x0[iu] - x0[ju], axis=1)
     nit = 0
     for reach in (*STRAIN_REACH, math.inf):
         nr = int(np.searchsorted(grid.r_fit, reach, side="right"))
@@ -314,13 +319,13 @@ def fit_strain(grid, fit, xyz: np.ndarray, g_obs: np.ndarray, span: float = STRA
         pairs = (iu, ju)
         if reach < math.inf:
             # pairs far beyond the range reach it only through their termination ripples
-            near = np.linalg.norm(x0[iu] - x0[ju], axis=1) < (reach + STRAIN_PAIR_MARGIN) / (1.0 - span)
+            near = d0 < (reach + STRAIN_PAIR_MARGIN) / (1.0 - span)
             pairs = (iu[near], ju[near])
+        # the starts take a few steps each on a short range; on the full range (a fit range
+        # ending below STRAIN_REACH[0]) the best of them must still converge
+        few = len(starts) > 1 and reach < math.inf
         best = None
         for e in starts:
-            # the starts take a few steps each on a short range; on the full range (a fit range
-            # ending below STRAIN_REACH[0]) the best of them must still converge
-            few = len(starts) > 1 and reach < math.inf
             res = optimize.minimize(loss, np.r_[e, p[6:]], args=(nr, go, float(go @ go), *pairs), jac=True,
                                     method="L-BFGS-B", bounds=bounds,
                                     options={"maxiter": STRAIN_START_ITER if few else maxiter,
