@@ -248,11 +248,14 @@ class FitGrid:
             if abs(nxt - 1.0) > SIZE_SPAN + 1e-9:
                 break
             v = self._cost(p, self.moments(d, n, nxt, wt), g_obs_fit, gg, fix_delta2)[0]
-            if v >= vals[k]:
+            # kept even when worse: it then brackets the minimum for the parabola below
+            best, upper = vals[k], k > 0
+            sizes = np.append(sizes, nxt) if upper else np.insert(sizes, 0, nxt)
+            vals = vals + [v] if upper else [v] + vals
+            if v >= best:
+                k = k if upper else 1
                 break
-            sizes = np.append(sizes, nxt) if k else np.insert(sizes, 0, nxt)
-            vals = vals + [v] if k else [v] + vals
-            k = len(sizes) - 1 if k else 0
+            k = len(sizes) - 1 if upper else 0
         s = float(sizes[k])
         if 0 < k < len(sizes) - 1:   # parabola through the three best sizes
             v0, v1, v2 = vals[k - 1:k + 2]

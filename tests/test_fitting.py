@@ -79,6 +79,19 @@ def test_fit_recovers_size_and_physics_from_noisy_data(grid):
                                rtol=1e-3, atol=1e-8)
 
 
+@pytest.mark.parametrize("stretch", [1.0055, 1 / 1.0055, 1.0212])
+def test_narrow_size_scan_finds_a_size_between_its_points(grid, stretch):
+    """The pipeline scans library matches over 0.995-1.005 and walks on where the best is at
+    an edge. The size found must lie between the scan's points, also where the walk's next
+    point is worse (it was left on the grid point then: 0.995 for a size of 0.9945, Rwp
+    0.04 on a 55-atom icosahedron before the refinement repaired it)."""
+    x = _deca()
+    g = DebyePDF(PDFParams(rmax=30.01, qmin=1.0, qmax=22.0, biso=0.6, qdamp=0.03)).calc(x, "Pt")
+    fit = grid.fit(x * stretch, g[grid.mask], sizes=np.linspace(0.995, 1.005, 5))
+    assert fit.size == pytest.approx(1 / stretch, abs=2e-4)
+    assert fit.rwp < 0.01 and not fit.at_bounds
+
+
 def test_file_physics_reads_the_header_and_options_win():
     r = np.arange(0, 20.005, 0.01)
     ph = file_physics({"qmin": "1.33", "qmax": "28.0", "composition": "Au"}, r)
