@@ -580,8 +580,11 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     its misfit beyond the data's noise ``noise`` (``verdict.gain_bound``)."""
     from cbldm.runtime.search import grow_prune, layer_search
 
-    def found(xyz: np.ndarray, fit: PhysicsFit, how: str) -> Candidate:
-        fit = replace(fit, strain=c.fit.strain)     # the strain is in the coordinates the search moved
+    def found(xyz: np.ndarray, fit: PhysicsFit, how: str, scale: float) -> Candidate:
+        # the strain is in the coordinates the search moved; the size is the start's times the
+        # sizes the search fitted on its way
+        fit = replace(fit, strain=c.fit.strain, size=c.fit.size * scale,
+                      at_bounds=_size_flag_kept(fit, c.fit))
         return Candidate(xyz, c.source, f"{c.label} {len(xyz) - c.n_atoms:+d} atoms ({how})", None,
                          fit.rwp, fit.rwp, fit, g_calc=fit.g_calc, search_rwp=c.search_rwp)
 
@@ -590,7 +593,7 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     bound = gain_bound(c.rwp, gain, noise)
     res = grow_prune(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
     if (res.removed or res.added) and res.fit.rwp < bound:
-        out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}"))
+        out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}", res.scale))
     lay = layer_search(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
     if lay.removed or lay.added:
         more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz), noise=noise)
@@ -599,13 +602,14 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
             and len(more.xyz) != c.n_atoms else lay
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
         if len(best.xyz) != c.n_atoms and best.fit.rwp < bound:
-            new = found(best.xyz, best.fit, f"layers -{lay.removed}/+{lay.added}{extra}")
+            new = found(best.xyz, best.fit, f"layers -{lay.removed}/+{lay.added}{extra}",
+                        lay.scale * more.scale if best is more else lay.scale)
             # the search walks the count one move at a time while the fit improves: the
             # structure one move short is its closest rival of another count (each layer a
             # measured particle takes on can gain less than the count tie of the verdict)
-            prev = (lay.xyz, lay.fit) if best is more else lay.path[-2] if len(lay.path) >= 2 else None
+            prev = (lay.xyz, lay.fit, lay.scale) if best is more else lay.path[-2] if len(lay.path) >= 2 else None
             if prev is not None and len(prev[0]) != new.n_atoms:
-                new.near = found(*prev, "one search move short of the answer")
+                new.near = found(prev[0], prev[1], "one search move short of the answer", prev[2])
             # one candidate per count from one start: the better fit
             out = [o for o in out if o.n_atoms != new.n_atoms or o.rwp < new.rwp]
             if all(o.n_atoms != new.n_atoms for o in out):

@@ -52,9 +52,11 @@ class SearchResult:
     rwp_start: float      # of the start, with the start's physics (subsampled grid)
     removed: int
     added: int
-    path: list = None     # grow_prune: (structure, removed, added) after each move of one phase;
-                          # layer_search: (structure, its fit) after each move
+    path: list = None     # _greedy: (structure, removed, added) after each move of one phase;
+                          # layer_search: (structure, its fit, scale) after each move
     fit: object = None    # the chosen structure's physics fit (cbldm.runtime.fitting.PhysicsFit)
+    scale: float = 1.0    # the sizes fitted on the way, multiplied: the atoms kept are the
+                          # start's scaled by it (fit.size is the last fit's alone)
 
 
 class _Scorer:
@@ -131,14 +133,15 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     first = None
     removed = added = 0
     idle = 0
-    path = [(x, 0, 0)]
+    scale = 1.0
+    path = [(x, 0, 0, scale)]
     # phases of removals only and additions only, the physics fitted again after each: a
     # removal and an addition elsewhere can each look good while the physics still carries
     # the start's misfit, and together leave a wrong count
     for k in range(2 * rounds):
         res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, "remove" if k % 2 == 0 else "add",
                       n0=len(xyz), noise=noise)
-        path += [(p, removed + a, added + b) for p, a, b in res.path]
+        path += [(p, removed + a, added + b, scale) for p, a, b in res.path]
         first = res.rwp_start if first is None else first
         removed, added = removed + res.removed, added + res.added
         if res.removed + res.added == 0:
@@ -151,15 +154,16 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
         fit = grid.fit(x, g_obs, sizes=np.linspace(0.99, 1.01, 5), start=(fit.biso, fit.delta2, fit.qdamp))
         x = x * fit.size
         bond = bond * fit.size
+        scale *= fit.size
     # the greedy path passes the right count before the physics catches up (size and Qdamp
     # trade off): every distinct structure on it is fitted with its own physics, best wins
     best = None
-    for p, a, b in path:
+    for p, a, b, s in path:
         f = grid.fit(p, g_obs, sizes=np.linspace(0.995, 1.005, 3), start=(fit.biso, fit.delta2, fit.qdamp))
         if best is None or f.rwp < best[0]:
-            best = (f.rwp, p * f.size, a, b, f)
-    rwp, x, removed, added, f = best
-    return SearchResult(x - x.mean(0), rwp, first, removed, added, fit=f)
+            best = (f.rwp, p * f.size, a, b, f, s * f.size)
+    rwp, x, removed, added, f, scale = best
+    return SearchResult(x - x.mean(0), rwp, first, removed, added, fit=f, scale=scale)
 
 
 def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, noise=0.0) -> SearchResult:
@@ -324,7 +328,8 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     n0 = len(x)
     removed = added = moves = idle = 0
     cur, first = fit, fit.rwp
-    path = []          # (structure, its fit) after each move
+    scale = 1.0
+    path = []          # (structure, its fit, scale) after each move
     # phases of removals only and additions only, as in ``grow_prune``: the first greedy step
     # of a prism four layers too long was a layer added on its side (0.038 -> 0.031), after
     # which no sequence of end removals reached the prism
@@ -341,10 +346,11 @@ def layer_search(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
             cur = grid.fit(x, g_obs, sizes=np.linspace(0.995, 1.005, 3), start=(f.biso, f.delta2, f.qdamp))
             x = x * cur.size
             bond = bond * cur.size
-            path.append((x - x.mean(0), cur))
+            scale *= cur.size
+            path.append((x - x.mean(0), cur, scale))
             moves, took = moves + 1, took + 1
         idle = 0 if took else idle + 1
-    return SearchResult(x - x.mean(0), cur.rwp, first, removed, added, path=path, fit=cur)
+    return SearchResult(x - x.mean(0), cur.rwp, first, removed, added, path=path, fit=cur, scale=scale)
 
 
 def _layer_step(x, g_obs, grid, cur, bond, kind, n0, min_atoms, noise=0.0):

@@ -60,6 +60,23 @@ def test_layer_search_recuts_a_prism_the_atom_search_cannot(calc, start_label, t
     assert _err(res.xyz, truth) < 0.01 and res.rwp < 0.02, (_err(res.xyz, truth), res.rwp)
 
 
+def test_searches_report_the_sizes_they_fitted_on_the_way(calc):
+    """A start 0.4 % too large, its size held: the searches fit the size as they go (their
+    coordinates come back scaled), and ``scale`` says by how much overall, not only the last
+    fit's size (which the JSON's size_factor of a search answer was before: 1.000 for 0.996)."""
+    start = _shape("HCP_Size1_3_Size2_4_Size3_6")
+    truth = _shape("HCP_Size1_3_Size2_4_Size3_4")
+    grid, g = _data(calc, truth)
+    big = start * 1.004
+    fit = grid.fit(big, g, sizes=np.ones(1))
+    atoms, layers = grow_prune(big, g, grid, fit, nn_length(big)), layer_search(big, g, grid, fit, nn_length(big))
+    for res in (atoms, layers):
+        assert res.scale == pytest.approx(nn_length(res.xyz) / nn_length(big), rel=1e-9)
+        assert res.scale == pytest.approx(1 / 1.004, abs=1e-3)
+    # layer moves, each with its own size fit: the last one's is not the whole
+    assert len(layers.xyz) < len(big) and abs(layers.fit.size - 1) < 0.1 * abs(layers.scale - 1)
+
+
 def test_layer_search_flattens_a_truncated_octahedron_into_a_plate(calc):
     """A truncated octahedron where the particle is a thinner, (111)-faced plate of it: layers
     come off two opposite (111) faces, 3 in all; neither the library nor one atom at a time
