@@ -55,8 +55,8 @@ class SearchResult:
     path: list = None     # _greedy: (structure, removed, added) after each move of one phase;
                           # layer_search: (structure, its fit, scale) after each move
     fit: object = None    # the chosen structure's physics fit (cbldm.runtime.fitting.PhysicsFit)
-    scale: float = 1.0    # the sizes fitted on the way, multiplied: the atoms kept are the
-                          # start's scaled by it (fit.size is the last fit's alone)
+    scale: float = 1.0    # the sizes fitted on the way, multiplied: distances between the atoms
+                          # kept are the start's scaled by it (fit.size is the last fit's alone)
 
 
 class _Scorer:

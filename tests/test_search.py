@@ -117,6 +117,10 @@ def test_pipeline_answers_with_the_recut_prism_and_lists_the_move_before(calc, t
     pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
     pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=Library(tmp_path / "lib.npz"))
     assert pred.best.n_atoms == len(truth) and "layers -48/+0" in pred.best.label
+    # its size factor is its start's times the sizes the search fitted
+    start = next(c for c in pred.candidates if c.label == "recipe:longer")
+    assert pred.best.fit.size / start.fit.size == pytest.approx(nn_length(pred.best.xyz) / nn_length(start.xyz),
+                                                                rel=1e-6)
     assert _err(pred.best.xyz, truth) < 0.01 and pred.best.rwp < 0.002
     near = pred.candidates[1]
     assert near.label == pred.best.near.label and near.exact and near.n_atoms == len(truth) + 12 and "one search move short" in near.label
@@ -139,6 +143,51 @@ def test_pipeline_fits_again_on_the_q_grid_of_the_biso_it_finds(tmp_path):
                    refine=NO_REFINEMENT)
     assert abs(pred.q_grid_biso - 1.0) < 0.05 and abs(pred.best.fit.biso - 1.0) < 0.02
     assert pred.best.exact and pred.best.rwp < 1e-3 and abs(nn_length(pred.best.xyz) - D) < 0.005
+
+
+def test_a_second_regrid_is_kept_only_where_it_fits_better(calc):
+    """After the strain fit the pipeline may move to the Q grid of the Biso found then, only
+    where the best candidate, at its size, fits that grid better. Data made at Biso 0.3: a best
+    candidate whose fit claims Biso 1.0 (as a noisy fit may) stays on the grid of 0.3. Data made
+    at Biso 1.0 and fitted on the grid of 0.3: every candidate moves to the grid of 1.0, an
+    unstrained copy with its strained one."""
+    from dataclasses import replace
+
+    from cbldm.runtime.pipeline import Candidate, _regrid
+
+    truth = _shape("Decahedron_p_2_q_3_r_1")
+    less = truth[:-5]
+
+    def tier(c):
+        return False, False
+
+    def cands(grid, g, claim=None):     # the best one second: it is found by identity
+        fit, worse = grid.fit(truth, g), grid.fit(less, g)
+        copy = Candidate(truth * fit.size, "library", "deca as it was", None, fit.rwp, fit.rwp, fit,
+                         g_calc=fit.g_calc)
+        return [Candidate(less * worse.size, "library", "deca -5", None, worse.rwp, worse.rwp, worse,
+                          g_calc=worse.g_calc),
+                Candidate(truth * fit.size, "library", "deca", None, fit.rwp, fit.rwp,
+                          fit if claim is None else replace(fit, biso=claim), g_calc=fit.g_calc,
+                          unstrained=copy)]
+
+    grid, g = _data(calc, truth)
+    kept = cands(grid, g, claim=1.0)
+    before = [c.rwp for c in kept] + [kept[1].unstrained.rwp]
+    assert _regrid(kept, grid, g, tier, if_better=True) is grid
+    assert [c.rwp for c in kept] + [kept[1].unstrained.rwp] == before
+    assert _regrid(cands(grid, g, claim=1.0), grid, g, tier) is not grid    # without the rule: moved
+
+    params = DEEPSTRUC_PARAMS.replace(biso=1.0)
+    pdf = PDFInput.on_model_grid(DebyePDF(params).calc(truth, "Pt"), "Pt", params=params)
+    grid = fit_grid(pdf.physics)
+    g = np.interp(grid.r_fit, pdf.r, pdf.g)
+    moved = cands(grid, g)
+    before = [c.rwp for c in moved] + [moved[1].unstrained.rwp]
+    other = _regrid(moved, grid, g, tier, if_better=True)
+    assert other is not grid and abs(other.qgrid_biso - 1.0) < 0.1
+    after = [c.rwp for c in moved] + [moved[1].unstrained.rwp]
+    assert after[1] < 0.5 * before[1] and after[0] != before[0] and after[2] < 0.5 * before[2], (before, after)
 
 
 def test_refine_0_on_the_command_line_also_turns_the_searches_off():
