@@ -21,6 +21,7 @@ data, re-gridded at a few bond lengths around d, is compared with every entry in
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,41 @@ class Library:
         self.diameter = z["diameter"].astype(float)
         self.f0 = z["f0"].astype(np.float64)
         self.q = np.arange(self.f0.shape[1]) * float(z["q_step"])
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self._families: dict | None = None
 
     def __len__(self) -> int:
         return len(self.n_atoms)
+
+    def index(self, name: str) -> int | None:
+        return self._index.get(name)
+
+    def neighbours(self, i: int) -> list[int]:
+        """Entries of ``i``'s family one step away in one of its parameters: the family is the
+        name with its numbers taken out and its kind (recipe, common, ext, ...) dropped, so that
+        a family continues from the recipe's sizes into the extended ones; the step
+        is to the next value that exists with the other parameters held (an hcp prism 7 layers
+        long: 6 and 8 layers; a sphere: the next larger and smaller of its centre)."""
+        if self._families is None:
+            fam: dict = {}
+            for k, name in enumerate(self.names):
+                # spelling aside (recipe:Decahedron_p_4_q_1_r_0, ext:decahedron_p5_q1_r0)
+                stem = re.sub(r"_(?=\d)", "", name.split(":", 1)[-1].lower())
+                key, vals = re.sub(r"\d+", "#", stem), tuple(int(v) for v in re.findall(r"\d+", stem))
+                for j in range(len(vals)):
+                    fam.setdefault((key, j, vals[:j] + vals[j + 1:]), []).append((vals[j], k))
+            self._families = {}
+            for line in fam.values():
+                at: dict = {}
+                for v, k in line:
+                    at.setdefault(v, []).append(k)
+                vs = sorted(at)
+                for a, b in zip(vs, vs[1:]):   # the same shape twice (recipe and ext): both linked
+                    for e in at[a]:
+                        for f in at[b]:
+                            self._families.setdefault(e, []).append(f)
+                            self._families.setdefault(f, []).append(e)
+        return list(self._families.get(i, []))
 
     def xyz(self, i: int) -> np.ndarray:
         """Unit-bond coordinates of entry ``i`` (centred)."""

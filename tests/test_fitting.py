@@ -191,6 +191,35 @@ def test_library_holds_twinned_spheres_with_the_defects_they_name():
     assert min(len(e[3]) for e in twinned) >= 13
 
 
+def test_library_neighbours_are_one_step_in_one_parameter_of_a_family(tmp_path):
+    """A family is a name with its numbers out, whatever its kind and spelling; a neighbour is
+    the next value that exists in one parameter, the others held; the same shape under two
+    names is reached from both sides."""
+    from cbldm.runtime.library import Library, write_library
+
+    names = ["recipe:HCP_Size1_1_Size2_5_Size3_6", "recipe:HCP_Size1_1_Size2_5_Size3_7",
+             "recipe:HCP_Size1_1_Size2_5_Size3_9",          # no 8 layers: 9 is next to 7
+             "recipe:HCP_Size1_1_Size2_4_Size3_7", "recipe:HCP_Size1_2_Size2_4_Size3_8",
+             "recipe:Decahedron_p_1_q_3_r_2", "recipe:Decahedron_p_1_q_3_r_3", "ext:decahedron_p1_q3_r3",
+             "ext:decahedron_p1_q3_r4", "common:fcc_sphere_c0_n79", "ext:fcc_sphere_c0_n321",
+             "common:fcc_sphere_c1_n79", "common:bcc_sphere_c0_n65"]
+    cube = np.array(np.meshgrid(*[np.arange(2.0)] * 3)).reshape(3, -1).T
+    write_library(tmp_path / "lib.npz", [(n, "x", n.split(":")[0], cube) for n in names], log=None)
+    lib = Library(tmp_path / "lib.npz")
+
+    def nb(name):
+        return sorted(str(lib.names[j]) for j in lib.neighbours(lib.index(name)))
+
+    assert nb("recipe:HCP_Size1_1_Size2_5_Size3_7") == sorted([
+        "recipe:HCP_Size1_1_Size2_5_Size3_6", "recipe:HCP_Size1_1_Size2_5_Size3_9",
+        "recipe:HCP_Size1_1_Size2_4_Size3_7"])
+    assert nb("recipe:HCP_Size1_2_Size2_4_Size3_8") == []    # two parameters away from all
+    assert nb("recipe:Decahedron_p_1_q_3_r_2") == ["ext:decahedron_p1_q3_r3", "recipe:Decahedron_p_1_q_3_r_3"]
+    assert nb("ext:decahedron_p1_q3_r4") == ["ext:decahedron_p1_q3_r3", "recipe:Decahedron_p_1_q_3_r_3"]
+    assert nb("common:fcc_sphere_c0_n79") == ["common:fcc_sphere_c1_n79", "ext:fcc_sphere_c0_n321"]
+    assert nb("common:bcc_sphere_c0_n65") == [] and lib.index("no such entry") is None
+
+
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
     """A library of a few recipe shapes: each one's PDF, at another bond length and with
     measurement-like physics, finds itself first; F0 is the Debye sum of the calculator."""
