@@ -49,6 +49,7 @@ REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp (beyond the data
                            # recipe shapes fit DiffPy's PDFs to 1e-4-level Rwp
                            # (fitting.QGRID_BISO): those skip both
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
+WALK_STEPS = 6           # moves along the best library candidate's family (``_walk``)
 STRAIN_TOP = 4           # library candidates, best rigid fits first (within the refinement's
                          # reach), that get a homogeneous strain fitted
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
@@ -340,6 +341,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             floor = NOISE_FLOOR * noise / (1.0 - refine.search_gain)
             return misfit(c.rwp_rigid, noise) < max(REFINE_NOT_NEEDED, floor)
 
+
         n_ind = independent_points(p.physics)
         if refine.strain and cands and not settled(cands[0]):
             tst = time.perf_counter()
@@ -362,6 +364,16 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 grid = _regrid(cands, grid, g_fit, tier, if_better=True)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["strain_s"] = time.perf_counter() - tst
+        walked, walk_start = [], None
+        if use_library and cands and not settled(cands[0]):
+            # after the strain: a rigid fit of a strained particle is poor for every member of
+            # its family (a rod 2.5 % longer along c: 0.42), no guide for the walk
+            tw = time.perf_counter()
+            walked, walk_start = _walk(cands, library, grid, g_fit, tier, 2.0 * extent["extent_A"] + 5.0,
+                                       n_ind, refine.search_gain, noise)
+            cands += walked
+            cands.sort(key=lambda c: (*tier(c), c.rwp))
+            tm["walk_s"] = time.perf_counter() - tw
         if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
             starts = [c for c in cands[:refine.search] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
@@ -369,6 +381,12 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # wrong cut best can lead the searches away from the right cut, which the unstrained
             # structure reaches (a noisy 14-atom bipyramid: 16 atoms at Rwp 0.099 from the
             # strained start, 14 at 0.053 from the unstrained one)
+            # where the walk moved the best candidate, its start searches too: the searches re-cut
+            # what the family's members cannot (a 744-atom multiply twinned particle: 661 atoms,
+            # Rwp 0.054, from the walk's 585-atom start; nothing better than the walk's 672 at
+            # 0.071 from there)
+            if any(c is cands[0] for c in walked) and 4 <= walk_start.n_atoms <= REFINE_MAX_ATOMS:
+                starts.append(walk_start)
             for c in starts + [c.unstrained for c in starts if c.unstrained is not None]:
                 cands += _search(c, grid, g_fit, d, refine.search_gain, noise)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
@@ -491,6 +509,65 @@ def _regrid(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier,
     return regrid
 
 
+def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_diameter: float,
+          n_ind: float, gain: float, noise: float = 0.0,
+          steps: int = WALK_STEPS) -> tuple[list[Candidate], Candidate | None]:
+    """The best library candidate's family, walked with the physics fit: its neighbours
+    (``Library.neighbours``: one layer, shell or size step in one parameter) fitted, the walk
+    moved to the best of them while that ranks better, at most ``steps`` moves; the candidates
+    it fitted, and where it started. The search ranks proposals on coarse Biso and Qdamp grids, which tell families
+    apart but not a family's members: their PDFs differ by less than those grids' own misfit
+    (an hcp prism 7 layers long with displaced atoms: proposed at 10-12 layers, Rwp 0.041; 7
+    layers fit 0.039). A strained start's strain goes to every member (one homogeneous map:
+    the family's members share their axes), and where the walk moves, the strain is fitted
+    again on the member it ends at (``_strain``, the strain fit's own gate)."""
+    start = min((c for c in cands if c.source == "library" and library.index(c.label) is not None),
+                key=lambda c: (*tier(c), c.rwp), default=None)
+    if start is None:
+        return [], None
+    base = start.unstrained if start.unstrained is not None else start
+    deform = None
+    if start.unstrained is not None:
+        deform = np.linalg.lstsq(base.xyz - base.xyz.mean(0), start.xyz - start.xyz.mean(0), rcond=None)[0]
+    bond = nn_length(base.xyz)   # library entries have unit median bond
+    seen = {c.label for c in cands if c.source == "library"}
+    cur, new = start, []
+    for _ in range(steps):
+        step = []
+        for j in library.neighbours(library.index(cur.label)):
+            name = str(library.names[j])
+            if name in seen or library.diameter[j] * bond > max_diameter:
+                continue
+            seen.add(name)
+            x = library.xyz(j) * bond
+            x = x - x.mean(0) if deform is None else (x - x.mean(0)) @ deform
+            f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5),
+                         start=(cur.fit.biso, cur.fit.delta2, cur.fit.qdamp))
+            # the size and strain reported as the start's, times what this fit adds
+            fit = replace(f, size=start.fit.size * f.size, strain=start.fit.strain,
+                          at_bounds=_size_flag_kept(f, start.fit))
+            step.append(Candidate(x * f.size, "library", name, str(library.motif[j]), rwp=f.rwp,
+                                  rwp_rigid=f.rwp, fit=fit, g_calc=f.g_calc))
+        new += step
+        best = min(step, key=lambda c: (*tier(c), c.rwp), default=None)
+        if best is None or (*tier(best), best.rwp) >= (*tier(cur), cur.rwp):
+            break
+        cur = best
+    if deform is not None and cur is not start:
+        x = library.xyz(library.index(cur.label)) * bond
+        x = x - x.mean(0)
+        f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5), start=(base.fit.biso, base.fit.delta2, base.fit.qdamp))
+        rigid = Candidate(x * f.size, "library", cur.label, cur.motif, rwp=f.rwp, rwp_rigid=f.rwp, g_calc=f.g_calc,
+                          fit=replace(f, size=base.fit.size * f.size, at_bounds=_size_flag_kept(f, base.fit)))
+        fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
+        if fresh is rigid and _strain_pays(cur.rwp, rigid.rwp, n_ind, gain, noise):
+            fresh = replace(cur, unstrained=rigid)   # the carried strain is the better one, and pays
+        # otherwise the member is answered as its own strain fit leaves it: a strain carried from
+        # another member passes the same gate on this one, or is not kept
+        new = [fresh if c is cur else c for c in new]
+    return new, start
+
+
 def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:
     """``new``'s parameters at their bounds, and the size's flag from ``old``: a fit at fixed size
     (the size is in the coordinates now) cannot see that the size it carries hit its bound."""
@@ -533,14 +610,13 @@ def _strain(c: Candidate, grid: FitGrid, g_fit: np.ndarray, n_ind: float, gain: 
     it does from any extra or missing atom; on the tuning set, gated by Akaike's criterion
     alone, such strains sent the searches elsewhere (a 114-atom rod with vacancies 0.085 ->
     0.162 A)."""
-    from cbldm.runtime.refine import STRAIN_PARAMS, fit_strain
+    from cbldm.runtime.refine import fit_strain
 
     s = fit_strain(grid, c.fit, c.xyz, g_fit)
     if not s.strain.any():
         return c
     fit = grid.fit(s.xyz, g_fit, sizes=np.array([1.0]), start=(s.biso, c.fit.delta2, s.qdamp))
-    pays = _misfit(fit.rwp, n_ind) + 2.0 * STRAIN_PARAMS < _misfit(c.rwp, n_ind)
-    if not pays or fit.rwp >= gain_bound(c.rwp, gain, noise):
+    if not _strain_pays(fit.rwp, c.rwp, n_ind, gain, noise):
         return c
     # I + E = (1 + iso) (I + D): the isotropic part joins the size, D (traceless to first order)
     # is what is reported
@@ -548,6 +624,13 @@ def _strain(c: Candidate, grid: FitGrid, g_fit: np.ndarray, n_ind: float, gain: 
     fit = replace(fit, size=c.fit.size * (1.0 + iso), strain=(s.strain - iso * np.eye(3)) / (1.0 + iso),
                   at_bounds=_size_flag_kept(fit, c.fit))
     return replace(c, xyz=s.xyz, fit=fit, rwp=fit.rwp, rwp_rigid=fit.rwp, g_calc=fit.g_calc, unstrained=c)
+
+
+def _strain_pays(rwp: float, rwp_rigid: float, n_ind: float, gain: float, noise: float) -> bool:
+    from cbldm.runtime.refine import STRAIN_PARAMS
+
+    return (_misfit(rwp, n_ind) + 2.0 * STRAIN_PARAMS < _misfit(rwp_rigid, n_ind)
+            and rwp < gain_bound(rwp_rigid, gain, noise))
 
 
 def _exact_rwp(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndarray, element: str,

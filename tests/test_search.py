@@ -145,6 +145,63 @@ def test_pipeline_fits_again_on_the_q_grid_of_the_biso_it_finds(tmp_path):
     assert pred.best.exact and pred.best.rwp < 1e-3 and abs(nn_length(pred.best.xyz) - D) < 0.005
 
 
+def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path):
+    """From an hcp prism 8 layers long, on the PDF of the same prism 5 layers long, the walk
+    fits the neighbours of each member it moves to (7 and 9, then 6, 5, and 4) and stops where
+    none fits better; ``steps`` bounds the moves."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import Candidate, _walk
+
+    label = "HCP_Size1_1_Size2_3_Size3_{}"
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(4, 10)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    grid, g = _data(calc, _shape(label.format(5)))
+    start = Candidate(_shape(label.format(8)), "library", f"recipe:{label.format(8)}", "hcp")
+    start.fit = grid.fit(start.xyz, g)
+    start.rwp = start.rwp_rigid = start.fit.rwp
+
+    def tier(c):
+        return False, False
+
+    found, frm = _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2)
+    assert frm is start
+    layers = [int(c.label.rsplit("_", 1)[1]) for c in found]
+    assert sorted(layers) == [4, 5, 6, 7, 9]
+    k = min(range(len(found)), key=lambda k: found[k].rwp)
+    best = found[k]
+    assert layers[k] == 5 and best.rwp < 2e-3 and best.rwp < start.rwp
+    assert best.n_atoms == len(_shape(label.format(5))) and abs(nn_length(best.xyz) - D) < 0.01
+    assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2, steps=2)[0]] == [7, 9, 6]
+    # a diameter bound keeps what cannot match out of the walk
+    assert _walk([start], lib, grid, g, tier, 0.0, 1000.0, 0.2)[0] == []
+
+
+def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_path, monkeypatch):
+    """A prism 5 layers long with displaced atoms (nothing fits it to the floor, so the searches
+    run); the search proposes only the 8-layer prism. The walk ends at 5 layers, and the searches
+    start from there and from the 8 layers the walk started at."""
+    from cbldm.runtime import pipeline
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.sampling import SamplerConfig
+
+    label = "HCP_Size1_1_Size2_3_Size3_{}"
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(4, 10)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    search = lib.search
+    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
+                                                        if h.name.endswith("_8")])
+    truth = _shape(label.format(5)) + np.random.default_rng(0).normal(0, 0.08, (len(_shape(label.format(5))), 3))
+    searched, s = [], pipeline._search
+    monkeypatch.setattr(pipeline, "_search", lambda c, *a: searched.append(c.label) or s(c, *a))
+    pred = pipeline.predict(None, PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt"), SamplerConfig(), 0,
+                            source="library", library=lib)
+    # (each also as it was before a strain, where one was fitted)
+    assert set(searched) == {f"recipe:{label.format(5)}", f"recipe:{label.format(8)}"}, searched
+    assert pred.best.n_atoms == len(truth), pred.best.label
+
+
 def test_a_second_regrid_is_kept_only_where_it_fits_better(calc):
     """After the strain fit the pipeline may move to the Q grid of the Biso found then, only
     where the best candidate, at its size, fits that grid better. Data made at Biso 0.3: a best

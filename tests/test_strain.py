@@ -147,6 +147,33 @@ def test_a_strained_start_is_searched_also_as_it_was(calc, tmp_path, monkeypatch
     assert abs(pred.best.n_atoms - len(truth)) < abs(len(longer) - len(truth)) / 2, pred.best.label
 
 
+def test_the_walk_carries_the_strain_to_the_family_member_that_fits(calc, tmp_path, monkeypatch):
+    """The library's search proposes only a prism two layers longer than the strained particle
+    (the rest of its family is in the library): the strain is fitted on the long prism, and the
+    walk along the family takes that strain to the shorter members; at the particle's own
+    length, the strain fitted again, it fits to the noise floor, strained as it is."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    label = "HCP_Size1_1_Size2_4_Size3_{}"
+    truth = _shape(label.format(8)) * np.array([0.99, 0.99, 1.025])
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(5, 13)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    search = lib.search
+    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k) if h.name.endswith("_10")])
+    pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=lib)
+    best = pred.best
+    assert best.label == f"recipe:{label.format(8)}" and best.rwp < 1e-3, (best.label, best.rwp)
+    assert best.unstrained is not None and best.unstrained.label == best.label
+    principal = best.fit.params()["strain_principal"]
+    assert principal is not None and principal[0] > 0.015 and principal[-1] < -0.005, principal
+    assert np.mean(np.abs(sorted_distances(best.xyz) - sorted_distances(truth))) < 0.02
+    assert "walk_s" in pred.timings
+
+
 @pytest.mark.xfail(strict=True, reason="known limitation: the strain fit starts from axis-aligned strains "
                                        "only; a stretch along rotated axes of a cubic block is not found "
                                        "(six shear starts found it in part: Rwp 0.027, not shipped)")
