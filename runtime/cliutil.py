@@ -60,8 +60,10 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion"):
     from cbldm.runtime.pipeline import RefineConfig
 
     try:
-        # 0 is "the structure as found": no coordinate refinement and no atom or layer search
-        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=1 if top > 0 else 0, strain=top > 0)
+        # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
+        # library family and no atom or layer search
+        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=1 if top > 0 else 0, strain=top > 0,
+                            walk=top > 0)
     except ValueError:
         raise fail("--refine must be >= 0, --refine-iter >= 1 and --rank criterion or rwp", EXIT_USAGE) from None
 

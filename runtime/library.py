@@ -35,6 +35,14 @@ SEARCH_QDAMP = (0.0, 0.03, 0.06)   # 1/A: instrument resolutions it tries
 SEARCH_STEP = 0.02         # unit-frame r step of the comparison grid (~0.06 A)
 
 
+# one family under two spellings (ASE's parameters both: recipe:Icosahedron_shell_4 and
+# ext:icosahedron_5shells are 147 and 309 atoms; recipe:Octahedron_length_7 and
+# ext:octahedron_l8_c0 231 and 344), and a cuboctahedron's two numbers are one (l = 2c + 1)
+FAMILY_ALIASES = ((r"^icosahedron_shell(\d+)$", r"icosahedron\1shells"),
+                  (r"^octahedron_length(\d+)$", r"octahedron_l\1_c0"),
+                  (r"^cuboctahedron_l\d+_c(\d+)$", r"cuboctahedron_c\1"))
+
+
 class LibraryError(RuntimeError):
     pass
 
@@ -89,6 +97,8 @@ class Library:
             for k, name in enumerate(self.names):
                 # spelling aside (recipe:Decahedron_p_4_q_1_r_0, ext:decahedron_p5_q1_r0)
                 stem = re.sub(r"_(?=\d)", "", name.split(":", 1)[-1].lower())
+                for pat, to in FAMILY_ALIASES:
+                    stem = re.sub(pat, to, stem)
                 key, vals = re.sub(r"\d+", "#", stem), tuple(int(v) for v in re.findall(r"\d+", stem))
                 for j in range(len(vals)):
                     fam.setdefault((key, j, vals[:j] + vals[j + 1:]), []).append((vals[j], k))

@@ -136,6 +136,7 @@ class RefineConfig:
                                # fraction (chosen on the tuning set, noise-free and noisy alike then)
     rank: str = "criterion"
     strain: bool = True        # fit a homogeneous strain to the candidates before the searches
+    walk: bool = True          # walk the best library candidate's family (``_walk``) before them
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0 \
@@ -146,10 +147,10 @@ class RefineConfig:
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
                 "min_distance": self.min_distance, "restrain": self.restrain, "search": self.search,
-                "search_gain": self.search_gain, "rank": self.rank, "strain": self.strain}
+                "search_gain": self.search_gain, "rank": self.rank, "strain": self.strain, "walk": self.walk}
 
 
-NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False)
+NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False, walk=False)
 
 
 @dataclass
@@ -365,7 +366,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["strain_s"] = time.perf_counter() - tst
         walked, walk_start = [], None
-        if use_library and cands and not settled(cands[0]):
+        if refine.walk and use_library and cands and not settled(cands[0]):
             # after the strain: a rigid fit of a strained particle is poor for every member of
             # its family (a rod 2.5 % longer along c: 0.42), no guide for the walk
             tw = time.perf_counter()
@@ -385,7 +386,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # what the family's members cannot (a 744-atom multiply twinned particle: 661 atoms,
             # Rwp 0.054, from the walk's 585-atom start; nothing better than the walk's 672 at
             # 0.071 from there)
-            if any(c is cands[0] for c in walked) and 4 <= walk_start.n_atoms <= REFINE_MAX_ATOMS:
+            if any(c is cands[0] for c in walked) and 4 <= walk_start.n_atoms <= REFINE_MAX_ATOMS \
+                    and not any(c is walk_start for c in starts):
                 starts.append(walk_start)
             for c in starts + [c.unstrained for c in starts if c.unstrained is not None]:
                 cands += _search(c, grid, g_fit, d, refine.search_gain, noise)
@@ -515,12 +517,13 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     """The best library candidate's family, walked with the physics fit: its neighbours
     (``Library.neighbours``: one layer, shell or size step in one parameter) fitted, the walk
     moved to the best of them while that ranks better, at most ``steps`` moves; the candidates
-    it fitted, and where it started. The search ranks proposals on coarse Biso and Qdamp grids, which tell families
-    apart but not a family's members: their PDFs differ by less than those grids' own misfit
-    (an hcp prism 7 layers long with displaced atoms: proposed at 10-12 layers, Rwp 0.041; 7
-    layers fit 0.039). A strained start's strain goes to every member (one homogeneous map:
-    the family's members share their axes), and where the walk moves, the strain is fitted
-    again on the member it ends at (``_strain``, the strain fit's own gate)."""
+    it fitted, and where it started. The search ranks proposals on coarse Biso and Qdamp
+    grids, which tell families apart but not a family's members: their PDFs differ by less
+    than those grids' own misfit (an hcp prism 7 layers long with displaced atoms: proposed at
+    10-12 layers, Rwp 0.041; 7 layers fit 0.039). A strained start's strain goes to every
+    member (one homogeneous map: the family's members share their axes); only the member the
+    walk ends at is returned then, with the strain that passes the strain fit's gate there
+    (carried or fitted again), else rigid."""
     start = min((c for c in cands if c.source == "library" and library.index(c.label) is not None),
                 key=lambda c: (*tier(c), c.rwp), default=None)
     if start is None:
@@ -530,7 +533,8 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     if start.unstrained is not None:
         deform = np.linalg.lstsq(base.xyz - base.xyz.mean(0), start.xyz - start.xyz.mean(0), rcond=None)[0]
     bond = nn_length(base.xyz)   # library entries have unit median bond
-    seen = {c.label for c in cands if c.source == "library"}
+    # an entry fitted rigid only may fit better with the strain carried to it: tried again
+    seen = {c.label for c in cands if c.source == "library" and (deform is None or c.unstrained is not None)}
     cur, new = start, []
     for _ in range(steps):
         step = []
@@ -553,18 +557,25 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
         if best is None or (*tier(best), best.rwp) >= (*tier(cur), cur.rwp):
             break
         cur = best
-    if deform is not None and cur is not start:
+    if deform is not None and cur is start:
+        return [], start
+    if deform is not None:
+        # a carried strain was never judged on the member it was carried to: the members walked
+        # through are dropped, and the one the walk ends at is kept as its own strain fit or
+        # the carried strain leaves it, whichever fits better of those that pass the strain's
+        # gate there, else rigid
         x = library.xyz(library.index(cur.label)) * bond
         x = x - x.mean(0)
         f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5), start=(base.fit.biso, base.fit.delta2, base.fit.qdamp))
         rigid = Candidate(x * f.size, "library", cur.label, cur.motif, rwp=f.rwp, rwp_rigid=f.rwp, g_calc=f.g_calc,
                           fit=replace(f, size=base.fit.size * f.size, at_bounds=_size_flag_kept(f, base.fit)))
-        fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
-        if fresh is rigid and _strain_pays(cur.rwp, rigid.rwp, n_ind, gain, noise):
-            fresh = replace(cur, unstrained=rigid)   # the carried strain is the better one, and pays
-        # otherwise the member is answered as its own strain fit leaves it: a strain carried from
-        # another member passes the same gate on this one, or is not kept
-        new = [fresh if c is cur else c for c in new]
+        kept = [replace(cur, unstrained=rigid)] if _strain_pays(cur.rwp, rigid.rwp, n_ind, gain, noise) else []
+        if rigid.n_atoms <= REFINE_MAX_ATOMS:   # as for the strain stage's own starts
+            fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
+            if fresh is not rigid:
+                kept.append(fresh)
+        end = min(kept, key=lambda c: c.rwp, default=rigid)
+        new = [end]
     return new, start
 
 

@@ -202,7 +202,10 @@ def test_library_neighbours_are_one_step_in_one_parameter_of_a_family(tmp_path):
              "recipe:HCP_Size1_1_Size2_4_Size3_7", "recipe:HCP_Size1_2_Size2_4_Size3_8",
              "recipe:Decahedron_p_1_q_3_r_2", "recipe:Decahedron_p_1_q_3_r_3", "ext:decahedron_p1_q3_r3",
              "ext:decahedron_p1_q3_r4", "common:fcc_sphere_c0_n79", "ext:fcc_sphere_c0_n321",
-             "common:fcc_sphere_c1_n79", "common:bcc_sphere_c0_n65"]
+             "common:fcc_sphere_c1_n79", "common:bcc_sphere_c0_n65",
+             # the shipped library's other spellings of one family (ASE's parameters both)
+             "recipe:Icosahedron_shell_4", "ext:icosahedron_5shells", "recipe:Octahedron_length_7",
+             "ext:octahedron_l8_c0", "common:cuboctahedron_l7_c3", "ext:cuboctahedron_l9_c4"]
     cube = np.array(np.meshgrid(*[np.arange(2.0)] * 3)).reshape(3, -1).T
     write_library(tmp_path / "lib.npz", [(n, "x", n.split(":")[0], cube) for n in names], log=None)
     lib = Library(tmp_path / "lib.npz")
@@ -218,6 +221,9 @@ def test_library_neighbours_are_one_step_in_one_parameter_of_a_family(tmp_path):
     assert nb("ext:decahedron_p1_q3_r4") == ["ext:decahedron_p1_q3_r3", "recipe:Decahedron_p_1_q_3_r_3"]
     assert nb("common:fcc_sphere_c0_n79") == ["common:fcc_sphere_c1_n79", "ext:fcc_sphere_c0_n321"]
     assert nb("common:bcc_sphere_c0_n65") == [] and lib.index("no such entry") is None
+    assert nb("recipe:Icosahedron_shell_4") == ["ext:icosahedron_5shells"]
+    assert nb("recipe:Octahedron_length_7") == ["ext:octahedron_l8_c0"]
+    assert nb("common:cuboctahedron_l7_c3") == ["ext:cuboctahedron_l9_c4"]    # l = 2c + 1: one parameter
 
 
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):

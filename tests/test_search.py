@@ -157,8 +157,9 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
                                           for n in range(4, 10)], log=None)
     lib = Library(tmp_path / "lib.npz")
     grid, g = _data(calc, _shape(label.format(5)))
-    start = Candidate(_shape(label.format(8)), "library", f"recipe:{label.format(8)}", "hcp")
-    start.fit = grid.fit(start.xyz, g)
+    start = Candidate(_shape(label.format(8)) * 1.004, "library", f"recipe:{label.format(8)}", "hcp")
+    start.fit = grid.fit(start.xyz, g)   # as the pipeline leaves it: the size in the coordinates too
+    start.xyz = start.xyz * start.fit.size
     start.rwp = start.rwp_rigid = start.fit.rwp
 
     def tier(c):
@@ -171,10 +172,15 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
     k = min(range(len(found)), key=lambda k: found[k].rwp)
     best = found[k]
     assert layers[k] == 5 and best.rwp < 2e-3 and best.rwp < start.rwp
-    assert best.n_atoms == len(_shape(label.format(5))) and abs(nn_length(best.xyz) - D) < 0.01
+    assert best.n_atoms == len(_shape(label.format(5))) and abs(nn_length(best.xyz) - D) < 0.002
+    # the size factor reported is the start's times what the member's own fit added
+    for c in found:
+        assert nn_length(c.xyz) == pytest.approx(D * 1.004 * c.fit.size, rel=1e-6)
     assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2, steps=2)[0]] == [7, 9, 6]
-    # a diameter bound keeps what cannot match out of the walk
-    assert _walk([start], lib, grid, g, tier, 0.0, 1000.0, 0.2)[0] == []
+    # a diameter bound (A) keeps what cannot match out of the walk: here the 8-layer prism's own
+    bound = lib.diameter[lib.index(start.label)] * nn_length(start.xyz) + 0.01
+    assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, bound, 1000.0, 0.2)[0]] \
+        == [7, 6, 5, 4]
 
 
 def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_path, monkeypatch):
@@ -200,6 +206,17 @@ def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_pat
     # (each also as it was before a strain, where one was fitted)
     assert set(searched) == {f"recipe:{label.format(5)}", f"recipe:{label.format(8)}"}, searched
     assert pred.best.n_atoms == len(truth), pred.best.label
+    # proposed at its own length, nothing to walk to: searched once, from there
+    searched.clear()
+    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
+                                                        if h.name.endswith("_5")])
+    pred = pipeline.predict(None, PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt"), SamplerConfig(), 0,
+                            source="library", library=lib)
+    assert set(searched) == {f"recipe:{label.format(5)}"} and "walk_s" in pred.timings, searched
+    # and with refinement off (``--refine 0``) there is no walk
+    off = pipeline.predict(None, PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt"), SamplerConfig(), 0,
+                           source="library", library=lib, refine=pipeline.NO_REFINEMENT)
+    assert "walk_s" not in off.timings and off.sampler["refine"]["walk"] is False
 
 
 def test_a_second_regrid_is_kept_only_where_it_fits_better(calc):
@@ -248,11 +265,12 @@ def test_a_second_regrid_is_kept_only_where_it_fits_better(calc):
 
 
 def test_refine_0_on_the_command_line_also_turns_the_searches_off():
-    """`cbldm-run --refine 0` promises the structures as found: no refinement and no search."""
+    """`cbldm-run --refine 0` promises the structures as found: no refinement, strain, walk or search."""
     from cbldm.runtime.cliutil import refine_config
 
-    assert refine_config(0, 100).search == 0 and refine_config(0, 100).top == 0
-    assert refine_config(4, 100).search == 1
+    off, on = refine_config(0, 100), refine_config(4, 100)
+    assert (off.search, off.top, off.strain, off.walk) == (0, 0, False, False)
+    assert (on.search, on.strain, on.walk) == (1, True, True)
 
 
 def _noisy(calc, truth, noise_rwp: float, seed: int = 0) -> PDFInput:

@@ -168,6 +168,8 @@ def test_the_walk_carries_the_strain_to_the_family_member_that_fits(calc, tmp_pa
     best = pred.best
     assert best.label == f"recipe:{label.format(8)}" and best.rwp < 1e-3, (best.label, best.rwp)
     assert best.unstrained is not None and best.unstrained.label == best.label
+    # the member walked through carried a strain never judged on it: not among the candidates
+    assert f"recipe:{label.format(9)}" not in [c.label for c in pred.candidates]
     principal = best.fit.params()["strain_principal"]
     assert principal is not None and principal[0] > 0.015 and principal[-1] < -0.005, principal
     assert np.mean(np.abs(sorted_distances(best.xyz) - sorted_distances(truth))) < 0.02
