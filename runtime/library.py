@@ -43,6 +43,16 @@ FAMILY_ALIASES = ((r"^icosahedron_shell(\d+)$", r"icosahedron\1shells"),
                   (r"^cuboctahedron_l\d+_c(\d+)$", r"cuboctahedron_c\1"))
 
 
+def family_of(name: str) -> tuple[str, tuple[int, ...]]:
+    """A library entry's family and its parameters: the name less its kind (recipe, common, ext,
+    ...) and spelling (recipe:Decahedron_p_4_q_1_r_0 and ext:decahedron_p5_q1_r0 are one family),
+    its numbers replaced by '#', and those numbers."""
+    stem = re.sub(r"_(?=\d)", "", name.split(":", 1)[-1].lower())
+    for pat, to in FAMILY_ALIASES:
+        stem = re.sub(pat, to, stem)
+    return re.sub(r"\d+", "#", stem), tuple(int(v) for v in re.findall(r"\d+", stem))
+
+
 class LibraryError(RuntimeError):
     pass
 
@@ -95,11 +105,7 @@ class Library:
         if self._families is None:
             fam: dict = {}
             for k, name in enumerate(self.names):
-                # spelling aside (recipe:Decahedron_p_4_q_1_r_0, ext:decahedron_p5_q1_r0)
-                stem = re.sub(r"_(?=\d)", "", name.split(":", 1)[-1].lower())
-                for pat, to in FAMILY_ALIASES:
-                    stem = re.sub(pat, to, stem)
-                key, vals = re.sub(r"\d+", "#", stem), tuple(int(v) for v in re.findall(r"\d+", stem))
+                key, vals = family_of(str(name))
                 for j in range(len(vals)):
                     fam.setdefault((key, j, vals[:j] + vals[j + 1:]), []).append((vals[j], k))
             self._families = {}
@@ -114,6 +120,19 @@ class Library:
                             self._families.setdefault(e, []).append(f)
                             self._families.setdefault(f, []).append(e)
         return list(self._families.get(i, []))
+
+    def further(self, i: int, param: int, sign: int) -> list[int]:
+        """Entries of ``i``'s family one step from it in parameter ``param`` (the index of the
+        number in its name, ``family_of``) in the direction ``sign``: where the family's line goes
+        on (an hcp prism 7 layers long, sign -1 in its length: 6 layers; none past the family's
+        last member the library holds)."""
+        key, a = family_of(str(self.names[i]))
+        out = []
+        for k in self.neighbours(i):
+            kk, c = family_of(str(self.names[k]))
+            if kk == key and (c[param] - a[param]) * sign > 0:   # a neighbour differs in one parameter
+                out.append(k)
+        return out
 
     def xyz(self, i: int) -> np.ndarray:
         """Unit-bond coordinates of entry ``i`` (centred)."""

@@ -204,6 +204,7 @@ class Candidate:
     rwp_refined_unjustified: float | None = None   # a refinement undone by the criterion: its Rwp
     near: "Candidate | None" = None  # a search's answer: the structure one move short of it
     unstrained: "Candidate | None" = None  # a strained candidate (``_strain``): itself before the strain
+    set_aside: str | None = None     # listed for the verdict, never ranked: why (``_unbracketed``)
 
     @property
     def n_atoms(self) -> int:
@@ -223,7 +224,7 @@ class Candidate:
 
 @dataclass
 class Prediction:
-    candidates: list[Candidate]             # best first
+    candidates: list[Candidate]             # best first (any ``set_aside`` last)
     r: np.ndarray                            # fit grid
     g_obs: np.ndarray                        # the data on it
     physics: FilePhysics
@@ -365,13 +366,14 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 grid = _regrid(cands, grid, g_fit, tier, if_better=True)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["strain_s"] = time.perf_counter() - tst
-        walked, walk_start = [], None
+        walked, walk_start, unbracketed = [], None, None
         if refine.walk and use_library and cands and not settled(cands[0]):
             # after the strain: a rigid fit of a strained particle is poor for every member of
             # its family (a rod 2.5 % longer along c: 0.42), no guide for the walk
             tw = time.perf_counter()
-            walked, walk_start = _walk(cands, library, grid, g_fit, tier, 2.0 * extent["extent_A"] + 5.0,
-                                       n_ind, refine.search_gain, noise)
+            walked, walk_start, unbracketed = _walk(cands, library, grid, g_fit, tier,
+                                                    2.0 * extent["extent_A"] + 5.0, n_ind,
+                                                    refine.search_gain, noise)
             cands += walked
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["walk_s"] = time.perf_counter() - tw
@@ -439,7 +441,12 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             damped = exact(damped)
         assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
                    if str(p.physics.source.get(k, "")).startswith("default")}
-        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise)
+        if unbracketed is not None:   # listed last: the JSON holds what the verdict names
+            cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
+                                                        "did not bracket (the size traded against Qdamp)"))
+            unbracketed = cands[-1]
+            unbracketed = exact(unbracketed)
+        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
@@ -513,7 +520,7 @@ def _regrid(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier,
 
 def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_diameter: float,
           n_ind: float, gain: float, noise: float = 0.0,
-          steps: int = WALK_STEPS) -> tuple[list[Candidate], Candidate | None]:
+          steps: int = WALK_STEPS) -> tuple[list[Candidate], Candidate | None, Candidate | None]:
     """The best library candidate's family, walked with the physics fit: its neighbours
     (``Library.neighbours``: one layer, shell or size step in one parameter) fitted, the walk
     moved to the best of them while that ranks better, at most ``steps`` moves; the candidates
@@ -523,11 +530,14 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     10-12 layers, Rwp 0.041; 7 layers fit 0.039). A strained start's strain goes to every
     member (one homogeneous map: the family's members share their axes); only the member the
     walk ends at is returned then, with the strain that passes the strain fit's gate there
-    (carried or fitted again), else rigid."""
+    (carried or fitted again), else rigid.
+
+    Third: the member a walk reached but did not keep (``_unbracketed``), else None; after a
+    strained start it carries the strain carried to it, not judged there (it is only named)."""
     start = min((c for c in cands if c.source == "library" and library.index(c.label) is not None),
                 key=lambda c: (*tier(c), c.rwp), default=None)
     if start is None:
-        return [], None
+        return [], None, None
     base = start.unstrained if start.unstrained is not None else start
     deform = None
     if start.unstrained is not None:
@@ -557,8 +567,10 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
         if best is None or (*tier(best), best.rwp) >= (*tier(cur), cur.rwp):
             break
         cur = best
+    if _unbracketed(start, cur, library, grid, bond, max_diameter):
+        return [], start, cur
     if deform is not None and cur is start:
-        return [], start
+        return [], start, None
     if deform is not None:
         # a carried strain was never judged on the member it was carried to: the members walked
         # through are dropped, and the one the walk ends at is kept as its own strain fit or
@@ -576,7 +588,38 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
                 kept.append(fresh)
         end = min(kept, key=lambda c: c.rwp, default=rigid)
         new = [end]
-    return new, start
+    return new, start, None
+
+
+def _unbracketed(start: Candidate, end: Candidate, library, grid: FitGrid, bond: float,
+                 max_diameter: float) -> bool:
+    """The walk grew the particle (more atoms at its end than at its start, with a larger fitted
+    Qdamp, Qdamp free) and, in a parameter whose step it took grows the particle, the library
+    holds no next member within the data's reach (``max_diameter``): the walk could not go on,
+    not the data stopped it, and Qdamp and the size trade off. Measured Pt (JQ_S1, Qmax 22):
+    truncated octahedra 13 to 16 layers thick fit 0.120, 0.117, 0.115, 0.114 as Qdamp rose
+    0.046, 0.053, 0.058, 0.062, until the library had no 17-layer member of the truncation:
+    1439 -> 2652 atoms, 40 -> 49 A across, for a signal seen to 33 A. Where the next member was
+    fitted and fits worse, as on every tuning PDF, the size is bracketed, whatever Qdamp did. A
+    parameter that does not grow the particle (a sphere's centre, a truncation) is no bracket:
+    that the walk cannot step further in it says nothing of the size."""
+    from cbldm.runtime.library import family_of
+
+    if end is start or grid.phys.qdamp is not None or end.n_atoms <= start.n_atoms \
+            or end.fit.qdamp <= start.fit.qdamp:
+        return False
+    (key, a), (key0, a0) = family_of(end.label), family_of(start.label)
+    if key != key0 or len(a) != len(a0):
+        return False
+    i = library.index(end.label)
+    for p in (p for p in range(len(a)) if a[p] != a0[p]):
+        sign = 1 if a[p] > a0[p] else -1
+        # the step grows the particle where the member one step back holds fewer atoms
+        if not any(library.n_atoms[k] < end.n_atoms for k in library.further(i, p, -sign)):
+            continue
+        if not any(library.diameter[k] * bond <= max_diameter for k in library.further(i, p, sign)):
+            return True
+    return False
 
 
 def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:

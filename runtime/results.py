@@ -181,12 +181,15 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
                   "library": (model.manifest.get("library") or {}).get("sha256")},
         "sampler": pred.sampler,
         "timings": {k: round(val, 4) for k, val in timings.items()},
-        # rwp of the answer and its runner-up from the DiffPy-exact calculator; of the others, from
-        # the fit's binned model (~0.01 apart), which ranked them
+        # rwp of the answers the verdict names (the answer, its runner-up, one set aside) from the
+        # DiffPy-exact calculator; of the others, from the fit's binned model (~0.01 apart), which
+        # ranked them. A candidate set aside is listed last, not ranked, with the reason
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
                         "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid,
                         "rwp_calculator": "exact" if c.exact else "binned", "refined": c.refined,
-                        **(c.fit.params() if c.fit else {})} for i, c in enumerate(pred.candidates)],
+                        **(c.fit.params() if c.fit else {}),
+                        **({"set_aside": c.set_aside} if c.set_aside else {})}
+                       for i, c in enumerate(pred.candidates)],
     }
     atomic_write(outdir / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=1, default=float)))
     return outs + [f"{stem}.json"], timings["total_s"], doc

@@ -17,7 +17,9 @@ unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengt
 doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that moved atoms more
            than 0.35 A RMS, a physics parameter stuck at its bound (Qdamp at its top: the
            structure is probably too large), a structure of another count that fits better
-           only with Qdamp at its bound, signal that lasts to the end of the data, a particle
+           only with Qdamp at its bound, a larger member of the library family walked that fits
+           better by taking more Qdamp (up to the family's largest: the size is not fixed by the
+           data), signal that lasts to the end of the data, a particle
            larger than every cluster tried, a networks' answer for a particle beyond their
            256 atoms, a runner-up with another atom count within 0.01 in Rwp, a Qmin or Qmax
            assumed because the file's header does not state it, a fit that leaves more than
@@ -181,12 +183,14 @@ class Verdict:
 
 
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
-          assumed: dict | None = None, damped=None, noise: float = 0.0) -> Verdict:
+          assumed: dict | None = None, damped=None, noise: float = 0.0, grown=None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
     Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
     ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
     bound (ranked below, ``pipeline.overdamped``); ``noise``: the Rwp the data's noise alone
-    leaves (``noise_rwp``)."""
+    leaves (``noise_rwp``); ``grown``: a larger member of the library family walked (from the
+    best library candidate) that fits better only by taking a larger Qdamp, the walk having
+    stopped at the family's end (``pipeline._unbracketed``)."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -238,6 +242,11 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append(f"{damped.n_atoms} atoms fit better (Rwp {damped.rwp:.3f}) but only with Qdamp at its "
                      f"bound ({damped.fit.qdamp:.2f} 1/A): the size rests on the instrument resolution "
                      "(give --qdamp if it is known)")
+    if grown is not None and grown.rwp < best.rwp:
+        doubt.append(f"{grown.n_atoms} atoms fit better (Rwp {grown.rwp:.3f}, Qdamp {grown.fit.qdamp:.3f} 1/A): "
+                     "larger members of the library family walked fit better the more instrumental damping "
+                     "they take, up to the largest the library holds: the size rests on the instrument "
+                     "resolution (give --qdamp if it is known)")
     left = beyond_noise(best.rwp, noise)
     if noise >= NOISE_VISIBLE and left > NOISE_LEFT * noise:
         doubt.append(f"Rwp {best.rwp:.3f} where the data's noise alone leaves {noise:.3f}: a misfit of "

@@ -225,6 +225,17 @@ def test_library_neighbours_are_one_step_in_one_parameter_of_a_family(tmp_path):
     assert nb("recipe:Octahedron_length_7") == ["ext:octahedron_l8_c0"]
     assert nb("common:cuboctahedron_l7_c3") == ["ext:cuboctahedron_l9_c4"]    # l = 2c + 1: one parameter
 
+    # where a family's line goes on, one parameter in one direction (the walk's bracket)
+    def further(name, p, sign):
+        return sorted(str(lib.names[j]) for j in lib.further(lib.index(name), p, sign))
+
+    assert further("recipe:HCP_Size1_1_Size2_5_Size3_7", 2, 1) == ["recipe:HCP_Size1_1_Size2_5_Size3_9"]
+    assert further("recipe:HCP_Size1_1_Size2_5_Size3_7", 2, -1) == ["recipe:HCP_Size1_1_Size2_5_Size3_6"]
+    assert further("recipe:HCP_Size1_1_Size2_5_Size3_9", 2, 1) == []          # the family's longest
+    assert further("recipe:HCP_Size1_1_Size2_5_Size3_7", 1, -1) == ["recipe:HCP_Size1_1_Size2_4_Size3_7"]
+    assert further("recipe:HCP_Size1_1_Size2_5_Size3_7", 1, 1) == []
+    assert further("ext:decahedron_p1_q3_r4", 2, -1) == ["ext:decahedron_p1_q3_r3", "recipe:Decahedron_p_1_q_3_r_3"]
+
 
 def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
     """A library of a few recipe shapes: each one's PDF, at another bond length and with

@@ -165,8 +165,8 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
     def tier(c):
         return False, False
 
-    found, frm = _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2)
-    assert frm is start
+    found, frm, grown = _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2)
+    assert frm is start and grown is None
     layers = [int(c.label.rsplit("_", 1)[1]) for c in found]
     assert sorted(layers) == [4, 5, 6, 7, 9]
     k = min(range(len(found)), key=lambda k: found[k].rwp)
@@ -181,6 +181,61 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
     bound = lib.diameter[lib.index(start.label)] * nn_length(start.xyz) + 0.01
     assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, bound, 1000.0, 0.2)[0]] \
         == [7, 6, 5, 4]
+
+
+def test_a_walk_that_grows_the_particle_on_damping_to_its_familys_end_is_not_kept(calc, tmp_path):
+    """The walk's end is dropped (and named to the verdict) where it is larger than the start,
+    took a larger free Qdamp, and the member one step further in a parameter it grew in is not
+    in the library (or too large for the data): the size then trades against Qdamp and the data
+    did not fix it. A bracketed end, a Qdamp that did not rise, a smaller end or a Qdamp the
+    file states keep the walk's answer."""
+    from dataclasses import replace
+
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import Candidate, _unbracketed
+    from cbldm.runtime.verdict import judge
+
+    label = "HCP_Size1_1_Size2_3_Size3_{}"
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(4, 10)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    grid, g = _data(calc, _shape(label.format(5)))
+    fit = grid.fit(_shape(label.format(5)), g)
+
+    def member(n, qdamp):
+        x = _shape(label.format(n))
+        return Candidate(x, "library", f"recipe:{label.format(n)}", "hcp", rwp=0.1, rwp_rigid=0.1,
+                         fit=replace(fit, qdamp=qdamp))
+
+    start = member(5, 0.03)
+    assert _unbracketed(start, member(9, 0.05), lib, grid, D, 1e9)          # 10 layers: not held
+    assert not _unbracketed(start, member(8, 0.05), lib, grid, D, 1e9)      # 9 fitted worse
+    assert not _unbracketed(start, member(9, 0.03), lib, grid, D, 1e9)      # no damping taken
+    assert not _unbracketed(member(9, 0.03), member(4, 0.01), lib, grid, D, 1e9)   # shrunk
+    assert not _unbracketed(start, start, lib, grid, D, 1e9)
+    # 9 layers too long for the data's extent: 8 is as far as the walk could go
+    bound = lib.diameter[lib.index(f"recipe:{label.format(9)}")] * D - 0.01
+    assert _unbracketed(start, member(8, 0.05), lib, grid, D, bound)
+    known = fit_grid(replace(grid.phys, qdamp=0.03))
+    assert not _unbracketed(start, member(9, 0.05), lib, known, D, 1e9)
+    # a step in a parameter that does not grow the particle (a sphere's centre) is no bracket:
+    # walked c1_n68 -> c2_n68 -> c2_n92, the spheres about c2 have a next size (164) or not
+    pts = np.array(np.meshgrid(*[np.arange(8.0)] * 3)).reshape(3, -1).T
+    pts = pts[np.argsort(np.linalg.norm(pts - 3.3, axis=1), kind="stable")]
+    for tail, expect in ((["common:fcc_sphere_c2_n164"], False), ([], True)):
+        names = ["common:fcc_sphere_c1_n68", "common:fcc_sphere_c2_n68", "common:fcc_sphere_c2_n92",
+                 "common:fcc_sphere_c1_n92"] + tail
+        write_library(tmp_path / "sph.npz", [(n, "fcc", "common", pts[:int(n.rsplit("_n", 1)[1])]) for n in names],
+                      log=None)
+        sph = Library(tmp_path / "sph.npz")
+        ends = [Candidate(pts[:n] * D, "library", f"common:fcc_sphere_{c}_n{n}", "fcc", fit=replace(fit, qdamp=q))
+                for c, n, q in (("c1", 68, 0.03), ("c2", 92, 0.05))]
+        assert _unbracketed(*ends, sph, grid, D, 1e9) is expect, tail
+    # the verdict names it where it fits better than the answer
+    grown = replace(member(9, 0.05), rwp=0.09)
+    v = judge(start, None, D, {}, grown=grown)
+    assert v.verdict == "doubtful" and any("Qdamp 0.050" in w and "--qdamp" in w for w in v.warnings), v.warnings
+    assert not any("Qdamp 0.050" in w for w in judge(start, None, D, {}, grown=replace(grown, rwp=0.2)).warnings)
 
 
 def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_path, monkeypatch):

@@ -165,7 +165,8 @@ def score(item: Item, pred) -> dict:
             "candidates": [{"source": c.source, "n_atoms": c.n_atoms, "rwp": c.rwp, "rwp_rigid": c.rwp_rigid,
                             "refined": c.refined,
                             "pair_distance_error_A": pair_distance_error(c.xyz, item.truth)
-                            if max(c.n_atoms, n_true) <= 1500 and c.n_atoms > 1 else float("nan")}
+                            if max(c.n_atoms, n_true) <= 1500 and c.n_atoms > 1 else float("nan"),
+                            **({"set_aside": True} if c.set_aside else {})}
                            for c in pred.candidates]}
 
 
@@ -320,7 +321,7 @@ def criteria(rows_restrained: list[dict], rows_free: list[dict]) -> dict:
         for r in rows:
             if not r["candidates"]:
                 continue
-            pick = min(r["candidates"], key=lambda c: c[key])
+            pick = min((c for c in r["candidates"] if not c.get("set_aside")), key=lambda c: c[key])
             hits.append(pick["n_atoms"] == r["n_atoms_true"])
         out[name] = {"exact_count": float(np.mean(hits)) if hits else float("nan"), "n": len(hits)}
     return out
