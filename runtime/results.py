@@ -228,8 +228,10 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
     ax.legend(frameon=False, fontsize=7.5, loc="upper right")
     if pred.verdict.warnings:
         text = "\n".join(textwrap.fill(w, 62) for w in pred.verdict.warnings[:3])
-        ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=6.5,
-                color="tab:red" if pred.verdict.verdict != "ok" else "0.3")
+        # over the data where the warnings are long: a backing keeps them legible
+        ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=6.5, zorder=5,
+                color="tab:red" if pred.verdict.verdict != "ok" else "0.3",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
     ax3 = fig.add_axes([0.63, 0.06, 0.30, 0.86], projection="3d")
     c = best.xyz - best.xyz.mean(0)
     nb, _ = bonds(c)

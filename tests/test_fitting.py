@@ -18,6 +18,21 @@ def grid():
     return FitGrid(FilePhysics(qmin=1.0, qmax=22.0, rmin=1.5, rmax=30.0))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 511, 513, 1100])
+def test_pair_histogram_counts_every_pair_once_at_its_distance(n):
+    """Distinct distances on the 1e-4 A grid with their counts, as all n(n-1)/2 pairs give them
+    (scipy's pdist), across the 512-row blocks the histogram works in."""
+    from scipy.spatial.distance import pdist
+
+    rng = np.random.default_rng(n)
+    x = np.round(rng.uniform(-12, 12, (n, 3)), 1) + rng.normal(0, 0.02, (n, 3)) * (np.arange(n) % 2)[:, None]
+    d, w = FitGrid.pair_histogram(x)
+    k, c = np.unique(np.round(pdist(x) / 1e-4).astype(np.int64), return_counts=True)
+    assert w.sum() == n * (n - 1) // 2
+    np.testing.assert_array_equal(d, k * 1e-4)
+    np.testing.assert_array_equal(w, c)
+
+
 @pytest.mark.parametrize("biso,delta2,qdamp", [(0.6, 0.0, 0.03), (0.8, 2.0, 0.04), (0.4, 5.0, 0.0)])
 def test_forward_model_matches_the_exact_calculator(biso, delta2, qdamp):
     x = _deca()
