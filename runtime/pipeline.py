@@ -50,6 +50,10 @@ REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp (beyond the data
                            # (fitting.QGRID_BISO): those skip both
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 WALK_STEPS = 6           # moves along the best library candidate's family (``_walk``)
+WALK_NOT_NEEDED = 0.001  # best rigid fit's misfit below which the walk does not run: a family
+                         # member that is not the data's own leaves more (a 9-layer hcp prism fitted
+                         # 0.0036 by the 10-layer one the search proposed; the 9-layer one: 1e-4),
+                         # below REFINE_NOT_NEEDED, where searches and refinement have nothing to add
 STRAIN_TOP = 4           # library candidates, best rigid fits first (within the refinement's
                          # reach), that get a homogeneous strain fitted
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
@@ -336,13 +340,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         tm["fit_s"] = time.perf_counter() - tf
 
         cands.sort(key=lambda c: (*tier(c), c.rwp))
-        def settled(c: Candidate) -> bool:
+        floor = NOISE_FLOOR * noise / (1.0 - refine.search_gain)
+
+        def settled(c: Candidate, threshold: float = REFINE_NOT_NEEDED) -> bool:
             # a fit whose misfit beyond the noise is already below REFINE_NOT_NEEDED, or too close
             # to the noise for a search's gain to be told apart, has nothing for searches or
-            # refinement (on noise they fit noise)
-            floor = NOISE_FLOOR * noise / (1.0 - refine.search_gain)
-            return misfit(c.rwp_rigid, noise) < max(REFINE_NOT_NEEDED, floor)
-
+            # refinement (on noise they fit noise); the walk has its own, lower threshold
+            return misfit(c.rwp_rigid, noise) < max(threshold, floor)
 
         n_ind = independent_points(p.physics)
         if refine.strain and cands and not settled(cands[0]):
@@ -367,7 +371,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["strain_s"] = time.perf_counter() - tst
         walked, walk_start, unbracketed = [], None, None
-        if refine.walk and use_library and cands and not settled(cands[0]):
+        if refine.walk and use_library and cands and not settled(cands[0], WALK_NOT_NEEDED):
             # after the strain: a rigid fit of a strained particle is poor for every member of
             # its family (a rod 2.5 % longer along c: 0.42), no guide for the walk
             tw = time.perf_counter()

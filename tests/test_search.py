@@ -238,6 +238,32 @@ def test_a_walk_that_grows_the_particle_on_damping_to_its_familys_end_is_not_kep
     assert not any("Qdamp 0.050" in w for w in judge(start, None, D, {}, grown=replace(grown, rwp=0.2)).warnings)
 
 
+def test_the_walk_runs_below_where_searches_are_needed(calc, tmp_path, monkeypatch):
+    """Noise-free data of an ideal 9-layer hcp prism; the search proposes only the 10-layer one,
+    which fits below REFINE_NOT_NEEDED (searches and refinement then have nothing to add) but
+    above WALK_NOT_NEEDED: the walk reaches the data's own prism (Rwp ~1e-4)."""
+    from dataclasses import replace
+
+    from cbldm.runtime import pipeline
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.sampling import SamplerConfig
+
+    label = "HCP_Size1_1_Size2_3_Size3_{}"
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(6, 13)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    search = lib.search
+    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
+                                                        if h.name.endswith("_10")])
+    truth = _shape(label.format(9))
+    pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
+    off = pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=lib,
+                           refine=replace(pipeline.RefineConfig(), walk=False))
+    assert pipeline.WALK_NOT_NEEDED < off.best.rwp_rigid < pipeline.REFINE_NOT_NEEDED, off.best.rwp_rigid
+    pred = pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=lib)
+    assert pred.best.n_atoms == len(truth) and pred.best.rwp < 1e-3, (pred.best.label, pred.best.rwp)
+
+
 def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_path, monkeypatch):
     """A prism 5 layers long with displaced atoms (nothing fits it to the floor, so the searches
     run); the search proposes only the 8-layer prism. The walk ends at 5 layers, and the searches
