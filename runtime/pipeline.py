@@ -448,8 +448,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if unbracketed is not None:   # listed last: the JSON holds what the verdict names
             cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
                                                         "did not bracket (the size traded against Qdamp)"))
-            unbracketed = cands[-1]
-            unbracketed = exact(unbracketed)
+            unbracketed = exact(cands[-1])
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))

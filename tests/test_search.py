@@ -23,6 +23,26 @@ def _data(calc, truth):
     grid = fit_grid(pdf.physics)
     return grid, np.interp(grid.r_fit, pdf.r, pdf.g)
 
+PRISM = "HCP_Size1_1_Size2_3_Size3_{}"
+
+
+def _prisms(tmp_path, lengths):
+    """A library of the hcp prisms of one cross-section, ``lengths`` layers long."""
+    from cbldm.runtime.library import Library, write_library
+
+    write_library(tmp_path / "lib.npz", [(f"recipe:{PRISM.format(n)}", "hcp", "recipe", _shape(PRISM.format(n)) / D)
+                                          for n in lengths], log=None)
+    return PRISM, Library(tmp_path / "lib.npz")
+
+
+def _propose_only(monkeypatch, lib, suffix):
+    """The library's search proposes only the entries whose names end with ``suffix`` (the
+    class's search: called again, it replaces what an earlier call proposed)."""
+    search = type(lib).search.__get__(lib)
+    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
+                                                        if h.name.endswith(suffix)])
+
+
 
 def _err(x, truth):
     a, b = sorted_distances(x), sorted_distances(truth)
@@ -149,13 +169,9 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
     """From an hcp prism 8 layers long, on the PDF of the same prism 5 layers long, the walk
     fits the neighbours of each member it moves to (7 and 9, then 6, 5, and 4) and stops where
     none fits better; ``steps`` bounds the moves."""
-    from cbldm.runtime.library import Library, write_library
     from cbldm.runtime.pipeline import Candidate, _walk
 
-    label = "HCP_Size1_1_Size2_3_Size3_{}"
-    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
-                                          for n in range(4, 10)], log=None)
-    lib = Library(tmp_path / "lib.npz")
+    label, lib = _prisms(tmp_path, range(4, 10))
     grid, g = _data(calc, _shape(label.format(5)))
     start = Candidate(_shape(label.format(8)) * 1.004, "library", f"recipe:{label.format(8)}", "hcp")
     start.fit = grid.fit(start.xyz, g)   # as the pipeline leaves it: the size in the coordinates too
@@ -195,10 +211,7 @@ def test_a_walk_that_grows_the_particle_on_damping_to_its_familys_end_is_not_kep
     from cbldm.runtime.pipeline import Candidate, _unbracketed
     from cbldm.runtime.verdict import judge
 
-    label = "HCP_Size1_1_Size2_3_Size3_{}"
-    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
-                                          for n in range(4, 10)], log=None)
-    lib = Library(tmp_path / "lib.npz")
+    label, lib = _prisms(tmp_path, range(4, 10))
     grid, g = _data(calc, _shape(label.format(5)))
     fit = grid.fit(_shape(label.format(5)), g)
 
@@ -245,16 +258,10 @@ def test_the_walk_runs_below_where_searches_are_needed(calc, tmp_path, monkeypat
     from dataclasses import replace
 
     from cbldm.runtime import pipeline
-    from cbldm.runtime.library import Library, write_library
     from cbldm.runtime.sampling import SamplerConfig
 
-    label = "HCP_Size1_1_Size2_3_Size3_{}"
-    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
-                                          for n in range(6, 13)], log=None)
-    lib = Library(tmp_path / "lib.npz")
-    search = lib.search
-    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
-                                                        if h.name.endswith("_10")])
+    label, lib = _prisms(tmp_path, range(6, 13))
+    _propose_only(monkeypatch, lib, "_10")
     truth = _shape(label.format(9))
     pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
     off = pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=lib,
@@ -269,16 +276,10 @@ def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_pat
     run); the search proposes only the 8-layer prism. The walk ends at 5 layers, and the searches
     start from there and from the 8 layers the walk started at."""
     from cbldm.runtime import pipeline
-    from cbldm.runtime.library import Library, write_library
     from cbldm.runtime.sampling import SamplerConfig
 
-    label = "HCP_Size1_1_Size2_3_Size3_{}"
-    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
-                                          for n in range(4, 10)], log=None)
-    lib = Library(tmp_path / "lib.npz")
-    search = lib.search
-    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
-                                                        if h.name.endswith("_8")])
+    label, lib = _prisms(tmp_path, range(4, 10))
+    _propose_only(monkeypatch, lib, "_8")
     truth = _shape(label.format(5)) + np.random.default_rng(0).normal(0, 0.08, (len(_shape(label.format(5))), 3))
     searched, s = [], pipeline._search
     monkeypatch.setattr(pipeline, "_search", lambda c, *a: searched.append(c.label) or s(c, *a))
@@ -289,8 +290,7 @@ def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_pat
     assert pred.best.n_atoms == len(truth), pred.best.label
     # proposed at its own length, nothing to walk to: searched once, from there
     searched.clear()
-    monkeypatch.setattr(lib, "search", lambda *a, **k: [h for h in search(*a, **k | {"top": 9, "per_motif": 9})
-                                                        if h.name.endswith("_5")])
+    _propose_only(monkeypatch, lib, "_5")
     pred = pipeline.predict(None, PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt"), SamplerConfig(), 0,
                             source="library", library=lib)
     assert set(searched) == {f"recipe:{label.format(5)}"} and "walk_s" in pred.timings, searched
