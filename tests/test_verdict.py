@@ -120,6 +120,11 @@ def test_rules_about_size_and_ambiguity():
     tie = judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.105), 2.77, EXT)
     assert tie.verdict == "doubtful" and "not determined" in tie.warnings[0]
     assert judge(Cand(rwp=0.10), Cand(n_atoms=110, rwp=0.2), 2.77, EXT).verdict == "ok"
+    # noise-free data fitted at the calculator's level (an unseen 54-atom hcp prism: 2e-4; the
+    # 60-atom one 0.004): the data tell them apart; two answers both at that level do not
+    assert judge(Cand(n_atoms=54, rwp=2e-4), Cand(n_atoms=60, rwp=0.004), 2.77, EXT).verdict == "ok"
+    assert judge(Cand(n_atoms=54, rwp=2e-4), Cand(n_atoms=60, rwp=6e-4), 2.77, EXT).verdict == "doubtful"
+    assert judge(Cand(n_atoms=54, rwp=0.002), Cand(n_atoms=60, rwp=0.006), 2.77, EXT).verdict == "doubtful"
     # a runner-up ranked below the answer although its Rwp is lower: only a refinement the
     # criterion did not count says "once refined"; two rigid fits are a plain tie
     refined = judge(Cand(rwp=0.10), Cand(n_atoms=207, rwp=0.088, refined=True), 2.77, EXT)
