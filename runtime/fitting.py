@@ -47,8 +47,8 @@ QDAMP_RANGE = (0.0, 0.08)
 # pipeline fits again on the grid of the Biso the best candidate found when that grid cuts
 # elsewhere (``grid_for``; the Qmax cut, nq steps up, moves with almost any Biso, so most files
 # are fitted twice). Measured data are cut by their reduction program on its own fine grid:
-# there the choice is one of two close approximations. The pairs counted reach as far as Biso 3
-# needs, farther than DiffPy's at Biso 0.3: it matters for particles wider than rmax + 2 A only.
+# there the choice is one of two close approximations. The pairs counted are DiffPy's at the
+# grid's Biso (``FitGrid``).
 QGRID_BISO = 0.3
 SIZE_SPAN = 0.03        # +-3 %: the first-shell peak fixes the bond length to about 1 %
 
@@ -105,17 +105,21 @@ class FitGrid:
     def __init__(self, phys: FilePhysics, qgrid_biso: float = QGRID_BISO):
         self.phys = phys
         self.qgrid_biso = qgrid_biso
-        # the Q grid DiffPy uses at Biso QGRID_BISO (where it cuts at Qmin and Qmax); the pairs
-        # counted reach as far beyond rmax as the widest peak the fit may try (Biso 3)
+        # the Q grid DiffPy uses at Biso ``qgrid_biso`` (where it cuts at Qmin and Qmax), and the
+        # pairs it sums: those up to its rcalchi (rmax plus the extension of that Biso). Pairs
+        # farther apart on a Q grid of step pi / rcalchi fold back into the fitted range: counted
+        # (to the extension of Biso 3, before 2026-11-28) they were a misfit that no parameter
+        # absorbs, for every particle longer than ~rmax + 2 A: an hcp prism 47 A long with three
+        # vacancies, data to 30 A, fitted 0.0031 where DiffPy's own sum of it leaves 2e-4; now
+        # 1.6e-4. In measured data such pairs do not fold back at all (the reduction program's Q
+        # grid is fine); leaving them out loses only their termination ripples
         self.calc = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep,
                                        qmin=phys.qmin, qmax=phys.qmax, biso=qgrid_biso))
-        wide = DebyePDF(PDFParams(rmin=0.0, rmax=phys.rmax + phys.rstep, rstep=phys.rstep,
-                                  qmin=phys.qmin, qmax=phys.qmax, biso=BISO_RANGE[1]))
         self.r = self.calc.r
         self.mask = (self.r >= phys.rmin - 1e-9) & (self.r <= phys.rmax + 1e-9)
         self.h = self.calc.HIST_STEP * HIST_STRIDE
         # the calculator's histogram kernel at the fit's bin width, sin(Qr)/r (bins, nq)
-        rb = np.arange(int(math.ceil(wide.rcalchi / self.calc.HIST_STEP)) + 2)[::HIST_STRIDE] \
+        rb = np.arange(int(math.ceil(self.calc.rcalchi / self.calc.HIST_STEP)) + 2)[::HIST_STRIDE] \
             * self.calc.HIST_STEP
         with np.errstate(divide="ignore", invalid="ignore"):
             k = np.sin(np.outer(rb, self.calc.q)) / rb[:, None]

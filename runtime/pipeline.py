@@ -43,17 +43,19 @@ LIBRARY_TOP = 6          # library matches fitted per PDF ...
 LIBRARY_PER_MOTIF = 3    # ... at most this many of one motif (4 and 2 lost an octahedron to fcc
                          # spheres; with REFINE_NOT_NEEDED 0.005, tuning sets 45 -> 50, 3 -> 6, 0 -> 3 %)
 REFINE_MAX_ATOMS = 600   # coordinate refinement above this is O(N^2) per step: rigid fit only
-REFINE_NOT_NEEDED = 0.005  # best rigid fit already at this Rwp (beyond the data's noise, verdict.misfit):
-                           # neither count search nor coordinates have anything to add (0.02 left
-                           # a noise-free fit at 0.018 with three atoms too many as it was). Ideal
-                           # recipe shapes fit DiffPy's PDFs to 1e-4-level Rwp
-                           # (fitting.QGRID_BISO): those skip both
+REFINE_NOT_NEEDED = 0.001  # best rigid fit already at this Rwp (beyond the data's noise, verdict.misfit):
+                           # neither count search nor coordinates have anything to add. Ideal
+                           # recipe shapes fit DiffPy's PDFs to 1e-4-level Rwp (fitting.QGRID_BISO,
+                           # and the pairs DiffPy sums, fitting.FitGrid): those skip both. 0.02 left
+                           # a noise-free fit at 0.018 with three atoms too many as it was; 0.005
+                           # (until 2026-11-28, when the fit's model of particles longer than the
+                           # data was 1e-3-level off) an octahedron with one vacancy at 0.0037
+                           # (tuning set 69 -> 71 % exact at 0.001)
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 WALK_STEPS = 6           # moves along the best library candidate's family (``_walk``)
 WALK_NOT_NEEDED = 0.001  # best rigid fit's misfit below which the walk does not run: a family
                          # member that is not the data's own leaves more (a 9-layer hcp prism fitted
-                         # 0.0036 by the 10-layer one the search proposed; the 9-layer one: 1e-4),
-                         # below REFINE_NOT_NEEDED, where searches and refinement have nothing to add
+                         # 0.0036 by the 10-layer one the search proposed; the 9-layer one: 1e-4)
 STRAIN_TOP = 4           # library candidates, best rigid fits first (within the refinement's
                          # reach), that get a homogeneous strain fitted
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)

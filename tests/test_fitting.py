@@ -58,6 +58,24 @@ def test_forward_model_matches_the_exact_calculator(biso, delta2, qdamp):
     assert grid_for(first, QGRID_BISO) is None
 
 
+def test_forward_model_of_a_particle_longer_than_the_data_sums_the_pairs_diffpy_does():
+    """An hcp prism 47 A long, data to 30 A: DiffPy sums pairs up to its rcalchi (rmax plus the
+    extension of the Biso) on a Q grid of step pi / rcalchi; pairs counted beyond it fold back
+    into the fitted range (counted to the extension of Biso 3, before 2026-11-28: Rwp 0.0015
+    here; 2e-4 now)."""
+    from conftest import PT_BOND, recipe_shape
+
+    x = recipe_shape("HCP_Size1_1_Size2_6_Size3_11", PT_BOND)
+    x = x[np.argsort(np.linalg.norm(x - x.mean(0), axis=1))[:-3]]    # three corner vacancies
+    phys = FilePhysics(qmin=0.7, qmax=25.0, rmin=1.5, rmax=30.0)
+    exact = DebyePDF(PDFParams(rmax=30.01, qmin=0.7, qmax=25.0, biso=0.3)).calc(x, "Pt", method="exact")
+    grid = FitGrid(phys, 0.3)
+    assert np.ptp(x, axis=0).max() > grid.calc.rcalchi + 10
+    d, w = grid.pair_histogram(x)
+    assert rwp(exact[grid.mask], grid.g(grid.moments(d, len(x), 1.0, w), 0.3, 0.0, 0.0), fit_scale=False) < 5e-4
+    assert grid.fit(x, exact[grid.mask]).rwp < 5e-4
+
+
 def test_true_structures_of_the_diffpy_reference_files_fit_to_their_floor(reference):
     """The 12 DiffPy-made reference PDFs (DeepStruc's, Biso 0.3) against their true structures:
     the fit reaches 1e-4-level Rwp with Qdamp 0 (the grid of Biso 3 left 0.001-0.037 and a
