@@ -422,12 +422,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                "no atoms and no library was given)")
         cands[0] = _report_exact(cands[0], p.physics, grid, g_fit, p.element)
         bounded = False
-        if use_library and extent.get("signal_to_end_of_data") and cands[0].rwp < EXACT_FIT:
+        if use_library and extent.get("signal_to_end_of_data") and cands[0].rwp < EXACT_FIT \
+                and not cands[0].refined:   # EXACT_FIT was measured on rigid fits only
             # a fit at the calculator's level whose signal lasts to the end of the data: the
             # next larger members of its family say whether the data bound the size
             larger, fitted = _larger_members(cands[0], cands, library, grid, g_fit)
             bounded = bool(larger) and min(c.rwp for c in larger) >= EXACT_FIT
-            cands = cands[:1] + sorted(cands[1:] + fitted, key=lambda c: (*tier(c), c.rwp))
+            cands += fitted     # listed last: fitted only to bound the size, not ranked
         largest = None
         if use_library:
             largest = float(np.max(library.diameter)) * d

@@ -237,7 +237,7 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     rival = runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE
     # an answer at the calculator's level with a runner-up above it is told apart by the data (noise-free
     # hcp prisms of the unseen shapes: 2e-4 against the next length's 0.002-0.007), however close in Rwp
-    told_apart = best.rwp < EXACT_FIT <= runner_up.rwp if rival else False
+    told_apart = rival and not best.refined and best.rwp < EXACT_FIT <= runner_up.rwp
     if rival and runner_up.rwp - best.rwp < COUNT_TIE and not told_apart:
         if runner_up.refined and runner_up.rwp < best.rwp:   # ranked below by pipeline.criterion
             doubt.append(f"{runner_up.n_atoms} atoms fit better once their coordinates are refined (Rwp "

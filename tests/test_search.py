@@ -269,7 +269,8 @@ def test_a_close_fit_of_the_wrong_member_is_walked_to_the_datas_own(calc, tmp_pa
                            refine=replace(pipeline.RefineConfig(), walk=False, search=0, top=0))
     assert max(pipeline.WALK_NOT_NEEDED, pipeline.REFINE_NOT_NEEDED) < off.best.rwp_rigid < 0.005, off.best.rwp_rigid
     pred = pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=lib)
-    assert pred.best.n_atoms == len(truth) and pred.best.rwp < 1e-3, (pred.best.label, pred.best.rwp)
+    assert pred.best.label == f"recipe:{label.format(9)}" and pred.best.via == "walk" and pred.best.rwp < 1e-3, \
+        (pred.best.label, pred.best.rwp)
 
 
 def test_where_the_walk_moves_the_answer_its_start_is_searched_too(calc, tmp_path, monkeypatch):
