@@ -35,8 +35,8 @@ from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 from cbldm.runtime.structure import nn_distances, nn_length
-from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, check_input, gain_bound, judge, misfit,
-                                   noise_rwp, particle_extent)
+from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, check_input, gain_bound, judge,
+                                   misfit, noise_rwp, particle_extent)
 
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 6          # library matches fitted per PDF ...
@@ -582,11 +582,7 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
         # through are dropped, and the one the walk ends at is kept as its own strain fit or
         # the carried strain leaves it, whichever fits better of those that pass the strain's
         # gate there, else rigid
-        x = library.xyz(library.index(cur.label)) * bond
-        x = x - x.mean(0)
-        f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5), start=(base.fit.biso, base.fit.delta2, base.fit.qdamp))
-        rigid = Candidate(x * f.size, "library", cur.label, cur.motif, rwp=f.rwp, rwp_rigid=f.rwp, g_calc=f.g_calc, via="walk",
-                          fit=replace(f, size=base.fit.size * f.size, at_bounds=_size_flag_kept(f, base.fit)))
+        rigid = _member(library, library.index(cur.label), bond, None, grid, g_fit, base.fit, base.fit, "walk")
         kept = [replace(cur, unstrained=rigid)] if _strain_pays(cur.rwp, rigid.rwp, n_ind, gain, noise) else []
         if rigid.n_atoms <= REFINE_MAX_ATOMS:   # as for the strain stage's own starts
             fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)

@@ -460,8 +460,9 @@ def test_pipeline_reads_the_noise_and_re_cuts_a_prism_in_it(calc, tmp_path):
 def test_an_exact_fit_whose_signal_outlasts_the_data_is_bounded_by_the_next_longer_member(
         calc, tmp_path, monkeypatch, lengths, bounded):
     """Noise-free data of a 13-cell hcp prism 57 A long, r to 30 A: the signal lasts to the end
-    of the data, yet the prism fits at the calculator's level and the 14-cell one does not: the data bound the length, and the verdict does not say otherwise. With no longer
-    member in the library, nothing was tried that could bound it: the warning stays."""
+    of the data, yet the prism fits at the calculator's level and the 14-cell one does not: the
+    data bound the length, and the verdict does not say otherwise. With no longer member in the
+    library, nothing was tried that could bound it: the warning stays."""
     from cbldm.runtime import pipeline
     from cbldm.runtime.sampling import SamplerConfig
     from cbldm.runtime.verdict import EXACT_FIT
