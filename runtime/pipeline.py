@@ -53,6 +53,7 @@ REFINE_NOT_NEEDED = 0.001  # best rigid fit already at this Rwp (beyond the data
                            # (tuning set 69 -> 71 % exact at 0.001)
 REFINE_REACH = 0.1        # refine candidates within max(0.1, best) of the best rigid Rwp
 WALK_STEPS = 6           # moves along the best library candidate's family (``_walk``)
+WALK_STRAIN_ROUNDS = 2   # a strained walk's strain fitted again where it stops, and walked on
 WALK_NOT_NEEDED = 0.001  # best rigid fit's misfit below which the walk does not run: a family
                          # member that is not the data's own leaves more (a 9-layer hcp prism fitted
                          # 0.0036 by the 10-layer one the search proposed; the 9-layer one: 1e-4)
@@ -382,6 +383,9 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                     2.0 * extent["extent_A"] + 5.0, n_ind,
                                                     refine.search_gain, noise)
             cands += walked
+            # a strain fitted again where the walk stopped moves Biso as the strain stage's does
+            if any(c.unstrained is not None for c in walked):
+                grid = _regrid(cands, grid, g_fit, tier, if_better=True)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["walk_s"] = time.perf_counter() - tw
         if refine.search > 0 and cands and not settled(cands[0]):
@@ -553,44 +557,60 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     if start is None:
         return [], None, None
     base = start.unstrained if start.unstrained is not None else start
-    deform = None
-    if start.unstrained is not None:
-        deform = np.linalg.lstsq(base.xyz - base.xyz.mean(0), start.xyz - start.xyz.mean(0), rcond=None)[0]
+    deform = None if start.unstrained is None else _deform(base, start)
     bond = nn_length(base.xyz)   # library entries have unit median bond
     # an entry fitted rigid only may fit better with the strain carried to it: tried again
     seen = {c.label for c in cands if c.source == "library" and (deform is None or c.unstrained is not None)}
-    cur, new = start, []
-    for _ in range(steps):
-        step = []
-        for j in library.neighbours(library.index(cur.label)):
-            name = str(library.names[j])
-            if name in seen or library.diameter[j] * bond > max_diameter:
-                continue
-            seen.add(name)
-            step.append(_member(library, j, bond, deform, grid, g_fit, cur.fit, start.fit, "walk"))
-        new += step
-        best = min(step, key=lambda c: (*tier(c), c.rwp), default=None)
-        if best is None or (*tier(best), best.rwp) >= (*tier(cur), cur.rwp):
+    cur, ref, new, end = start, start, [], None
+    for _ in range(1 + (WALK_STRAIN_ROUNDS if deform is not None else 0)):
+        leg = cur
+        for _ in range(steps):
+            step = []
+            for j in library.neighbours(library.index(cur.label)):
+                name = str(library.names[j])
+                if name in seen or library.diameter[j] * bond > max_diameter:
+                    continue
+                seen.add(name)
+                step.append(_member(library, j, bond, deform, grid, g_fit, cur.fit, ref.fit, "walk"))
+            new += step
+            best = min(step, key=lambda c: (*tier(c), c.rwp), default=None)
+            if best is None or (*tier(best), best.rwp) >= (*tier(cur), cur.rwp):
+                break
+            cur = best
+        if deform is None or cur is leg:
             break
-        cur = best
-    if _unbracketed(start, cur, library, grid, bond, max_diameter):
-        return [], start, cur
-    if deform is not None and cur is start:
-        return [], start, None
-    if deform is not None:
         # a carried strain was never judged on the member it was carried to: the members walked
         # through are dropped, and the one the walk ends at is kept as its own strain fit or
         # the carried strain leaves it, whichever fits better of those that pass the strain's
         # gate there, else rigid
         rigid = _member(library, library.index(cur.label), bond, None, grid, g_fit, base.fit, base.fit, "walk")
         kept = [replace(cur, unstrained=rigid)] if _strain_pays(cur.rwp, rigid.rwp, n_ind, gain, noise) else []
+        fresh = None
         if rigid.n_atoms <= REFINE_MAX_ATOMS:   # as for the strain stage's own starts
             fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
-            if fresh is not rigid:
-                kept.append(fresh)
+            kept.append(fresh) if fresh is not rigid else None
         end = min(kept, key=lambda c: c.rwp, default=rigid)
+        if end is not fresh:
+            break
+        # the strain fitted where the walk stopped differs from the one carried there (the start's
+        # strain also absorbed the start's wrong length: an 8-layer prism strained 2.5 % along c,
+        # proposed at 10 layers, stopped at 9, 0.0034; 8 layers with 9's own strain, 0.0001);
+        # the walk goes on with it
+        cur = ref = end
+        deform, bond = _deform(rigid, end), nn_length(rigid.xyz)
+        seen = {end.label}
+    if _unbracketed(start, cur, library, grid, bond, max_diameter):
+        return [], start, cur
+    if deform is not None and end is None:
+        return [], start, None
+    if deform is not None:
         new = [end]
     return new, start, None
+
+
+def _deform(rigid: Candidate, strained: Candidate) -> np.ndarray:
+    """The linear map from ``rigid``'s coordinates to ``strained``'s (both centred)."""
+    return np.linalg.lstsq(rigid.xyz - rigid.xyz.mean(0), strained.xyz - strained.xyz.mean(0), rcond=None)[0]
 
 
 def _member(library, j: int, bond: float, deform: np.ndarray | None, grid: FitGrid, g_fit: np.ndarray,
