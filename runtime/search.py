@@ -6,7 +6,8 @@ vacancies and adatoms. Rwp decides, one atom at a time (greedy best improvement)
 - removals: any atom with fewer neighbours than the most coordinated one (a surface atom);
 - additions: lattice-continuation sites, x_i + (x_i - x_j) for bonded i, j with i on the
   surface (the next site along a bond; exact for Bravais lattices, close for twinned ones),
-  at least 0.9 bond lengths from every atom and bonded to at least three.
+  and the three-fold hollows over the surface (both of a close-packed facet's: an adatom sits
+  in either), at least 0.9 bond lengths from every atom and bonded to at least three.
 Every possible move is scored at once with the physics of the candidate's fit held fixed:
 G is linear in the pair histogram, so F after removing atom i is F_total - F_i (F_i: the
 Debye sum of atom i's pairs) and after adding site s, F_total + F_s, renormalised by the new
@@ -15,7 +16,8 @@ atom count. A move is taken only if it lowers Rwp (its part beyond the data's no
 ``MAX_CHANGE`` of the start's: the search adjusts a motif, it does not invent one (left free,
 it turned a 105-atom decahedron fitted to a ligand-capped Au cluster into 65 atoms
 of no motif at a lower Rwp). Phases of
-removals only and of additions only alternate, the physics fitted again between them; every
+removals only and of additions only alternate, the first of the kind whose best move gains
+more, the physics fitted again between them; every
 structure the path passes through is then fitted with its own physics and the best wins (the
 particle's size and Qdamp trade off: with the start's physics held, the path overshoots).
 
@@ -57,6 +59,7 @@ class SearchResult:
     fit: object = None    # the chosen structure's physics fit (cbldm.runtime.fitting.PhysicsFit)
     scale: float = 1.0    # the sizes fitted on the way, multiplied: distances between the atoms
                           # kept are the start's scaled by it (fit.size is the last fit's alone)
+    kind: str = "remove"  # _greedy: the phase's moves ("either" until the first move, then its kind)
 
 
 class _Scorer:
@@ -106,7 +109,9 @@ def _sites(x: np.ndarray, bond: float, surface: np.ndarray) -> np.ndarray:
         return np.zeros((0, 3))
     i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
     keep = surface[i]
-    s = 2 * x[i[keep]] - x[j[keep]]
+    # hollows first: where a continuation site is near a hollow (a decahedron's strained
+    # lattice) the position one bond from three atoms is kept
+    s = np.concatenate([_hollows(x, bond, pairs, surface), 2 * x[i[keep]] - x[j[keep]]])
     if len(s) == 0:
         return s
     d, _ = tree.query(s)
@@ -119,6 +124,29 @@ def _sites(x: np.ndarray, bond: float, surface: np.ndarray) -> np.ndarray:
     s = s[np.sort(first)]
     nbrs = np.array([len(v) for v in tree.query_ball_point(s, 1.2 * bond)])
     return s[nbrs >= 3]
+
+
+def _hollows(x: np.ndarray, bond: float, pairs: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    """Three-fold hollows over the surface: the points one bond from each of three mutually
+    bonded surface atoms, on both sides of their plane (the caller drops those closer than 0.9
+    bonds to an atom, which the inner side always is). The lattice continuation reaches one of
+    a close-packed facet's two hollows only (on fcc(111) the fcc hollow); an adatom sits in
+    either, and on a twinned or hcp particle's facets the other one is the continuation of
+    the stacking on the far side of a twin boundary."""
+    on = surface[pairs[:, 0]] & surface[pairs[:, 1]]
+    if not on.any():
+        return np.zeros((0, 3))
+    a = np.zeros((len(x), len(x)), bool)
+    a[pairs[on, 0], pairs[on, 1]] = a[pairs[on, 1], pairs[on, 0]] = True
+    tri = [(p, q, r) for p, q in pairs[on] for r in np.flatnonzero(a[p] & a[q]) if r > q]
+    if not tri:
+        return np.zeros((0, 3))
+    t = x[np.array(tri)]                                   # (T, 3 atoms, 3)
+    m = t.mean(1)
+    nrm = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    h = np.sqrt(np.clip(bond ** 2 - ((t - m[:, None]) ** 2).sum(2).mean(1), 0.0, None))[:, None]
+    return np.concatenate([m + h * nrm, m - h * nrm])
 
 
 def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
@@ -137,10 +165,15 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     path = [(x, 0, 0, scale)]
     # phases of removals only and additions only, the physics fitted again after each: a
     # removal and an addition elsewhere can each look good while the physics still carries
-    # the start's misfit, and together leave a wrong count
+    # the start's misfit, and together leave a wrong count. The first phase is the kind whose
+    # best single move gains more: with the start's physics, removals also gain where atoms
+    # are missing (a decahedron lacking three adatoms: removals first took 1-4 surface atoms
+    # the additions could not put back, 4 out and 4 in at Rwp 0.008; additions first, the three)
+    kinds = ["either", None]
     for k in range(2 * rounds):
-        res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, "remove" if k % 2 == 0 else "add",
-                      n0=len(xyz), noise=noise)
+        res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, kinds[k % 2], n0=len(xyz), noise=noise)
+        if k == 0:
+            kinds = [res.kind, "add" if res.kind == "remove" else "remove"]
         path += [(p, removed + a, added + b, scale) for p, a, b in res.path]
         first = res.rwp_start if first is None else first
         removed, added = removed + res.removed, added + res.added
@@ -187,13 +220,13 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
         cn = (d < 1.2 * bond).sum(1) - 1
         surface = cn < cn.max() if cn.max() > cn.min() else np.ones(n, bool)
         best, move = gain_bound(cur, MIN_GAIN, noise), None
-        if kind == "remove" and n > max(min_atoms, n0 - limit):
+        if kind in ("remove", "either") and n > max(min_atoms, n0 - limit):
             cand = np.flatnonzero(surface & ~new)
             r = sc.rwp(ft[None] - fa[cand], np.full(len(cand), n - 1.0))
             k = int(np.argmin(r))
             if r[k] < best:
                 best, move = float(r[k]), ("remove", int(cand[k]))
-        sites = _sites(x, bond, surface) if kind == "add" and n < n0 + limit else np.zeros((0, 3))
+        sites = _sites(x, bond, surface) if kind in ("add", "either") and n < n0 + limit else np.zeros((0, 3))
         if len(sites) and len(gone):
             sites = sites[cdist(sites, gone).min(1) > 0.3 * bond]
         if len(sites):
@@ -205,6 +238,7 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
                 best, move = float(r[k]), ("add", k)
         if move is None:
             break
+        kind = move[0]
         if move[0] == "remove":
             i = move[1]
             ft = ft - fa[i]
@@ -226,7 +260,7 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
             added += 1
         cur = best
         steps.append((x.copy(), removed, added))
-    return SearchResult(x - x.mean(0), cur, start, removed, added, steps)
+    return SearchResult(x - x.mean(0), cur, start, removed, added, steps, kind=kind)
 
 
 def facet_normals(x: np.ndarray, tol_deg: float = 3.0) -> np.ndarray:

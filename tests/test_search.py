@@ -64,6 +64,35 @@ def test_count_search_finds_missing_surface_atoms(calc):
     assert res.rwp < 0.1 * fit.rwp
 
 
+@pytest.mark.parametrize("label", ["Octahedron_length_5", "Decahedron_p_3_q_1_r_1"])
+def test_count_search_finds_adatoms_in_either_hollow(calc, label):
+    """Three adatoms in three-fold hollows of an ideal particle's facets, one of them the
+    hollow the lattice does not continue into (an fcc(111) facet's hcp hollow): the search adds
+    all three where they are. With lattice-continuation sites only, and removals first, it
+    took one atom away from the octahedron and added two (Rwp 0.009), and took four away from
+    the decahedron and added four (0.009)."""
+    from cbldm.training.variants import coordination, hollow_sites
+
+    ideal = recipe_shape(label, 1.0)
+    cn = coordination(ideal)
+    sites = hollow_sites(ideal, cn < cn.max())
+    i, j = np.nonzero((np.linalg.norm(ideal[:, None] - ideal[None], axis=2) < 1.2) & ~np.eye(len(ideal), dtype=bool))
+    continued = 2 * ideal[i] - ideal[j]                        # every site along a bond, one further
+    off = np.linalg.norm(sites[:, None] - continued[None], axis=2).min(1) > 0.3
+    pick = [int(np.flatnonzero(off)[0])]
+    for k in range(len(sites)):                                # and two more, apart from it and each other
+        if len(pick) < 3 and np.linalg.norm(sites[pick] - sites[k], axis=1).min() > 2.0:
+            pick.append(k)
+    truth = np.concatenate([ideal, sites[pick]]) * D
+    grid, g = _data(calc, truth)
+    start = ideal * D
+    fit = grid.fit(start, g)
+    res = grow_prune(start * fit.size, g, grid, fit, nn_length(start * fit.size))
+    # (where: the pair distances; a symmetry of the particle maps one set of hollows on another)
+    assert (res.removed, res.added) == (0, 3), (res.removed, res.added, res.rwp)
+    assert _err(res.xyz, truth) < 0.01 and res.rwp < 0.2 * fit.rwp, (_err(res.xyz, truth), res.rwp, fit.rwp)
+
+
 @pytest.mark.parametrize("start_label,truth_label", [
     ("HCP_Size1_3_Size2_4_Size3_6", "HCP_Size1_3_Size2_4_Size3_4"),    # four layers too many
     ("HCP_Size1_3_Size2_4_Size3_4", "HCP_Size1_3_Size2_4_Size3_6"),    # four too few (hcp stacking)
