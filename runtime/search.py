@@ -16,8 +16,8 @@ atom count. A move is taken only if it lowers Rwp (its part beyond the data's no
 ``MAX_CHANGE`` of the start's: the search adjusts a motif, it does not invent one (left free,
 it turned a 105-atom decahedron fitted to a ligand-capped Au cluster into 65 atoms
 of no motif at a lower Rwp). Phases of
-removals only and of additions only alternate, the first of the kind whose best move gains
-more, the physics fitted again between them; every
+removals only and of additions only alternate, the first of the kind whose phase ends at
+the lower misfit (both are run), the physics fitted again between them; every
 structure the path passes through is then fitted with its own physics and the best wins (the
 particle's size and Qdamp trade off: with the start's physics held, the path overshoots).
 
@@ -59,7 +59,6 @@ class SearchResult:
     fit: object = None    # the chosen structure's physics fit (cbldm.runtime.fitting.PhysicsFit)
     scale: float = 1.0    # the sizes fitted on the way, multiplied: distances between the atoms
                           # kept are the start's scaled by it (fit.size is the last fit's alone)
-    kind: str = "remove"  # _greedy: the phase's moves ("either" until the first move, then its kind)
 
 
 class _Scorer:
@@ -128,12 +127,15 @@ def _sites(x: np.ndarray, bond: float, surface: np.ndarray) -> np.ndarray:
 
 def _hollows(x: np.ndarray, bond: float, pairs: np.ndarray, surface: np.ndarray) -> np.ndarray:
     """Three-fold hollows over the surface: the points one bond from each of three mutually
-    bonded surface atoms, on both sides of their plane (the caller drops those closer than 0.9
+    bonded (nearest-neighbour) surface atoms, on both sides of their plane (the caller drops those closer than 0.9
     bonds to an atom, which the inner side always is). The lattice continuation reaches one of
     a close-packed facet's two hollows only (on fcc(111) the fcc hollow); an adatom sits in
     either, and on a twinned or hcp particle's facets the other one is the continuation of
     the stacking on the far side of a twin boundary."""
-    on = surface[pairs[:, 0]] & surface[pairs[:, 1]]
+    # bonded: nearest neighbours (bcc's second shell, 1.155 bonds, is a neighbour for the
+    # surface test, not an edge of a hollow)
+    near = np.linalg.norm(x[pairs[:, 0]] - x[pairs[:, 1]], axis=1) < 1.1 * bond
+    on = surface[pairs[:, 0]] & surface[pairs[:, 1]] & near
     if not on.any():
         return np.zeros((0, 3))
     a = np.zeros((len(x), len(x)), bool)
@@ -165,15 +167,22 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
     path = [(x, 0, 0, scale)]
     # phases of removals only and additions only, the physics fitted again after each: a
     # removal and an addition elsewhere can each look good while the physics still carries
-    # the start's misfit, and together leave a wrong count. The first phase is the kind whose
-    # best single move gains more: with the start's physics, removals also gain where atoms
-    # are missing (a decahedron lacking three adatoms: removals first took 1-4 surface atoms
-    # the additions could not put back, 4 out and 4 in at Rwp 0.008; additions first, the three)
-    kinds = ["either", None]
+    # the start's misfit, and together leave a wrong count. Both kinds run first, and the one
+    # whose phase ends at the lower misfit goes on: with the start's physics, removals also
+    # gain where atoms are missing (a decahedron lacking three adatoms: removals first took 1-4
+    # surface atoms the additions could not put back, 4 out and 4 in at Rwp 0.009), and the
+    # first move alone is a poor guide (vacancies interact: the second can gain only after
+    # the first, while an adatom that is not there gains a little at once)
+    kinds = ["remove", "add"]
     for k in range(2 * rounds):
-        res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, kinds[k % 2], n0=len(xyz), noise=noise)
         if k == 0:
-            kinds = [res.kind, "add" if res.kind == "remove" else "remove"]
+            both = [_greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=len(xyz), noise=noise)
+                    for kind in kinds]
+            res = min(both, key=lambda r: r.rwp)
+            if res is both[1]:
+                kinds.reverse()
+        else:
+            res = _greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, kinds[k % 2], n0=len(xyz), noise=noise)
         path += [(p, removed + a, added + b, scale) for p, a, b in res.path]
         first = res.rwp_start if first is None else first
         removed, added = removed + res.removed, added + res.added
@@ -220,13 +229,13 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
         cn = (d < 1.2 * bond).sum(1) - 1
         surface = cn < cn.max() if cn.max() > cn.min() else np.ones(n, bool)
         best, move = gain_bound(cur, MIN_GAIN, noise), None
-        if kind in ("remove", "either") and n > max(min_atoms, n0 - limit):
+        if kind == "remove" and n > max(min_atoms, n0 - limit):
             cand = np.flatnonzero(surface & ~new)
             r = sc.rwp(ft[None] - fa[cand], np.full(len(cand), n - 1.0))
             k = int(np.argmin(r))
             if r[k] < best:
                 best, move = float(r[k]), ("remove", int(cand[k]))
-        sites = _sites(x, bond, surface) if kind in ("add", "either") and n < n0 + limit else np.zeros((0, 3))
+        sites = _sites(x, bond, surface) if kind == "add" and n < n0 + limit else np.zeros((0, 3))
         if len(sites) and len(gone):
             sites = sites[cdist(sites, gone).min(1) > 0.3 * bond]
         if len(sites):
@@ -238,7 +247,6 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
                 best, move = float(r[k]), ("add", k)
         if move is None:
             break
-        kind = move[0]
         if move[0] == "remove":
             i = move[1]
             ft = ft - fa[i]
@@ -260,7 +268,7 @@ def _greedy(xyz, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=None, no
             added += 1
         cur = best
         steps.append((x.copy(), removed, added))
-    return SearchResult(x - x.mean(0), cur, start, removed, added, steps, kind=kind)
+    return SearchResult(x - x.mean(0), cur, start, removed, added, steps)
 
 
 def facet_normals(x: np.ndarray, tol_deg: float = 3.0) -> np.ndarray:
