@@ -507,3 +507,25 @@ def test_an_exact_fit_whose_signal_outlasts_the_data_is_bounded_by_the_next_long
     assert persists != bounded, pred.verdict.warnings
     longer = [c for c in pred.candidates if c.label.endswith("_14")]
     assert len(longer) == bounded and all(c.rwp >= EXACT_FIT and c.via == "size bound" for c in longer)
+
+
+def test_scorer_pair_sums_are_the_kernel_interpolated_at_each_distance(calc):
+    """``_Scorer.pair_f`` (sparse histograms times the kernel) against the sum it stands for:
+    each distance's kernel row interpolated linearly between its two bins; a distance of 0 and
+    one beyond the calculator's range add nothing."""
+    from cbldm.runtime.search import _Scorer
+
+    x = _shape("Decahedron_p_2_q_3_r_1")
+    grid, g = _data(calc, x)
+    sc = _Scorer(grid, grid.fit(x, g), g)
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.0, 1.1 * sc.nb * sc.h, size=(7, 40))
+    d[:, 0] = 0.0
+    want = np.zeros((len(d), sc.K.shape[1]))
+    for i, j in np.ndindex(d.shape):
+        t = d[i, j] / sc.h
+        if t < sc.nb:
+            lo = int(t)
+            want[i] += (1 - (t - lo)) * sc.K[lo] + (t - lo) * sc.K[lo + 1]
+    assert (d >= sc.nb * sc.h).any()
+    np.testing.assert_allclose(sc.pair_f(d), want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
