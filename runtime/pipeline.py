@@ -561,7 +561,7 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     bond = nn_length(base.xyz)   # library entries have unit median bond
     # an entry fitted rigid only may fit better with the strain carried to it: tried again
     seen = {c.label for c in cands if c.source == "library" and (deform is None or c.unstrained is not None)}
-    cur, ref, new, end = start, start, [], None
+    cur, ref, new, end, ends = start, start, [], None, []
     for _ in range(1 + (WALK_STRAIN_ROUNDS if deform is not None else 0)):
         leg = cur
         for _ in range(steps):
@@ -590,13 +590,15 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
             fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
             kept.append(fresh) if fresh is not rigid else None
         end = min(kept, key=lambda c: c.rwp, default=rigid)
-        if end is not fresh:
+        ends.append(end)
+        if fresh is None or fresh is rigid or end is not fresh:
             break
         # the strain fitted where the walk stopped differs from the one carried there (the start's
         # strain also absorbed the start's wrong length: an 8-layer prism strained 2.5 % along c,
         # proposed at 10 layers, stopped at 9, 0.0034; 8 layers with 9's own strain, 0.0001);
         # the walk goes on with it
         cur = ref = end
+        base = rigid       # its size includes what this leg's fits found
         deform, bond = _deform(rigid, end), nn_length(rigid.xyz)
         seen = {end.label}
     if _unbracketed(start, cur, library, grid, bond, max_diameter):
@@ -604,7 +606,8 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
     if deform is not None and end is None:
         return [], start, None
     if deform is not None:
-        new = [end]
+        # a later leg can end worse than an earlier one (no strain pays there): the best end
+        new = [min(ends, key=lambda c: c.rwp)]
     return new, start, None
 
 

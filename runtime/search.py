@@ -186,6 +186,8 @@ def grow_prune(xyz: np.ndarray, g_obs: np.ndarray, grid, fit, bond: float,
         if k == 0:
             both = [_greedy(x, g_obs, grid, fit, bond, max_moves, min_atoms, kind, n0=len(xyz), noise=noise)
                     for kind in kinds]
+            if all(r.removed + r.added == 0 for r in both):
+                break
             res = min(both, key=lambda r: r.rwp)
             if res is both[1]:
                 kinds.reverse()
