@@ -588,10 +588,11 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
         fresh = None
         if rigid.n_atoms <= REFINE_MAX_ATOMS:   # as for the strain stage's own starts
             fresh = _strain(rigid, grid, g_fit, n_ind, gain, noise)
-            kept.append(fresh) if fresh is not rigid else None
+            if fresh is not rigid:
+                kept.append(fresh)
         end = min(kept, key=lambda c: c.rwp, default=rigid)
         ends.append(end)
-        if fresh is None or fresh is rigid or end is not fresh:
+        if end is not fresh or end is rigid:    # the walk goes on only with a strain fitted here
             break
         # the strain fitted where the walk stopped differs from the one carried there (the start's
         # strain also absorbed the start's wrong length: an 8-layer prism strained 2.5 % along c,
