@@ -86,6 +86,9 @@ THREADS = typer.Option(None, help="CPU threads for ONNX Runtime.")
 PLOT = typer.Option(True, help="Write <stem>.png.")
 REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help="L-BFGS iterations of the refinement.")
+DISORDER = typer.Option(True, help="Also refine with part of Biso left to the coordinates (static disorder: "
+                                   "thermal displacements, relaxation); --no-disorder for a particle known "
+                                   "to be ordered, or to compare.")
 SOURCE = typer.Option("both", help=SOURCE_HELP)
 QMIN = typer.Option(None, help=QMIN_HELP)
 QMAX = typer.Option(None, help=QMAX_HELP)
@@ -160,7 +163,7 @@ def predict(
     t2: Optional[int] = typer.Option(None, help="Skip-step t2."),
     steps_before: Optional[int] = typer.Option(None, help="U-Net calls before the jump."),
     steps_after: Optional[int] = typer.Option(None, help="U-Net calls after the jump."),
-    refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
+    refine: int = REFINE, refine_iter: int = REFINE_ITER, disorder: bool = DISORDER, source: str = SOURCE,
     qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
     rmax: Optional[float] = RMAX, qdamp: Optional[float] = QDAMP,
 ):
@@ -174,7 +177,7 @@ def predict(
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
-    ref = refine_config(refine, refine_iter)
+    ref = refine_config(refine, refine_iter, disorder=disorder)
     _check_outdir(outdir)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
@@ -211,7 +214,7 @@ def watch(
                                            "(s), in both modes; make it longer than any pause of the writer."),
     candidates: int = CANDIDATES, element: Optional[str] = ELEMENT, backend: str = BACKEND,
     precision: str = PRECISION, seed: int = SEED, threads: Optional[int] = THREADS, plot: bool = PLOT,
-    refine: int = REFINE, refine_iter: int = REFINE_ITER, source: str = SOURCE,
+    refine: int = REFINE, refine_iter: int = REFINE_ITER, disorder: bool = DISORDER, source: str = SOURCE,
     qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
     rmax: Optional[float] = RMAX, qdamp: Optional[float] = QDAMP,
 ):
@@ -226,7 +229,7 @@ def watch(
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
-    ref = refine_config(refine, refine_iter)
+    ref = refine_config(refine, refine_iter, disorder=disorder)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")
     out = outdir or directory / "cbldm-results"

@@ -113,7 +113,10 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
 def describe(pred: Prediction) -> dict:
     """The answer in words and numbers (shared by the JSON and the evaluation)."""
     best = pred.best
-    m = motif(best.xyz)
+    # a refinement's static displacements (0.1 A rms, a few per cent of a bond) cross the fixed
+    # bond cutoff of the common-neighbour analysis: a refined hcp prism read as "amorphous"; the
+    # motif is the one of the lattice the refinement started from and held within max_shift
+    m = motif(best.unrefined_xyz)
     return {"n_atoms": best.n_atoms, "motif": m["motif"], "cna_signatures": m["signatures"],
             "motif_of_library_entry": best.motif, "diameter_A": round(diameter(best.xyz), 2),
             "answer_source": best.source, "answer_label": best.label}
@@ -159,6 +162,9 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         **about,
         "rwp": best.rwp, "rwp_before_refinement": best.rwp_rigid,
         "refined": best.refined, "refine_shift_rms_A": round(best.shift_rms, 4),
+        # refined with part of Biso left to free coordinates (static disorder; pipeline._refine):
+        # the coordinates then carry displacements the data do not fix atom by atom
+        "refined_disorder": best.disordered,
         # a refinement whose Rwp gain did not pay for its free coordinates (pipeline.criterion)
         "rwp_refined_unjustified": best.rwp_refined_unjustified,
         "refined_physics": phys,
@@ -189,6 +195,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
                         "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid,
                         "rwp_calculator": "exact" if c.exact else "binned", "refined": c.refined,
+                        "refined_disorder": c.disordered,
                         **(c.fit.params() if c.fit else {}),
                         **({"via": c.via} if c.via else {}),
                         **({"set_aside": c.set_aside} if c.set_aside else {})}

@@ -152,13 +152,13 @@ def score(item: Item, pred) -> dict:
     b = pred.best
     n_true = len(item.truth)
     exact = b.n_atoms == n_true
-    pm = motif(b.xyz)["motif"] if b.n_atoms <= 1500 else (b.motif or "")
+    pm = motif(b.unrefined_xyz)["motif"] if b.n_atoms <= 1500 else (b.motif or "")
     return {"name": item.name, "group": item.group, "n_atoms_true": n_true, "n_atoms_pred": b.n_atoms,
             "exact_count": bool(exact), "count_error": abs(b.n_atoms - n_true),
             "pair_distance_error_A": pair_distance_error(b.xyz, item.truth) if n_true <= 1500 else float("nan"),
             "rmsd_A": assigned_rmsd(b.xyz, item.truth, starts=8) if exact and n_true <= 300 else float("nan"),
             "rwp": b.rwp, "rwp_before_refinement": b.rwp_rigid, "refined": b.refined,
-            "answer_source": b.source, "answer_label": b.label, "verdict": pred.verdict.verdict,
+            "refined_disorder": b.disordered, "answer_source": b.source, "answer_label": b.label, "verdict": pred.verdict.verdict,
             "warnings": pred.verdict.warnings, "motif_true": item.motif, "motif_pred": pm,
             "size_true_A": _diam(item.truth), "size_pred_A": _diam(b.xyz),
             # each candidate's structure error too: what another ranking would have answered
