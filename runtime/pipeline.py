@@ -435,12 +435,11 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             reach = cands[0].rwp_rigid + max(REFINE_REACH, cands[0].rwp_rigid)
             todo = [k for k, c in enumerate(cands)
                     if 2 <= c.n_atoms <= REFINE_MAX_ATOMS and c.rwp_rigid <= reach][:refine.top]
-            if refine.disorder:    # members only the disorder refinement tells apart
-                todo += [k for k, c in enumerate(cands) if k not in todo and any(c is t for t in tied)
-                         and c.n_atoms <= DISORDER_MAX_ATOMS]
-            held = DISORDER_BISO if refine.disorder else ()
+            # members only the disorder refinement tells apart (none without it)
+            todo += [k for k, c in enumerate(cands) if k not in todo and any(c is t for t in tied)
+                     and c.n_atoms <= DISORDER_MAX_ATOMS]
             for k in todo:
-                cands[k] = _refine(cands[k], grid, g_fit, refine, d, held)
+                cands[k] = _refine(cands[k], grid, g_fit, refine, d)
             if refine.rank == "criterion":
                 cands = [justified(c, n_ind) for c in cands]
                 cands.sort(key=lambda c: (*tier(c), criterion(c, n_ind)))
@@ -756,11 +755,10 @@ def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:
     return sorted(set(new.at_bounds) | ({"size"} & set(old.at_bounds)))
 
 
-def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float,
-            disorder: tuple[float, ...] = ()) -> Candidate:
+def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
     """``c``'s coordinates refined against the data with its physics held (``PDFRefiner``), bonds
-    restrained near their fitted length; and, for each of ``disorder`` (fractions of the fitted
-    Biso), unrestrained within ``DISORDER_SHIFT`` with Biso held at that fraction: the static
+    restrained near their fitted length; and, with ``cfg.disorder``, for each of ``DISORDER_BISO``
+    (fractions of the fitted Biso), unrestrained within ``DISORDER_SHIFT`` with Biso held at that fraction: the static
     disorder of a real particle (thermal displacements frozen in a simulation, surface
     relaxation) is fitted by Biso on an ideal lattice only on average, which leaves a misfit
     (Rwp 0.03-0.04 for a 72-atom prism displaced 0.09 A RMS, truth 0.0000) that a particle of
@@ -777,7 +775,7 @@ def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d
     ref = refiner.refine(c.xyz, g_fit, maxiter=cfg.maxiter, max_shift=cfg.max_shift,
                          min_distance=dmin, bond=bond)
     biso, chosen, best = c.fit.biso, None, None
-    for frac in (disorder if c.n_atoms <= DISORDER_MAX_ATOMS else ()):
+    for frac in (DISORDER_BISO if cfg.disorder and c.n_atoms <= DISORDER_MAX_ATOMS else ()):
         dis = PDFRefiner.for_fit(grid, replace(c.fit, biso=c.fit.biso * frac)).refine(
             c.xyz, g_fit, maxiter=DISORDER_ITER, max_shift=DISORDER_SHIFT, min_distance=dmin)
         if dis.iterations > 0 and (best is None or dis.rwp < best.rwp):
