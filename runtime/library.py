@@ -9,7 +9,9 @@ particles the networks cannot describe.
 
 Storage (``library.npz``, arrays only, shipped beside the model and hashed in its manifest):
 unit-bond coordinates (median nearest-neighbour distance 1), names, motifs, atom counts,
-diameters, and each entry's Debye sum without thermal damping on a grid of unit-frame Q:
+diameters, visible extents (``visible_extent``: how far each entry's PDF shows, which bounds
+what is tried against a particle's data), and each entry's Debye sum without thermal damping
+on a grid of unit-frame Q:
 
     F0(q) = (2/N) sum_{i<j} sin(q u_ij) / u_ij,   u = r / d (d: bond length)
 
@@ -33,6 +35,8 @@ Q_UNIT_MAX = 95.0          # Qmax 30 1/A at a 3.2 A bond
 SEARCH_BISO = (0.3, 0.8)   # A^2: thermal dampings the search tries (refined per candidate later)
 SEARCH_QDAMP = (0.0, 0.03, 0.06)   # 1/A: instrument resolutions it tries
 SEARCH_STEP = 0.02         # unit-frame r step of the comparison grid (~0.06 A)
+EXTENT_WINDOW = 0.36       # bond units (~1 A at 2.8 A bonds): the windows of verdict.particle_extent ...
+EXTENT_FRACTION = 0.02     # ... and its threshold, a fraction of the first peak
 
 
 # one family under two spellings (ASE's parameters both: recipe:Icosahedron_shell_4 and
@@ -74,7 +78,8 @@ class Library:
             z = np.load(path, allow_pickle=False)
             if str(z["format"]) != FORMAT:
                 raise LibraryError(f"{path}: format {z['format']} is not {FORMAT}")
-            z = {k: z[k] for k in ("n_atoms", "xyz", "name", "motif", "kind", "diameter", "f0", "q_step")}
+            z = {k: z[k] for k in ("n_atoms", "xyz", "name", "motif", "kind", "diameter", "f0", "q_step")
+                 + (("extent",) if "extent" in z.files else ())}
         except (OSError, ValueError, KeyError) as exc:
             raise LibraryError(f"{path}: not a cluster library ({type(exc).__name__}: {exc})") from None
         self.path = path
@@ -85,6 +90,14 @@ class Library:
         self.motif = z["motif"].astype(str)
         self.kind = z["kind"].astype(str)
         self.diameter = z["diameter"].astype(float)
+        if "extent" in z:
+            self.extent = z["extent"].astype(float)
+        else:   # libraries written before 2026-11-29
+            import warnings
+
+            warnings.warn(f"{path}: no stored visible extents; computing them (about a minute for 1700 "
+                          "entries; cbldm-data library writes a library that holds them)", stacklevel=2)
+            self.extent = np.array([visible_extent(self.xyz(j)) for j in range(len(self.n_atoms))])
         self.f0 = z["f0"].astype(np.float64)
         self.q = np.arange(self.f0.shape[1]) * float(z["q_step"])
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -142,7 +155,7 @@ class Library:
                rmin: float, rmax: float, top: int = 8, max_atoms: int | None = None,
                min_atoms: int | None = None, span: float = 0.03, steps: int = 13,
                biso: tuple[float, ...] = SEARCH_BISO, qdamp: tuple[float, ...] = SEARCH_QDAMP,
-               per_motif: int = 2, max_diameter: float | None = None) -> list[Hit]:
+               per_motif: int = 2, max_extent: float | None = None) -> list[Hit]:
         """The ``top`` entries whose PDFs best match G(r) (data on ``r``, fit range [rmin, rmax]),
         each at its best bond length within d (1 +- span) and its best of a few thermal
         dampings (``biso``, A^2) and instrument resolutions (``qdamp``, 1/A): an unmodelled Qdamp
@@ -152,8 +165,8 @@ class Library:
             sel &= self.n_atoms <= max_atoms
         if min_atoms is not None:
             sel &= self.n_atoms >= min_atoms
-        if max_diameter is not None:   # A
-            sel &= self.diameter * d <= max_diameter
+        if max_extent is not None:   # A, against each entry's own visible extent (visible_extent)
+            sel &= self.extent * d <= max_extent
         idx = np.flatnonzero(sel)
         if len(idx) == 0:
             return []
@@ -218,6 +231,40 @@ def debye_f0(xyz_unit: np.ndarray, q: np.ndarray, decimals: int = 6) -> np.ndarr
     return 2.0 * f / n
 
 
+def visible_extent(xyz_unit: np.ndarray, bin_width: float = 0.02) -> float:
+    """How far (bond units) a unit-bond cluster's PDF visibly reaches: the largest r whose
+    EXTENT_WINDOW-wide window still holds a peak above EXTENT_FRACTION of the first, undamped,
+    peak heights taken as pair counts / r (G's, for peaks of one width). It is the rule
+    ``verdict.particle_extent`` applies to data, so the two compare: a compact cluster reaches
+    0.8-0.9 of its diameter, a thin rod or plate 0.55-0.65 (its longest pairs are too few to be
+    seen). Damping only shortens what data show, so a cluster whose own extent is far beyond
+    the data's cannot be the particle; its diameter says less (a 15-layer hcp rod 63 A long
+    shows signal to 23 A under Qdamp 0.02)."""
+    x = np.asarray(xyz_unit, float)
+    n = len(x)
+    if n < 2:
+        return 0.0
+    counts = np.zeros(1, np.int64)
+    for lo in range(0, n, 512):
+        d = np.linalg.norm(x[lo:lo + 512, None] - x[None], axis=2)
+        d = d[np.arange(lo, min(lo + 512, n))[:, None] < np.arange(n)[None]]
+        # bins centred on multiples of the width: a lattice's distances 1, 2, 3 ... sit on bin
+        # edges otherwise, and float32 coordinates (the stored library) move them across
+        c = np.bincount(np.rint(d / bin_width).astype(np.int64))
+        if len(c) > len(counts):
+            counts = np.pad(counts, (0, len(c) - len(counts)))
+        counts[:len(c)] += c
+    r = np.arange(len(counts)) * bin_width
+    peak = counts / np.maximum(r, 1.0)
+    first = peak[(r > 0.85) & (r < 1.15)].max(initial=0.0)   # the nearest-neighbour peak
+    w = max(1, int(round(EXTENT_WINDOW / bin_width)))
+    peak = np.pad(peak, (0, -len(peak) % w))
+    env = peak.reshape(-1, w).max(1)
+    centres = (np.arange(len(env)) + 0.5) * w * bin_width - 0.5 * bin_width
+    alive = np.flatnonzero(env > EXTENT_FRACTION * first)
+    return float(centres[alive[-1]] + 0.5 * w * bin_width)
+
+
 def write_library(path: Path, entries: list[tuple[str, str, str, np.ndarray]], log=print) -> dict:
     """``entries``: (name, motif, kind, unit-bond xyz). Writes ``path`` (npz, no pickle)."""
     from cbldm.runtime.fileutil import atomic_write
@@ -232,10 +279,12 @@ def write_library(path: Path, entries: list[tuple[str, str, str, np.ndarray]], l
     from cbldm.runtime.structure import diameter
 
     diam = np.array([diameter(x) for x in xyz])
+    ext = np.array([visible_extent(x) for x in xyz])
     arrays = {"format": np.array(FORMAT), "q_step": np.array(Q_UNIT_STEP),
               "xyz": np.concatenate(xyz).astype(np.float32),
               "n_atoms": np.array([len(x) for x in xyz], np.int32),
               "name": np.array([e[0] for e in entries]), "motif": np.array([e[1] for e in entries]),
-              "kind": np.array([e[2] for e in entries]), "diameter": diam.astype(np.float32), "f0": f0}
+              "kind": np.array([e[2] for e in entries]), "diameter": diam.astype(np.float32),
+              "extent": ext.astype(np.float32), "f0": f0}
     atomic_write(Path(path), lambda p: np.savez_compressed(open(p, "wb"), **arrays))
     return {"entries": len(entries), "q_points": len(q)}

@@ -67,6 +67,12 @@ DISORDER_SHIFT = 0.3      # A per coordinate: the static-disorder refinement's b
                           # metal particle's static and thermal displacements are ~0.1 A RMS
 DISORDER_BISO = (0.7, 0.4)  # fractions of the fitted Biso held while coordinates take the rest
 DISORDER_MAX_ATOMS = 300  # the disorder refinement and the tied members above this: too slow (see ``_refine``)
+EXTENT_REACH = (1.75, 5.0)  # a library entry is tried only where its own visible extent
+                            # (library.visible_extent) is within a x the data's + b A: damping
+                            # shortens what data show, not this much. Every true structure of the four
+                            # tuning sets is within 1.52 x + 5 (156 PDFs); the bound it replaces,
+                            # 2 x extent + 5 on the diameter, shut out four of their hcp rods
+                            # (diameters to 2.7 x the extent), answered 16-48 atoms short
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
 
 
@@ -329,15 +335,16 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         # what the noise alone leaves: searches and refinement chase the misfit beyond it
         noise = noise_rwp(p.r, p.g, grid.r_fit, g_fit, p.physics.qmax)
         extent = particle_extent(p.r, p.g, d, checks[i]["noise_level"])
+        reach_A = EXTENT_REACH[0] * extent["extent_A"] + EXTENT_REACH[1]
         cands = list(decoded[i])
         tm = {k: v / len(pdfs) for k, v in timings.items()}
         if use_library:
             ts = time.perf_counter()
-            # clusters more than twice the particle's visible extent cannot match its PDF
+            # clusters whose own PDF reaches far beyond the particle's cannot match it
             known = {} if p.physics.qdamp is None else {"qdamp": (p.physics.qdamp,)}
             hits = library.search(p.r, p.g, d, p.physics.qmin, p.physics.qmax, p.physics.rmin,
                                   p.physics.rmax, top=library_top, per_motif=LIBRARY_PER_MOTIF,
-                                  max_diameter=2.0 * extent["extent_A"] + 5.0, **known)
+                                  max_extent=reach_A, **known)
             for h in hits:
                 cands.append(Candidate(library.xyz(h.index) * h.bond, "library", h.name, h.motif,
                                        search_rwp=h.rwp))
@@ -397,7 +404,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # its family (a rod 2.5 % longer along c: 0.42), no guide for the walk
             tw = time.perf_counter()
             walked, walk_start, unbracketed = _walk(cands, library, grid, g_fit, tier,
-                                                    2.0 * extent["extent_A"] + 5.0, n_ind,
+                                                    reach_A, n_ind,
                                                     refine.search_gain, noise)
             cands += walked
             # a strain fitted again where the walk stopped moves Biso as the strain stage's does
@@ -427,7 +434,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             tr = time.perf_counter()
             tied = []
             if use_library and refine.disorder and cands[0].n_atoms <= DISORDER_MAX_ATOMS:
-                tied = _tied_members(cands[0], cands, library, grid, g_fit, 2.0 * extent["extent_A"] + 5.0)
+                tied = _tied_members(cands[0], cands, library, grid, g_fit, reach_A)
                 cands += tied
                 cands.sort(key=lambda c: (*tier(c), c.rwp))
             # a candidate far behind the best rigid fit does not catch up under restraints:
@@ -460,7 +467,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands += fitted     # listed last: fitted only to bound the size, not ranked
         largest = None
         if use_library:
-            largest = float(np.max(library.diameter)) * d
+            # what the largest entry's own PDF shows, as the data's extent is measured
+            largest = float(np.max(library.extent)) * d
 
         def exact(x: Candidate) -> Candidate:   # in the list too: the JSON reports what the verdict says
             k = next(j for j, c in enumerate(cands) if c is x)
@@ -561,7 +569,7 @@ def _regrid(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier,
     return regrid
 
 
-def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_diameter: float,
+def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_extent: float,
           n_ind: float, gain: float, noise: float = 0.0,
           steps: int = WALK_STEPS) -> tuple[list[Candidate], Candidate | None, Candidate | None]:
     """The best library candidate's family, walked with the physics fit: its neighbours
@@ -593,7 +601,7 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
             step = []
             for j in library.neighbours(library.index(cur.label)):
                 name = str(library.names[j])
-                if name in seen or library.diameter[j] * bond > max_diameter:
+                if name in seen or library.extent[j] * bond > max_extent:
                     continue
                 seen.add(name)
                 step.append(_member(library, j, bond, deform, grid, g_fit, cur.fit, ref.fit, "walk"))
@@ -627,7 +635,7 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
         base = rigid       # its size includes what this leg's fits found
         deform, bond = _deform(rigid, end), nn_length(rigid.xyz)
         seen = {end.label}
-    if _unbracketed(start, cur, library, grid, bond, max_diameter):
+    if _unbracketed(start, cur, library, grid, bond, max_extent):
         return [], start, cur
     if deform is not None and end is None:
         return [], start, None
@@ -638,7 +646,7 @@ def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tie
 
 
 def _tied_members(best: Candidate, cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray,
-                  max_diameter: float, steps: int = TIE_STEPS) -> list[Candidate]:
+                  max_extent: float, steps: int = TIE_STEPS) -> list[Candidate]:
     """The members of ``best``'s library family along each of its parameters, both ways, whose
     fit (``best``'s strain carried to them) stays within ``TIE_MARGIN`` of ``best``'s Rwp: members
     the rigid fits cannot tell apart, which only coordinate refinement can (``_refine``). A
@@ -666,7 +674,7 @@ def _tied_members(best: Candidate, cands: list[Candidate], library, grid: FitGri
                     break
                 cur = nxt[0]
                 name = str(library.names[cur])
-                if library.diameter[cur] * bond > max_diameter:
+                if library.extent[cur] * bond > max_extent:
                     break
                 m = had.get(name)
                 if m is None:
@@ -719,10 +727,10 @@ def _larger_members(best: Candidate, cands: list[Candidate], library, grid: FitG
 
 
 def _unbracketed(start: Candidate, end: Candidate, library, grid: FitGrid, bond: float,
-                 max_diameter: float) -> bool:
+                 max_extent: float) -> bool:
     """The walk grew the particle (more atoms at its end than at its start, with a larger fitted
     Qdamp, Qdamp free) and, in a parameter whose step it took grows the particle, the library
-    holds no next member within the data's reach (``max_diameter``): the walk could not go on,
+    holds no next member within the data's reach (``max_extent``): the walk could not go on,
     not the data stopped it, and Qdamp and the size trade off. Measured Pt (JQ_S1, Qmax 22):
     truncated octahedra 13 to 16 layers thick fit 0.120, 0.117, 0.115, 0.114 as Qdamp rose
     0.046, 0.053, 0.058, 0.062, until the library had no 17-layer member of the truncation:
@@ -744,7 +752,7 @@ def _unbracketed(start: Candidate, end: Candidate, library, grid: FitGrid, bond:
         # the step grows the particle where the member one step back holds fewer atoms
         if not any(library.n_atoms[k] < end.n_atoms for k in library.further(i, p, -sign)):
             continue
-        if not any(library.diameter[k] * bond <= max_diameter for k in library.further(i, p, sign)):
+        if not any(library.extent[k] * bond <= max_extent for k in library.further(i, p, sign)):
             return True
     return False
 

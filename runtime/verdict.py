@@ -233,7 +233,7 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      "answer; its atom count and diameter are not bounded by the data")
     if largest_tried is not None and extent.get("extent_A", 0) > 1.15 * largest_tried:
         doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
-                     f"({largest_tried:.0f} A): the particle may be larger than the answer")
+                     f"(its PDF shows {largest_tried:.0f} A): the particle may be larger than the answer")
     rival = runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE
     # an answer at the calculator's level with a runner-up above it is told apart by the data (noise-free
     # hcp prisms of the unseen shapes: 2e-4 against the next length's 0.002-0.007), however close in Rwp

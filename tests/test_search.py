@@ -222,8 +222,8 @@ def test_walk_along_a_library_family_reaches_the_member_that_fits(calc, tmp_path
     for c in found:
         assert nn_length(c.xyz) == pytest.approx(D * 1.004 * c.fit.size, rel=1e-6)
     assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, 1e9, 1000.0, 0.2, steps=2)[0]] == [7, 9, 6]
-    # a diameter bound (A) keeps what cannot match out of the walk: here the 8-layer prism's own
-    bound = lib.diameter[lib.index(start.label)] * nn_length(start.xyz) + 0.01
+    # an extent bound (A) keeps what cannot match out of the walk: here the 8-layer prism's own
+    bound = lib.extent[lib.index(start.label)] * nn_length(start.xyz) + 0.01
     assert [int(c.label.rsplit("_", 1)[1]) for c in _walk([start], lib, grid, g, tier, bound, 1000.0, 0.2)[0]] \
         == [7, 6, 5, 4]
 
@@ -256,8 +256,11 @@ def test_a_walk_that_grows_the_particle_on_damping_to_its_familys_end_is_not_kep
     assert not _unbracketed(member(9, 0.03), member(4, 0.01), lib, grid, D, 1e9)   # shrunk
     assert not _unbracketed(start, start, lib, grid, D, 1e9)
     # 9 layers too long for the data's extent: 8 is as far as the walk could go
-    bound = lib.diameter[lib.index(f"recipe:{label.format(9)}")] * D - 0.01
+    bound = lib.extent[lib.index(f"recipe:{label.format(9)}")] * D - 0.01
     assert _unbracketed(start, member(8, 0.05), lib, grid, D, bound)
+    # ... the reach is on the members' visible extents: 9 layers within it is a next member
+    assert not _unbracketed(start, member(8, 0.05), lib, grid, D,
+                            lib.extent[lib.index(f"recipe:{label.format(9)}")] * D + 0.01)
     known = fit_grid(replace(grid.phys, qdamp=0.03))
     assert not _unbracketed(start, member(9, 0.05), lib, known, D, 1e9)
     # a step in a parameter that does not grow the particle (a sphere's centre) is no bracket:
@@ -529,3 +532,71 @@ def test_scorer_pair_sums_are_the_kernel_interpolated_at_each_distance(calc):
             want[i] += (1 - (t - lo)) * sc.K[lo] + (t - lo) * sc.K[lo + 1]
     assert (d >= sc.nb * sc.h).any()
     np.testing.assert_allclose(sc.pair_f(d), want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+def test_a_clusters_visible_extent_is_what_its_pdf_shows_not_its_diameter():
+    """``library.visible_extent`` applies the data's extent rule (``verdict.particle_extent``)
+    to a cluster's own pair distances: on the undamped PDF of a compact particle the two agree
+    to the rule's 1 A windows; a thin rod's longest pairs are too few to be seen, so its
+    extent is well short of its length."""
+    from cbldm.runtime.library import visible_extent
+    from cbldm.runtime.pdf import PDFParams
+    from cbldm.runtime.structure import diameter
+    from cbldm.runtime.verdict import particle_extent
+
+    params = PDFParams(biso=0.6, qmax=20.0)
+    for label in ("Octahedron_length_7", "Icosahedron_shell_4"):
+        x = _shape(label)
+        pdf = PDFInput.on_model_grid(DebyePDF(params).calc(x, "Pt"), "Pt", params)
+        seen = particle_extent(pdf.r, pdf.g, D, 0.0)["extent_A"]
+        own = visible_extent(x / D) * D
+        assert abs(own - seen) <= 1.0 and own <= diameter(x) + 0.5, (label, own, seen)
+    rod = _shape("HCP_Size1_1_Size2_4_Size3_15")
+    assert visible_extent(rod / D) * D < 0.65 * diameter(rod)
+    # the edge of the last window above the threshold, as the data's rule reports: a pair one
+    # bond apart lies in the window of bins 36-53 (0.02 wide, centred on their multiples)
+    assert visible_extent(np.array([[0.0, 0, 0], [1.0, 0, 0]])) == pytest.approx(1.07)
+
+
+def test_a_thin_rod_whose_data_show_less_than_half_its_length_is_still_tried(tmp_path):
+    """A 15-cell hcp rod (120 atoms, 66 A long) under Qdamp 0.05, data to 30 A: its signal
+    is seen to 25 A. A bound of twice that on the diameter (+5 A, the rule until 2026-11-29)
+    kept it out of the library search, and the answer was an 11-cell rod; bounded on the rods'
+    own visible extents the truth is tried and found. The search keeps out what reaches
+    beyond the bound by its extent, not by its diameter."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pdf import PDFParams
+    from cbldm.runtime.pipeline import NO_REFINEMENT, predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    label = "HCP_Size1_1_Size2_4_Size3_{}"
+    write_library(tmp_path / "lib.npz", [(f"recipe:{label.format(n)}", "hcp", "recipe", _shape(label.format(n)) / D)
+                                          for n in range(9, 16)], log=None)
+    lib = Library(tmp_path / "lib.npz")
+    truth = _shape(label.format(15))
+    params = PDFParams(biso=0.6, qmax=20.0, qdamp=0.05)
+    pdf = PDFInput.on_model_grid(DebyePDF(params).calc(truth, "Pt"), "Pt", params)
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=lib, refine=NO_REFINEMENT)
+    extent = pred.extent["extent_A"]
+    assert not pred.extent["signal_to_end_of_data"]
+    assert lib.diameter[lib.index(f"recipe:{label.format(15)}")] * D > 2.0 * extent + 5.0
+    assert pred.best.n_atoms == len(truth) and pred.best.label.endswith("_15"), (pred.best.label, extent)
+    # visible extents grow in steps (11 and 12 cells: 29.9 and 34.9 A; diameters 48.5 and 52.9)
+    bound = lib.extent[lib.index(f"recipe:{label.format(12)}")] * D - 0.01
+    assert lib.diameter[lib.index(f"recipe:{label.format(11)}")] * D > bound
+    hits = lib.search(pdf.r, pdf.g, D, params.qmin, params.qmax, 1.5, 30.0, top=9, per_motif=9, max_extent=bound)
+    assert {h.name for h in hits} == {f"recipe:{label.format(n)}" for n in (9, 10, 11)}
+
+
+def test_a_library_written_before_extents_were_stored_computes_them(tmp_path):
+    from cbldm.runtime.library import Library, visible_extent, write_library
+
+    write_library(tmp_path / "lib.npz", [(f"recipe:{PRISM.format(n)}", "hcp", "recipe", _shape(PRISM.format(n)) / D)
+                                          for n in (4, 9)], log=None)
+    z = dict(np.load(tmp_path / "lib.npz", allow_pickle=False))
+    stored = z.pop("extent")
+    np.savez_compressed(tmp_path / "old.npz", **z)
+    with pytest.warns(UserWarning, match="no stored visible extents"):
+        old = Library(tmp_path / "old.npz")
+    assert np.allclose(old.extent, stored, atol=1e-5) and stored[1] > stored[0]
+    assert stored[1] == pytest.approx(visible_extent(old.xyz(1)), abs=1e-5)
