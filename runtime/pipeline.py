@@ -231,6 +231,8 @@ class Candidate:
     unstrained: "Candidate | None" = None  # a strained candidate (``_strain``): itself before the strain
     set_aside: str | None = None     # listed for the verdict, never ranked: why (``_unbracketed``)
     via: str | None = None           # a library entry the search did not propose: what fitted it
+    recut: bool = False              # a search that made it both removed and added (atoms in the
+                                     # count search, or layers in the layer search): ``verdict.judge``
 
     @property
     def n_atoms(self) -> int:
@@ -894,20 +896,21 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
     its misfit beyond the data's noise ``noise`` (``verdict.gain_bound``)."""
     from cbldm.runtime.search import grow_prune, layer_search
 
-    def found(xyz: np.ndarray, fit: PhysicsFit, how: str, scale: float) -> Candidate:
+    def found(xyz: np.ndarray, fit: PhysicsFit, how: str, scale: float, *moves) -> Candidate:
         # the strain is in the coordinates the search moved; the size is the start's times the
-        # sizes the search fitted on its way
+        # sizes the search fitted on its way; ``moves``: the searches' results that made it
         fit = replace(fit, strain=c.fit.strain, size=c.fit.size * scale,
                       at_bounds=_size_flag_kept(fit, c.fit))
         return Candidate(xyz, c.source, f"{c.label} {len(xyz) - c.n_atoms:+d} atoms ({how})", None,
-                         fit.rwp, fit.rwp, fit, g_calc=fit.g_calc, search_rwp=c.search_rwp)
+                         fit.rwp, fit.rwp, fit, g_calc=fit.g_calc, search_rwp=c.search_rwp,
+                         recut=any(m.removed and m.added for m in moves))
 
     out = []
     bond = nn_length(c.xyz)
     bound = gain_bound(c.rwp, gain, noise)
     res = grow_prune(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
     if (res.removed or res.added) and res.fit.rwp < bound:
-        out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}", res.scale))
+        out.append(found(res.xyz, res.fit, f"-{res.removed}/+{res.added}", res.scale, res))
     lay = layer_search(c.xyz, g_fit, grid, c.fit, bond, noise=noise)
     if lay.removed or lay.added:
         more = grow_prune(lay.xyz, g_fit, grid, lay.fit, nn_length(lay.xyz), noise=noise)
@@ -917,13 +920,18 @@ def _search(c: Candidate, grid: FitGrid, g_fit: np.ndarray, d: float, gain: floa
         extra = f", then -{more.removed}/+{more.added} atoms" if best is more else ""
         if len(best.xyz) != c.n_atoms and best.fit.rwp < bound:
             new = found(best.xyz, best.fit, f"layers -{lay.removed}/+{lay.added}{extra}",
-                        lay.scale * more.scale if best is more else lay.scale)
+                        lay.scale * more.scale if best is more else lay.scale,
+                        *((lay, more) if best is more else (lay,)))
             # the search walks the count one move at a time while the fit improves: the
             # structure one move short is its closest rival of another count (each layer a
             # measured particle takes on can gain less than the count tie of the verdict)
             prev = (lay.xyz, lay.fit, lay.scale) if best is more else lay.path[-2] if len(lay.path) >= 2 else None
             if prev is not None and len(prev[0]) != new.n_atoms:
-                new.near = found(prev[0], prev[1], "one search move short of the answer", prev[2])
+                # marked where the layer search it ends was cut both ways (a layer path's steps
+                # do not record their counts: one step short of the layer search's own answer
+                # is not marked)
+                new.near = found(prev[0], prev[1], "one search move short of the answer", prev[2],
+                                 *((lay,) if best is more else ()))
             # one candidate per count from one start: the better fit
             out = [o for o in out if o.n_atoms != new.n_atoms or o.rwp < new.rwp]
             if all(o.n_atoms != new.n_atoms for o in out):

@@ -191,13 +191,14 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         # DiffPy-exact calculator; of the others, from the fit's binned model (~0.01 apart), which
         # ranked them. A candidate set aside is listed last, not ranked, with the reason; a library
         # entry the search did not propose says what fitted it (``via``: the walk along its
-        # family, or the size bound of an exact fit)
+        # family, or the size bound of an exact fit); ``recut``: the searches cut it both ways
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
                         "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid,
                         "rwp_calculator": "exact" if c.exact else "binned", "refined": c.refined,
                         "refined_disorder": c.disordered,
                         **(c.fit.params() if c.fit else {}),
                         **({"via": c.via} if c.via else {}),
+                        **({"recut": True} if c.recut else {}),
                         **({"set_aside": c.set_aside} if c.set_aside else {})}
                        for i, c in enumerate(pred.candidates)],
     }

@@ -14,8 +14,9 @@ particle is beyond the networks' 256 atoms.
 
 Verdict on an answer (rules, in order of severity; each failed rule adds one plain sentence):
 unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengths, or no atoms;
-doubtful - Rwp >= 0.25, atoms with no neighbour (detached), refinement that moved atoms more
-           than 0.35 A RMS, a physics parameter stuck at its bound (Qdamp at its top: the
+doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both ways by a
+           search (atoms in the count search, or layers in the layer search, removed and others
+           added), refinement that moved atoms more than 0.35 A RMS, a physics parameter stuck at its bound (Qdamp at its top: the
            structure is probably too large), a structure of another count that fits better
            only with Qdamp at its bound, a larger member of the library family walked that fits
            better by taking more Qdamp (up to the family's largest: the size is not fixed by the
@@ -215,6 +216,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                    f"({CLASH_FRACTION * d:.2f} A): physically impossible")
     if best.detached:
         doubt.append(f"{best.detached} atom(s) have no neighbour: the PDF cannot place them")
+    if best.recut:
+        doubt.append("the proposed shape was re-cut both ways by a search (atoms, or layers, removed "
+                     "and others added): a cut the fit does not pin down (such answers had the right "
+                     "atom count for 1 of 56 tuning PDFs)")
     if best.shift_rms > MAX_SHIFT_RMS:
         doubt.append(f"refinement moved atoms {best.shift_rms:.2f} A RMS: the proposed structure was "
                      "reshaped by the fit")

@@ -600,3 +600,77 @@ def test_a_library_written_before_extents_were_stored_computes_them(tmp_path):
         old = Library(tmp_path / "old.npz")
     assert np.allclose(old.extent, stored, atol=1e-5) and stored[1] > stored[0]
     assert stored[1] == pytest.approx(visible_extent(old.xyz(1)), abs=1e-5)
+
+
+@pytest.mark.parametrize("adatom,recut", [(False, False), (True, True)])
+def test_a_search_answer_cut_both_ways_is_marked_and_doubted(calc, adatom, recut):
+    """A decahedron with two of its outermost atoms missing, and with an adatom too: the count
+    search finds both (99 atoms: -2/+1). On the tuning sets answers re-cut both ways had the
+    right count for 1 of 56 (held-out families: re-cut spheres and cuboctahedra), so the verdict
+    doubts them even where, as here, the count is right. A cut one way (vacancies only) is not
+    marked."""
+    from cbldm.runtime.pipeline import Candidate, _search
+    from cbldm.runtime.verdict import judge
+    from cbldm.training.variants import coordination, hollow_sites
+
+    label = "Decahedron_p_3_q_1_r_1"
+    ideal = recipe_shape(label, 1.0)
+    far = np.argsort(np.linalg.norm(ideal, axis=1))[-2:]
+    truth = np.delete(ideal, far, axis=0)
+    if adatom:
+        sites = hollow_sites(ideal, coordination(ideal) < coordination(ideal).max())
+        k = next(k for k in range(len(sites)) if np.linalg.norm(ideal[far] - sites[k], axis=1).min() > 3.0)
+        truth = np.concatenate([truth, sites[k:k + 1]])
+    truth = truth * D
+    grid, g = _data(calc, truth)
+    fit = grid.fit(ideal * D, g)
+    start = Candidate(ideal * D * fit.size, "library", f"recipe:{label}", "decahedral", rwp=fit.rwp,
+                      rwp_rigid=fit.rwp, fit=fit, g_calc=fit.g_calc)
+    found = _search(start, grid, g, D, 0.2)
+    best = min(found, key=lambda c: c.rwp)
+    assert best.n_atoms == len(truth) and best.recut is recut, (best.label, best.recut)
+    doubted = any("re-cut both ways" in w for w in judge(best, None, D, {"extent_A": 15.0}).warnings)
+    assert doubted is recut
+
+
+def _fake_search(monkeypatch, atom, lay, more):
+    """``_search`` with the count and layer searches replaced by the results given."""
+    from cbldm.runtime import search
+    from cbldm.runtime.pipeline import Candidate, _search
+
+    calls = iter([atom, more])
+    monkeypatch.setattr(search, "grow_prune", lambda *a, **k: next(calls))
+    monkeypatch.setattr(search, "layer_search", lambda *a, **k: lay)
+    fit = _fit(0.1)
+    return _search(Candidate(_cloud(100), "library", "recipe:X", rwp=0.1, rwp_rigid=0.1, fit=fit), None, None, D, 0.2)
+
+
+def _fit(rwp):
+    from cbldm.runtime.fitting import PhysicsFit
+
+    return PhysicsFit(1.0, 0.3, 0.0, 0.0, 1.0, rwp, np.zeros(3))
+
+
+def _cloud(n):
+    return np.random.default_rng(n).normal(size=(n, 3)) * 3
+
+
+@pytest.mark.parametrize("lay_moves,more_moves,recut,near_recut", [
+    ((20, 0), (0, 3), False, False), ((20, 5), (0, 3), True, True), ((20, 0), (2, 3), True, False),
+    ((20, 5), None, True, False), ((20, 0), None, False, False)])
+def test_the_layer_search_and_the_count_search_after_it_each_mark_a_cut_both_ways(
+        monkeypatch, lay_moves, more_moves, recut, near_recut):
+    """Layers removed and atoms then added is no cut both ways (each search went one way); a
+    search that removed and added is, in either phase. The structure one move short of the
+    answer is marked where it is the layer search's answer and that was cut both ways."""
+    from cbldm.runtime.search import SearchResult
+
+    none = SearchResult(_cloud(100), 0.1, 0.1, 0, 0, fit=_fit(0.1))
+    n = 100 - lay_moves[0] + lay_moves[1]
+    lay = SearchResult(_cloud(n), 0.04, 0.1, *lay_moves, fit=_fit(0.04),
+                       path=[(_cloud(n + 1), _fit(0.05), 1.0), (_cloud(n), _fit(0.04), 1.0)])
+    more = none if more_moves is None else \
+        SearchResult(_cloud(n - more_moves[0] + more_moves[1]), 0.03, 0.04, *more_moves, fit=_fit(0.03))
+    (answer,) = _fake_search(monkeypatch, none, lay, more)
+    assert answer.recut is recut and answer.near is not None and answer.near.recut is near_recut, \
+        (answer.label, answer.recut, answer.near.label, answer.near.recut)

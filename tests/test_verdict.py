@@ -87,6 +87,7 @@ class Cand:
     shift_rms: float = 0.05
     source: str = "library"
     refined: bool = False
+    recut: bool = False
     fit: Fit = field(default_factory=Fit)
 
 
@@ -102,6 +103,7 @@ EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False
     ({"n_atoms": 1}, "unusable", "fewer than two atoms"),
     ({"detached": 3}, "doubtful", "no neighbour"),
     ({"shift_rms": 0.5}, "doubtful", "reshaped by the fit"),
+    ({"recut": True}, "doubtful", "re-cut both ways"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "qdamp at the edge"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "probably smaller than the answer"),
 ])
