@@ -16,18 +16,19 @@ Verdict on an answer (rules, in order of severity; each failed rule adds one pla
 unusable - Rwp >= 0.5, a fitted scale of zero, atoms closer than 0.85 bond lengths, or no atoms;
 doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both ways by a
            search (atoms in the count search, or layers in the layer search, removed and others
-           added), refinement that moved atoms more than 0.35 A RMS, a physics parameter stuck at its bound (Qdamp at its top: the
-           structure is probably too large), a structure of another count that fits better
-           only with Qdamp at its bound, a larger member of the library family walked that fits
-           better by taking more Qdamp (up to the family's largest: the size is not fixed by the
-           data), signal that lasts to the end of the data (unless the answer fits below 0.001
-           and its family's next larger members do not), a particle
-           larger than every cluster tried, a networks' answer for a particle beyond their
-           256 atoms, a runner-up with another atom count within 0.01 in Rwp (unless the answer
-           fits at the calculator's own level, below 0.001, and the runner-up does not), a Qmin or Qmax
-           assumed because the file's header does not state it, a fit that leaves more than
-           the data's noise explains (where the noise can be seen: sqrt(Rwp^2 - noise^2) >
-           0.4 noise), a runner-up with another atom count that fits within the noise too;
+           added), refinement that moved atoms more than 0.35 A RMS, a physics parameter stuck
+           at its bound (Qdamp at its top: the structure is probably too large), a structure of
+           another count that fits better only with Qdamp at its bound, a larger member of the
+           library family walked that fits better by taking more Qdamp (up to the family's
+           largest: the size is not fixed by the data), signal that lasts to the end of the
+           data (unless the answer fits below 0.001 and its family's next larger members do
+           not), a particle larger than every cluster tried, a networks' answer for a particle
+           beyond their 256 atoms, a runner-up with another atom count within 0.01 in Rwp
+           (unless the answer fits at the calculator's own level, below 0.001, and the
+           runner-up does not), a Qmin or Qmax assumed because the file's header does not state
+           it, a fit that leaves more than the data's noise explains (where the noise can be
+           seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
+           fits within the noise too;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set; the noise rules' 0.4 was read off the
