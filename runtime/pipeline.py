@@ -416,7 +416,16 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             tm["walk_s"] = time.perf_counter() - tw
         if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
-            starts = [c for c in cands[:refine.search] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
+            starts = [c for c in cands[:1] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
+            # further starts: the next best fits of other atom counts, within the refinement's
+            # reach and of the best fit's tier
+            reach = cands[0].rwp_rigid + max(REFINE_REACH, cands[0].rwp_rigid)
+            for c in cands[1:]:
+                if len(starts) >= refine.search:
+                    break
+                if 4 <= c.n_atoms <= REFINE_MAX_ATOMS and c.rwp_rigid <= reach and tier(c) == tier(cands[0]) \
+                        and all(c.n_atoms != s.n_atoms for s in starts):
+                    starts.append(c)
             # a strained start also searches as it was: the strain that fits a structure of the
             # wrong cut best can lead the searches away from the right cut, which the unstrained
             # structure reaches (a noisy 14-atom bipyramid: 16 atoms at Rwp 0.099 from the

@@ -379,13 +379,36 @@ def test_a_second_regrid_is_kept_only_where_it_fits_better(calc):
     assert after[1] < 0.5 * before[1] and after[0] != before[0] and after[2] < 0.5 * before[2], (before, after)
 
 
+def test_search_2_also_searches_the_best_fit_of_another_atom_count(calc, tmp_path, monkeypatch):
+    """`--search 2` (cbldm-eval; not the runtime's default, docs/evaluation.md): the searches
+    start from the best fit and from the next best fit of another atom count; `--search 1` from
+    the best fit only."""
+    from dataclasses import replace
+
+    from cbldm.runtime import pipeline
+    from cbldm.runtime.sampling import SamplerConfig
+
+    label, lib = _prisms(tmp_path, range(4, 10))
+    _propose_only(monkeypatch, lib, ("_5", "_7"))
+    truth = _shape(label.format(5)) + np.random.default_rng(0).normal(0, 0.08, (len(_shape(label.format(5))), 3))
+    searched, s = [], pipeline._search
+    monkeypatch.setattr(pipeline, "_search", lambda c, *a: searched.append(c.label) or s(c, *a))
+    pdf = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
+    for n, want in ((1, {f"recipe:{label.format(5)}"}), (2, {f"recipe:{label.format(5)}", f"recipe:{label.format(7)}"})):
+        searched.clear()
+        pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=lib,
+                         refine=replace(pipeline.RefineConfig(), walk=False, strain=False, top=0, search=n))
+        assert set(searched) == want, (n, searched)
+
+
 def test_refine_0_on_the_command_line_also_turns_the_searches_off():
     """`cbldm-run --refine 0` promises the structures as found: no refinement, strain, walk or search."""
     from cbldm.runtime.cliutil import refine_config
 
-    off, on = refine_config(0, 100), refine_config(4, 100)
+    off, on = refine_config(0, 100, search=2), refine_config(4, 100)
     assert (off.search, off.top, off.strain, off.walk) == (0, 0, False, False)
     assert (on.search, on.strain, on.walk) == (1, True, True)
+    assert refine_config(4, 100, search=2).search == 2
 
 
 def _noisy(calc, truth, noise_rwp: float, seed: int = 0) -> PDFInput:

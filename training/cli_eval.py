@@ -30,6 +30,8 @@ REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help=ITER_HELP)
 DISORDER = typer.Option(True, help="Also refine with part of Biso left to the coordinates (the runtime's "
                                    "default); --no-disorder to compare.")
+SEARCH = typer.Option(1, help="Atom-count and layer searches from the best fit and the next best fits of "
+                                "other atom counts, N starts in all (the runtime's: 1).")
 RANK = typer.Option("criterion", help="How the answer is chosen: criterion (a refinement must pay for its "
                                       "coordinates; the runtime's) or rwp (lowest refined Rwp; to compare).")
 
@@ -105,7 +107,7 @@ def accuracy(
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (accuracy.json, accuracy.md)."),
     seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
-    disorder: bool = DISORDER,
+    disorder: bool = DISORDER, search: int = SEARCH,
 ):
     """Simulated PDFs of a dataset split, per structure type: exact atom counts, pair-distance
     error, RMSD, Rwp, for the library, the networks and both."""
@@ -116,7 +118,7 @@ def accuracy(
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r}: choose train, val or test", EXIT_USAGE)
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter, rank, disorder)
+    ref = refine_config(refine, refine_iter, rank, disorder, search)
     nets, sampler, lib = _open(model, library)
     try:
         items = dataset_items(data, split, per_type, seed)
@@ -138,7 +140,7 @@ def offrecipe(
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
     seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
-    disorder: bool = DISORDER,
+    disorder: bool = DISORDER, search: int = SEARCH,
     known_qdamp: bool = typer.Option(False, "--known-qdamp",
                                      help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
                                           "--qdamp` does for a calibrated instrument (default: refined)."),
@@ -149,7 +151,7 @@ def offrecipe(
     from cbldm.training.evaluate import OFF_ORDER, evaluate, offrecipe_items
 
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter, rank, disorder)
+    ref = refine_config(refine, refine_iter, rank, disorder, search)
     nets, sampler, lib = _open(model, library)
     try:
         items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
