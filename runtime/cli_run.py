@@ -78,7 +78,8 @@ QDAMP_HELP = ("Instrument resolution Qdamp (1/A) from a calibrant (Ni, CeO2): he
 # the options predict and watch share (one definition: typer reads a default OptionInfo as is)
 CANDIDATES = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF (the library adds its "
                                                         "best matches).")
-ELEMENT = typer.Option(None, help="Element (default: each file's 'composition', else Au).")
+ELEMENT = typer.Option(None, help="The particle's metal (default: the first metal of each file's 'composition', "
+                                   "else Au).")
 BACKEND = typer.Option("auto", help=BACKEND_HELP)
 PRECISION = typer.Option("fp32", help=PRECISION_HELP)
 SEED = typer.Option(0, help="Sampling seed.")
@@ -99,13 +100,13 @@ QDAMP = typer.Option(None, help=QDAMP_HELP)
 
 def _physics(source: str, qmin, qmax, rmin, rmax, qdamp=None) -> dict:
     """--source and the physics overrides: a bad value is a usage error (exit 2)."""
-    from cbldm.runtime.fitting import QDAMP_RANGE
+    from cbldm.runtime.fitting import MIN_QMAX, QDAMP_RANGE
     from cbldm.runtime.pipeline import SOURCES
 
     if source not in SOURCES:
         raise fail(f"--source {source!r}: choose one of {', '.join(SOURCES)}", EXIT_USAGE)
-    if qmax is not None and not qmax > 0:
-        raise fail(f"--qmax must be > 0, got {qmax}", EXIT_USAGE)
+    if qmax is not None and not qmax >= MIN_QMAX:
+        raise fail(f"--qmax must be >= {MIN_QMAX:g} 1/A (a PDF's first shell needs it), got {qmax}", EXIT_USAGE)
     for name, v in (("qmin", qmin), ("rmin", rmin), ("rmax", rmax)):
         if v is not None and not v >= 0:
             raise fail(f"--{name} must be >= 0, got {v}", EXIT_USAGE)
@@ -140,21 +141,26 @@ def _describe(m) -> str:
 
 def _check_usage(candidates: int, element: Optional[str]) -> Optional[str]:
     """Options a file cannot fix: exit 2 before the model loads. Returns the element symbol."""
-    from cbldm.runtime.formfactors import check_element
+    from cbldm.runtime.formfactors import check_element, check_metal
 
     if candidates < 1:
         raise fail("--candidates must be >= 1", EXIT_USAGE)
     if element is None:
         return None
     try:
-        return check_element(element)
+        check_element(element)
     except ValueError:
         raise fail(f"unknown element {element!r} (give a chemical symbol such as Au, Pt)", EXIT_USAGE) from None
+    try:
+        return check_metal(element)
+    except ValueError as exc:
+        raise fail(f"--element {element}: {exc}", EXIT_USAGE) from None
 
 
 @app.command()
 def predict(
-    files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (.gr .dat .txt .csv)."),
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (.gr .dat .txt .csv).",
+                                       readable=False),   # an unreadable file is refused alone
     outdir: Path = typer.Option(Path("cbldm-results"), "--outdir", "-o", help="Where results go."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     candidates: int = CANDIDATES, element: Optional[str] = ELEMENT, backend: str = BACKEND,

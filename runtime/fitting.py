@@ -35,6 +35,7 @@ DELTA2_RANGE = (0.0, 5.0)
 TAYLOR_TERMS = 10       # exp(a / r^2) to a^9 / 9!: within 0.004 in Rwp of the exact sum up to
                         # Biso 3, delta2 5 (6 terms were 0.03 off there)
 QDAMP_RANGE = (0.0, 0.08)
+MIN_QMAX = 5.0          # 1/A: below it the first shell of a metal (2.5-2.9 A) is no peak (width ~3.8/Qmax)
 # DiffPy cuts F(Q) at Qmin and Qmax on a Q grid of step pi / (rmax + extension), the
 # extension growing with the largest Uiso: the cut lands up to one step (~0.1 1/A) above Qmin,
 # at a place that depends on the Biso the file was *made* with. The fit's model must cut where
@@ -346,8 +347,16 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
             vals[key], src[key] = float(opt), "option"
         elif hv is not None:
             vals[key], src[key] = hv, "file header"
+        elif str(meta.get(key, "")).strip():
+            vals[key], src[key] = default, f"default (training data; the header's {key} {meta[key]!r} is not usable)"
         else:
             vals[key], src[key] = default, "default (training data)"
+    if vals["qmin"] >= vals["qmax"]:
+        raise ValueError(f"qmin {vals['qmin']:g} ({src['qmin']}) is not below qmax {vals['qmax']:g} ({src['qmax']}) "
+                         "(give --qmin/--qmax)")
+    if vals["qmax"] < MIN_QMAX:
+        raise ValueError(f"qmax {vals['qmax']:g} 1/A ({src['qmax']}) is too low for a PDF: the first shell needs "
+                         f"at least {MIN_QMAX:g} (give --qmax)")
     lo = FIT_RMIN if rmin is None else float(rmin)
     hi = float(r[-1]) if rmax is None else min(float(rmax), float(r[-1]))
     src["rmin"] = "option" if rmin is not None else f"default ({FIT_RMIN} A)"

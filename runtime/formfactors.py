@@ -30,6 +30,23 @@ def check_element(symbol: str) -> str:
     return sym
 
 
+# non-metals and metalloids: no metal-particle lattice (fcc, hcp, bcc, sc, multiply twinned)
+# describes them; in a file's composition they are ligands, solvent or a support
+NON_METALS = frozenset("H He B C N O F Ne Si P S Cl Ar Ge As Se Br Kr Sb Te I Xe At Rn".split())
+
+
+def is_metal(symbol: str) -> bool:
+    return symbol in _table() and symbol not in NON_METALS
+
+
+def check_metal(symbol: str) -> str:
+    """``check_element``, and a ValueError for a non-metal: cbldm answers metal particles."""
+    sym = check_element(symbol)
+    if not is_metal(sym):
+        raise ValueError(f"{sym} is not a metal: cbldm answers metal nanoparticles")
+    return sym
+
+
 def f0(symbol: str, q: np.ndarray) -> np.ndarray:
     """Elastic X-ray form factor of a neutral atom at momentum transfer q (1/Angstrom)."""
     row = _table()[check_element(symbol)]

@@ -41,13 +41,22 @@ class PDFData:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def composition(self) -> list[str]:
+        """The element symbols the header's ``composition`` names, in order, each once
+        (``Pt0.5Au0.5`` -> Pt, Au; ``Au144(SC6H4COOH)60`` -> Au, S, C, H, O)."""
+        out: list[str] = []
+        for sym in re.findall(r"[A-Z][a-z]?", str(self.meta.get("composition") or "")):
+            if sym not in out:
+                out.append(sym)
+        return out
+
+    @property
     def element(self) -> str | None:
-        """The element named by the header's ``composition`` (first symbol), if any."""
-        comp = self.meta.get("composition")
-        if not comp:
-            return None
-        m = re.match(r"\s*([A-Z][a-z]?)", comp)
-        return m.group(1) if m else None
+        """The first metal the header's ``composition`` names, else its first symbol, if any."""
+        from cbldm.runtime.formfactors import is_metal
+
+        comp = self.composition
+        return next((s for s in comp if is_metal(s)), comp[0] if comp else None)
 
 
 def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
@@ -107,6 +116,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
 
     rows: list[list[float]] = []
     skipped_header = False
+    columns = 0
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s or s.startswith("#") or s.startswith("%") or s.startswith("!"):
@@ -117,6 +127,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             skipped_header = True  # e.g. a CSV 'r,G' header row
             continue
         parts = [t for t in _SPLIT.split(s) if t]
+        columns = max(columns, len(parts))
         try:
             vals = [float(t) for t in parts[:2]]
         except ValueError:
@@ -148,6 +159,8 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         raise PDFInputError(p, "G(r) is zero everywhere")
 
     data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta)
+    if columns > 2:   # dr, dG of a PDFgetX3 .gr, or anything else: not used, and said so
+        data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used")
     # DeepStruc wrote r as linspace(0, 30, 3000) although DiffPy computed on 0.01 * k
     if len(r) == 3000 and abs(r[0]) < 1e-12 and abs(r[-1] - 30.0) < 1e-9 \
             and abs(steps[0] - 30.0 / 2999) < 1e-9:

@@ -186,6 +186,7 @@ class PDFInput:
     element: str = "Au"
     physics: FilePhysics | None = None
     name: str = ""
+    alloy: tuple[str, ...] = ()   # other metals the file's composition names (answered as ``element``)
 
     def __post_init__(self) -> None:
         self.r = np.asarray(self.r, float)
@@ -508,7 +509,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
-        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded)
+        verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
+                        (p.element, p.alloy) if p.alloy else None)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,

@@ -44,7 +44,8 @@ class FileResult:
     rwp_refined_unjustified: float | None = None
 
     def line(self) -> str:
-        why = f" ({self.warnings[0]}{'; ...' if len(self.warnings) > 1 else ''})" if self.warnings else ""
+        more = len(self.warnings or []) - 1
+        why = f" ({self.warnings[0]}{f'; {more} more in the JSON' if more > 0 else ''})" if self.warnings else ""
         # a reader comparing with a PDFgui refinement should know a lower Rwp was reached and why it is not reported
         undone = "" if self.rwp_refined_unjustified is None else \
             f" (refined coordinates reached {self.rwp_refined_unjustified:.3f}, too little gain for their number)"
@@ -61,21 +62,46 @@ def free_stem(outdir: Path, stem: str) -> str:
 
 
 def element_for(data: PDFData, override: str | None, default: str = "Au") -> str:
-    from cbldm.runtime.formfactors import check_element
+    """The particle's element: ``--element``, else the first metal of the header's composition
+    (the other elements a PDFgetX3 composition lists are ligands, solvent or a support: said in
+    the data's notes), else ``default``. A composition that names no metal is refused: no metal
+    lattice describes such a sample."""
+    from cbldm.runtime.formfactors import check_metal, is_metal
 
-    el = override or data.element or default
-    data.meta.setdefault("_element_from", "option" if override else "file header" if data.element
-                         else f"default ({default}; give --element)")
-    try:
-        return check_element(el)
-    except ValueError:
-        raise PDFInputError(data.path, f"unknown element {el!r} in the file's composition "
-                                       "(give --element)") from None
+    if override:
+        data.meta.setdefault("_element_from", "option")
+        try:
+            return check_metal(override)
+        except ValueError as exc:
+            raise PDFInputError(data.path, f"--element {override!r}: {exc}") from None
+    comp, text = data.composition, data.meta.get("composition")
+    if not comp:
+        data.meta.setdefault("_element_from", f"default ({default}; give --element)")
+        return default
+    metals = [s for s in comp if is_metal(s)]
+    if not metals:
+        from cbldm.runtime.formfactors import known_elements
+
+        unknown = [s for s in comp if s not in known_elements()]
+        what = f"unknown element {unknown[0]!r}" if unknown else "no metal"
+        raise PDFInputError(data.path, f"the file's composition {text!r} names {what}: cbldm answers metal "
+                                       "nanoparticles (give --element)")
+    data.meta.setdefault("_element_from", "file header")
+    rest = [s for s in comp if s not in metals]
+    if rest:
+        data.notes.append(f"composition {text!r}: the particle is taken as {metals[0]}; {', '.join(rest)} "
+                          "(ligands, solvent or support) are not modelled")
+    if len(metals) > 1:
+        data.notes.append(f"composition {text!r} names {len(metals)} metals: every atom is answered as "
+                          f"{metals[0]}")
+    return metals[0]
 
 
 def read_input(path: Path, element: str | None = None, qmin: float | None = None,
                qmax: float | None = None, rmin: float | None = None,
                rmax: float | None = None, qdamp: float | None = None) -> tuple[PDFData, PDFInput]:
+    from cbldm.runtime.formfactors import is_metal
+
     data = read_pdf(path)
     el = element_for(data, element)
     try:
@@ -84,7 +110,9 @@ def read_input(path: Path, element: str | None = None, qmin: float | None = None
         raise PDFInputError(path, str(exc)) from None
     if phys.rmax - phys.rmin < 3.0:
         raise PDFInputError(path, f"the fit range {phys.rmin:g}-{phys.rmax:g} A is too short")
-    return data, PDFInput(data.r, data.g, el, phys, str(path))
+    # other metals the composition names: an alloy answered as one element
+    alloy = tuple(s for s in data.composition if s != el and is_metal(s))
+    return data, PDFInput(data.r, data.g, el, phys, str(path), alloy)
 
 
 def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerConfig,

@@ -28,7 +28,8 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
            it, a fit that leaves more than the data's noise explains (where the noise can be
            seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
-           fits within the noise too;
+           fits within the noise too, a composition that names other metals besides the one
+           answered (an alloy fitted as one element);
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set; the noise rules' 0.4 was read off the
@@ -192,7 +193,7 @@ class Verdict:
 
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
           assumed: dict | None = None, damped=None, noise: float = 0.0, grown=None,
-          bounded: bool = False) -> Verdict:
+          bounded: bool = False, alloy: tuple[str, tuple[str, ...]] | None = None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
     Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
     ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
@@ -201,7 +202,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     best library candidate) that fits better only by taking a larger Qdamp, the walk having
     stopped at the family's end (``pipeline._unbracketed``); ``bounded``: ``best`` fits at the
     calculator's level (below EXACT_FIT) and its family's next larger members fitted do not: the
-    data bound the size even where the signal lasts to their end (``pipeline._larger_members``)."""
+    data bound the size even where the signal lasts to their end (``pipeline._larger_members``);
+    ``alloy``: the element answered and the other metals the file's composition names."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -271,9 +273,14 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      f"{left:.3f} that noise does not explain (the structure, or the physics fitted with it, "
                      "misses part of the signal)")
     if assumed:   # a wrong Qmax changes every peak's width and ripples: the fit cannot be trusted
-        doubt.append(f"{' and '.join(assumed)} not in the file's header: the training values "
+        doubt.append(f"{' and '.join(assumed)} not in the file's header (or not a usable number there): the "
+                     "training values "
                      f"({', '.join(f'{k} {v:g}' for k, v in assumed.items())} 1/A) were assumed "
                      "(give --qmin/--qmax)")
+    if alloy:   # each pair's X-ray weight is the product of its two atoms' form factors
+        doubt.append(f"the file's composition also names {', '.join(alloy[1])}: every atom was fitted and is "
+                     f"answered as {alloy[0]}, so the pairs' X-ray weights, and which atoms are which, are "
+                     "not modelled")
     if bad:
         return Verdict("unusable", bad + doubt)
     return Verdict("doubtful" if doubt else "ok", doubt)

@@ -39,7 +39,10 @@ def one_error_line(res) -> str:
     (["watch", REPO / "examples", "--backend", "gpu"], "error: --backend 'gpu': choose one of auto, tensorrt, cuda, cpu"),
     (["info", "--precision", "int8"], "error: --precision 'int8': choose one of fp32, fp16"),
     (["predict", EXAMPLE, "--source", "oracle"], "error: --source 'oracle': choose one of both, model, library"),
-    (["predict", EXAMPLE, "--qmax", "0"], "error: --qmax must be > 0, got 0.0"),
+    (["predict", EXAMPLE, "--qmax", "0"], "error: --qmax must be >= 5 1/A (a PDF's first shell needs it), got 0.0"),
+    (["predict", EXAMPLE, "--element", "O"], "error: --element O: O is not a metal: cbldm answers metal nanoparticles"),
+    (["watch", REPO / "examples", "--element", "se"],
+     "error: --element se: Se is not a metal: cbldm answers metal nanoparticles"),
     (["predict", EXAMPLE, "--qmin", "30", "--qmax", "20"], "error: --qmin (30.0) must be below --qmax (20.0)"),
     (["predict", EXAMPLE, "--qdamp", "0.2"], "error: --qdamp must be within 0-0.08 1/A, got 0.2"),
 ])
@@ -49,6 +52,31 @@ def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     assert res.returncode == 2, res.stderr
     assert one_error_line(res) == message
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_file_does_not_stop_the_batch(tmp_path):
+    """typer's own readable check refused the whole command line (a usage error, no file
+    answered); the file is now refused alone, in one line, and the next one answered. The
+    process denies the read itself (root reads any file whatever its mode)."""
+    locked = tmp_path / "locked.gr"
+    locked.write_text("0 1\n")
+    script = f"""
+import os, pathlib, sys
+locked = pathlib.Path({str(locked)!r})
+access, read = os.access, pathlib.Path.read_bytes
+os.access = lambda p, mode, **k: False if pathlib.Path(p) == locked else access(p, mode, **k)
+pathlib.Path.read_bytes = lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")) \\
+    if self == locked else read(self)
+from cbldm.runtime.cli_run import main
+sys.argv = ["cbldm-run", "predict", str(locked), {str(EXAMPLE)!r}, "-o", {str(tmp_path / "out")!r},
+            "--source", "library", "--refine", "0", "--no-plot"]
+main()
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    errors = [l for l in res.stderr.splitlines() if l.startswith("error")]
+    assert errors == [f"error: {locked}: cannot be read (Permission denied)"], res.stderr
+    assert (tmp_path / "out" / f"{EXAMPLE.stem}.json").exists() and "Traceback" not in res.stderr
 
 
 def test_export_usage_errors_exit_2(tmp_path):

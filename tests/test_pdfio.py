@@ -43,7 +43,10 @@ def test_plain_columns_csv_and_roundtrip(tmp_path):
     d = read_pdf(tmp_path / "a.csv")
     np.testing.assert_allclose(d.g, g)
     (tmp_path / "b.dat").write_text("# comment\n" + "\n".join(f"{a} {b} 0.1 0.01" for a, b in zip(r, g)))
-    np.testing.assert_allclose(read_pdf(tmp_path / "b.dat").r, r)
+    four = read_pdf(tmp_path / "b.dat")
+    np.testing.assert_allclose(four.r, r)
+    assert four.notes == ["4 columns: r and G(r) read from the first two, the others not used"]
+    assert read_pdf(tmp_path / "a.csv").notes == []
     out = write_gr(tmp_path / "c.gr", r, g, {"composition": "Pt", "qmax": 25.0})
     back = read_pdf(out)
     assert back.element == "Pt" and back.format == "pdfgetx3"
@@ -95,3 +98,61 @@ def test_cli_reports_each_bad_file_in_one_line_and_keeps_going(tmp_path, referen
     assert (tmp_path / "out" / "Au144pMBA.model.gr").exists()
     back = read_pdf(tmp_path / "out" / "Au144pMBA.model.gr")
     assert len(back.r) == 3000 and back.meta["zeroed_above_a"] == "20"
+
+
+def _with_header(tmp_path, name, header: dict):
+    r = np.arange(0, 20, 0.01)
+    return write_gr(tmp_path / name, r, np.sin(3 * r) * np.exp(-r / 8), header)
+
+
+@pytest.mark.parametrize("composition,element,notes", [
+    ("Pt", "Pt", []),
+    ("Au144(SC6H4COOH)60", "Au", ["S, C, H, O (ligands, solvent or support) are not modelled"]),
+    ("Pt0.5Au0.5", "Pt", ["names 2 metals: every atom is answered as Pt"]),
+])
+def test_the_particle_is_the_first_metal_of_the_composition(tmp_path, composition, element, notes):
+    from cbldm.runtime.results import read_input
+
+    data, pdf = read_input(_with_header(tmp_path, "a.gr", {"composition": composition, "qmax": 25.0}))
+    assert pdf.element == element and data.meta["_element_from"] == "file header"
+    assert len(data.notes) == len(notes) and all(n in m for n, m in zip(notes, data.notes)), data.notes
+    assert pdf.alloy == (("Au",) if composition == "Pt0.5Au0.5" else ())
+
+
+@pytest.mark.parametrize("header,problem", [
+    ({"composition": "H2O", "qmax": 25.0}, "the file's composition 'H2O' names no metal"),
+    ({"composition": "Xx", "qmax": 25.0}, "the file's composition 'Xx' names unknown element 'Xx'"),
+    ({"composition": "Pt", "qmin": 1.0, "qmax": 0.5},
+     "qmin 1 (file header) is not below qmax 0.5 (file header)"),
+    ({"composition": "Pt", "qmin": 0.0, "qmax": 2.2}, "qmax 2.2 1/A (file header) is too low for a PDF"),
+])
+def test_a_header_no_metal_particle_or_pdf_has_is_refused_in_one_line(tmp_path, header, problem):
+    from cbldm.runtime.results import read_input
+
+    p = _with_header(tmp_path, "a.gr", header)
+    with pytest.raises(PDFInputError) as err:
+        read_input(p)
+    assert str(err.value).startswith(str(p)) and problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_header_value_that_is_no_number_is_said_so(tmp_path):
+    from cbldm.runtime.results import read_input
+
+    _, pdf = read_input(_with_header(tmp_path, "a.gr", {"composition": "Pt", "qmax": "n/a"}))
+    assert pdf.physics.qmax == 25.0 and "the header's qmax 'n/a' is not usable" in pdf.physics.source["qmax"]
+
+
+def test_an_unreadable_file_is_refused_alone(tmp_path, monkeypatch):
+    """Permission denied is one file's problem, said in one line (the CLI: tests/test_cli.py)."""
+    import pathlib
+
+    p = tmp_path / "locked.gr"
+    p.write_text("0 1\n")
+    orig = pathlib.Path.read_bytes
+    # root reads any file whatever its mode: the read itself fails here
+    monkeypatch.setattr(pathlib.Path, "read_bytes",
+                        lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if self == p else orig(self))
+    with pytest.raises(PDFInputError) as err:
+        read_pdf(p)
+    assert str(err.value) == f"{p}: cannot be read (Permission denied)"

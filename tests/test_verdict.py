@@ -113,6 +113,14 @@ def test_each_rule(change, verdict, words):
     assert (words is None and not v.warnings) or any(words in w for w in v.warnings)
 
 
+def test_an_alloy_answered_as_one_element_is_doubtful():
+    v = judge(Cand(), None, 2.77, EXT, alloy=("Pt", ("Au", "Ni")))
+    assert v.verdict == "doubtful" and v.warnings == [
+        "the file's composition also names Au, Ni: every atom was fitted and is answered as Pt, so the pairs' "
+        "X-ray weights, and which atoms are which, are not modelled"]
+    assert judge(Cand(), None, 2.77, EXT, alloy=None).verdict == "ok"
+
+
 def test_rules_about_size_and_ambiguity():
     beyond = dict(EXT, beyond_networks=True, compact_atoms_estimate=900)
     assert judge(Cand(source="model"), None, 2.77, beyond).verdict == "doubtful"
