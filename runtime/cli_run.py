@@ -78,7 +78,7 @@ QDAMP_HELP = ("Instrument resolution Qdamp (1/A) from a calibrant (Ni, CeO2): he
 # the options predict and watch share (one definition: typer reads a default OptionInfo as is)
 CANDIDATES = typer.Option(4, "--candidates", "-k", help="Samples from the networks per PDF (the library adds its "
                                                         "best matches).")
-ELEMENT = typer.Option(None, help="The particle's metal (default: the first metal of each file's 'composition', "
+ELEMENT = typer.Option(None, help="The particle's metal (default: the most abundant metal of each file's 'composition', "
                                    "else Au).")
 BACKEND = typer.Option("auto", help=BACKEND_HELP)
 PRECISION = typer.Option("fp32", help=PRECISION_HELP)

@@ -66,7 +66,8 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
         return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
                             walk=top > 0, disorder=disorder)
     except ValueError:
-        raise fail("--refine must be >= 0, --refine-iter >= 1 and --rank criterion or rwp", EXIT_USAGE) from None
+        raise fail("--refine and --search must be >= 0, --refine-iter >= 1 and --rank criterion or rwp",
+                   EXIT_USAGE) from None
 
 
 def readable_help(cmd) -> None:

@@ -35,7 +35,7 @@ DELTA2_RANGE = (0.0, 5.0)
 TAYLOR_TERMS = 10       # exp(a / r^2) to a^9 / 9!: within 0.004 in Rwp of the exact sum up to
                         # Biso 3, delta2 5 (6 terms were 0.03 off there)
 QDAMP_RANGE = (0.0, 0.08)
-MIN_QMAX = 5.0          # 1/A: below it the first shell of a metal (2.5-2.9 A) is no peak (width ~3.8/Qmax)
+MIN_QMAX = 5.0          # 1/A: below it a metal's first shell (2.3-3.3 A) is no peak (its width ~3.8 / Qmax)
 # DiffPy cuts F(Q) at Qmin and Qmax on a Q grid of step pi / (rmax + extension), the
 # extension growing with the largest Uiso: the cut lands up to one step (~0.1 1/A) above Qmin,
 # at a place that depends on the Biso the file was *made* with. The fit's model must cut where
@@ -351,12 +351,13 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
             vals[key], src[key] = default, f"default (training data; the header's {key} {meta[key]!r} is not usable)"
         else:
             vals[key], src[key] = default, "default (training data)"
-    if vals["qmin"] >= vals["qmax"]:
-        raise ValueError(f"qmin {vals['qmin']:g} ({src['qmin']}) is not below qmax {vals['qmax']:g} ({src['qmax']}) "
-                         "(give --qmin/--qmax)")
+    said = {k: {"option": f"--{k}", "file header": "file header"}.get(src[k], "training value") for k in vals}
     if vals["qmax"] < MIN_QMAX:
-        raise ValueError(f"qmax {vals['qmax']:g} 1/A ({src['qmax']}) is too low for a PDF: the first shell needs "
-                         f"at least {MIN_QMAX:g} (give --qmax)")
+        raise ValueError(f"qmax {vals['qmax']:g} 1/A ({said['qmax']}) is too low for a PDF: a metal's first shell "
+                         f"needs at least {MIN_QMAX:g} 1/A (give --qmax)")
+    if vals["qmin"] >= vals["qmax"]:
+        raise ValueError(f"qmin {vals['qmin']:g} ({said['qmin']}) is not below qmax {vals['qmax']:g} ({said['qmax']}) "
+                         "(give --qmin/--qmax)")
     lo = FIT_RMIN if rmin is None else float(rmin)
     hi = float(r[-1]) if rmax is None else min(float(rmax), float(r[-1]))
     src["rmin"] = "option" if rmin is not None else f"default ({FIT_RMIN} A)"

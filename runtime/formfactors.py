@@ -6,6 +6,8 @@ The table in ``data/waasmaier_kirfel.json`` holds the published coefficients
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
@@ -45,6 +47,64 @@ def check_metal(symbol: str) -> str:
     if not is_metal(sym):
         raise ValueError(f"{sym} is not a metal: cbldm answers metal nanoparticles")
     return sym
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A reduction program's ``composition`` read as a chemical formula: ``formula``, the
+    symbols of its top level with their amounts, in order; ``groups``, the groups in
+    parentheses, as written (ligands: ``(SC6H4COOH)60``); ``rest``, what follows the formula (a
+    support, a solvent, words: ``Au/CeO2``, ``Pt NPs``); ``unread``, the token that is not
+    a formula, if any."""
+
+    text: str
+    formula: dict
+    groups: tuple = ()
+    rest: str = ""
+    unread: str | None = None
+
+    @property
+    def metals(self) -> list[str]:
+        """The top level's metals, the most abundant first (ties in the formula's order)."""
+        metals = [s for s in self.formula if is_metal(s)]
+        return sorted(metals, key=lambda s: -self.formula[s])
+
+    @property
+    def non_metals(self) -> list[str]:
+        return [s for s in self.formula if not is_metal(s)]
+
+
+_FORMULA = re.compile(r"\s*((?:[A-Za-z0-9.]|\([^()]*\)|\[[^\[\]]*\])+)(.*)", re.S)
+_AMOUNT = r"(?:\d+(?:\.\d*)?|\.\d+)?"
+_TOKEN = re.compile(rf"([A-Z][a-z]?)({_AMOUNT})|[(\[]([^()\[\]]*)[)\]]{_AMOUNT}")
+
+
+def parse_composition(text: str | None) -> Composition | None:
+    """``text`` as a Composition (None when empty). A formula is read up to the first
+    character no formula holds outside parentheses (space, ``/``, ``@``, ``-``...); a group in
+    parentheses is a ligand, kept as written (``Au25(SR)18``, ``Au144(p-MBA)60``); one symbol in one case (``AU``, ``pt``) is that element, not two."""
+    if not str(text or "").strip():
+        return None
+    text = str(text)
+    m = _FORMULA.match(text)
+    if not m:
+        return Composition(text, {}, unread=text.strip()[:8])
+    f, rest = m.group(1), m.group(2).strip()
+    if f.isalpha() and (f.isupper() or f.islower()) and f.capitalize() in _table():
+        return Composition(text, {f.capitalize(): 1.0}, rest=rest)
+    formula: dict = {}
+    groups: list[str] = []
+    pos = 0
+    while pos < len(f):
+        t = _TOKEN.match(f, pos)
+        if t is None or (t.group(1) and t.group(1) not in _table()):
+            return Composition(text, formula, tuple(groups), rest, f[pos:pos + 2])
+        if t.group(1):
+            formula[t.group(1)] = formula.get(t.group(1), 0.0) + float(t.group(2) or 1)
+        else:
+            groups.append(t.group(0))
+        pos = t.end()
+    return Composition(text, formula, tuple(groups), rest)
 
 
 def f0(symbol: str, q: np.ndarray) -> np.ndarray:

@@ -41,22 +41,17 @@ class PDFData:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def composition(self) -> list[str]:
-        """The element symbols the header's ``composition`` names, in order, each once
-        (``Pt0.5Au0.5`` -> Pt, Au; ``Au144(SC6H4COOH)60`` -> Au, S, C, H, O)."""
-        out: list[str] = []
-        for sym in re.findall(r"[A-Z][a-z]?", str(self.meta.get("composition") or "")):
-            if sym not in out:
-                out.append(sym)
-        return out
+    def composition(self):
+        """The header's ``composition`` read as a formula (``formfactors.Composition``), or None."""
+        from cbldm.runtime.formfactors import parse_composition
+
+        return parse_composition(self.meta.get("composition"))
 
     @property
     def element(self) -> str | None:
-        """The first metal the header's ``composition`` names, else its first symbol, if any."""
-        from cbldm.runtime.formfactors import is_metal
-
+        """The most abundant metal of the header's composition, if it names one."""
         comp = self.composition
-        return next((s for s in comp if is_metal(s)), comp[0] if comp else None)
+        return comp.metals[0] if comp is not None and comp.metals else None
 
 
 def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:

@@ -153,7 +153,8 @@ class RefineConfig:
     max_shift: float = 1.0
     min_distance: float = 0.9  # no generated cluster has a pair below 0.96
     restrain: bool = True
-    search: int = 1            # atom-count search (cbldm.runtime.search) on the best N candidates
+    search: int = 1            # atom-count and layer searches (cbldm.runtime.search) from the best fit and
+                               # the next best fits of other atom counts, N in all (1: the best only)
     search_gain: float = 0.2   # ...kept when it lowers Rwp (beyond the noise: verdict.gain_bound) by this
                                # fraction (chosen on the tuning set, noise-free and noisy alike then)
     rank: str = "criterion"
@@ -186,7 +187,8 @@ class PDFInput:
     element: str = "Au"
     physics: FilePhysics | None = None
     name: str = ""
-    alloy: tuple[str, ...] = ()   # other metals the file's composition names (answered as ``element``)
+    alloy: tuple[str, ...] = ()       # other metals of the file's formula (answered as ``element``)
+    non_metals: tuple[str, ...] = ()  # non-metals of the formula beside them (not in parentheses)
 
     def __post_init__(self) -> None:
         self.r = np.asarray(self.r, float)
@@ -418,11 +420,11 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
             starts = [c for c in cands[:1] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
-            # further starts: the next best fits of other atom counts, within the refinement's
-            # reach and of the best fit's tier
+            # further starts (``--search N``, not the default): the next best fits of other atom
+            # counts, within the refinement's reach and of the best fit's tier
             reach = cands[0].rwp_rigid + max(REFINE_REACH, cands[0].rwp_rigid)
             for c in cands[1:]:
-                if len(starts) >= refine.search:
+                if not starts or len(starts) >= refine.search:
                     break
                 if 4 <= c.n_atoms <= REFINE_MAX_ATOMS and c.rwp_rigid <= reach and tier(c) == tier(cands[0]) \
                         and all(c.n_atoms != s.n_atoms for s in starts):
@@ -510,7 +512,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
-                        (p.element, p.alloy) if p.alloy else None)
+                        (p.element, p.alloy, p.non_metals) if p.alloy or p.non_metals else None)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,

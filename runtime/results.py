@@ -61,58 +61,60 @@ def free_stem(outdir: Path, stem: str) -> str:
     return candidate
 
 
-def element_for(data: PDFData, override: str | None, default: str = "Au") -> str:
-    """The particle's element: ``--element``, else the first metal of the header's composition
-    (the other elements a PDFgetX3 composition lists are ligands, solvent or a support: said in
-    the data's notes), else ``default``. A composition that names no metal is refused: no metal
-    lattice describes such a sample."""
-    from cbldm.runtime.formfactors import check_metal, is_metal
+def element_for(data: PDFData, override: str | None,
+                default: str = "Au") -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The particle's element, and the other metals and the non-metals of the header's formula:
+    ``--element``, else the most abundant metal of the composition, else ``default``. Ligand
+    groups in parentheses and what follows the formula (a support, a solvent, words) are said
+    in the data's notes; a composition that is no formula, or names no metal, is refused
+    unless ``--element`` is given (no metal lattice describes such a sample)."""
+    from cbldm.runtime.formfactors import check_metal
 
+    comp = data.composition
+    text = None if comp is None else comp.text
     if override:
         data.meta.setdefault("_element_from", "option")
         try:
-            return check_metal(override)
+            el = check_metal(override)
         except ValueError as exc:
             raise PDFInputError(data.path, f"--element {override!r}: {exc}") from None
-    comp, text = data.composition, data.meta.get("composition")
-    if not comp:
+        if comp is None:
+            return el, (), ()
+        if comp.unread or el not in comp.formula:
+            data.notes.append(f"--element {el} given: the header's composition {text!r} is not used")
+            return el, (), ()
+    elif comp is None:
         data.meta.setdefault("_element_from", f"default ({default}; give --element)")
-        return default
-    metals = [s for s in comp if is_metal(s)]
-    if not metals:
-        from cbldm.runtime.formfactors import known_elements
-
-        unknown = [s for s in comp if s not in known_elements()]
-        what = f"unknown element {unknown[0]!r}" if unknown else "no metal"
-        raise PDFInputError(data.path, f"the file's composition {text!r} names {what}: cbldm answers metal "
+        return default, (), ()
+    elif comp.unread:
+        raise PDFInputError(data.path, f"the file's composition {text!r} is not a chemical formula cbldm "
+                                       f"reads (at {comp.unread!r}; give --element)")
+    elif not comp.metals:
+        raise PDFInputError(data.path, f"the file's composition {text!r} names no metal: cbldm answers metal "
                                        "nanoparticles (give --element)")
-    data.meta.setdefault("_element_from", "file header")
-    rest = [s for s in comp if s not in metals]
-    if rest:
-        data.notes.append(f"composition {text!r}: the particle is taken as {metals[0]}; {', '.join(rest)} "
-                          "(ligands, solvent or support) are not modelled")
-    if len(metals) > 1:
-        data.notes.append(f"composition {text!r} names {len(metals)} metals: every atom is answered as "
-                          f"{metals[0]}")
-    return metals[0]
+    else:
+        el = comp.metals[0]
+        data.meta.setdefault("_element_from", "file header")
+    if comp.groups:
+        data.notes.append(f"composition {text!r}: {', '.join(comp.groups)} in parentheses (ligands) not modelled")
+    if comp.rest:
+        data.notes.append(f"composition {text!r}: {comp.rest!r} after the formula (support, solvent or words) "
+                          "not modelled")
+    return el, tuple(m for m in comp.metals if m != el), tuple(comp.non_metals)
 
 
 def read_input(path: Path, element: str | None = None, qmin: float | None = None,
                qmax: float | None = None, rmin: float | None = None,
                rmax: float | None = None, qdamp: float | None = None) -> tuple[PDFData, PDFInput]:
-    from cbldm.runtime.formfactors import is_metal
-
     data = read_pdf(path)
-    el = element_for(data, element)
+    el, alloy, non_metals = element_for(data, element)
     try:
         phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax, qdamp=qdamp)
     except ValueError as exc:
         raise PDFInputError(path, str(exc)) from None
     if phys.rmax - phys.rmin < 3.0:
         raise PDFInputError(path, f"the fit range {phys.rmin:g}-{phys.rmax:g} A is too short")
-    # other metals the composition names: an alloy answered as one element
-    alloy = tuple(s for s in data.composition if s != el and is_metal(s))
-    return data, PDFInput(data.r, data.g, el, phys, str(path), alloy)
+    return data, PDFInput(data.r, data.g, el, phys, str(path), alloy, non_metals)
 
 
 def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerConfig,

@@ -28,8 +28,9 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
            it, a fit that leaves more than the data's noise explains (where the noise can be
            seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
-           fits within the noise too, a composition that names other metals besides the one
-           answered (an alloy fitted as one element);
+           fits within the noise too, a composition whose formula names other metals beside
+           the one answered (an alloy fitted as one element) or non-metals outside parentheses
+           (a compound, or a ligand shell written into the formula);
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set; the noise rules' 0.4 was read off the
@@ -193,7 +194,7 @@ class Verdict:
 
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
           assumed: dict | None = None, damped=None, noise: float = 0.0, grown=None,
-          bounded: bool = False, alloy: tuple[str, tuple[str, ...]] | None = None) -> Verdict:
+          bounded: bool = False, formula: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
     Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
     ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
@@ -203,7 +204,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     stopped at the family's end (``pipeline._unbracketed``); ``bounded``: ``best`` fits at the
     calculator's level (below EXACT_FIT) and its family's next larger members fitted do not: the
     data bound the size even where the signal lasts to their end (``pipeline._larger_members``);
-    ``alloy``: the element answered and the other metals the file's composition names."""
+    ``formula``: the element answered, and the other metals and the non-metals the formula of the
+    file's composition names beside it."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -277,10 +279,15 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      "training values "
                      f"({', '.join(f'{k} {v:g}' for k, v in assumed.items())} 1/A) were assumed "
                      "(give --qmin/--qmax)")
-    if alloy:   # each pair's X-ray weight is the product of its two atoms' form factors
-        doubt.append(f"the file's composition also names {', '.join(alloy[1])}: every atom was fitted and is "
-                     f"answered as {alloy[0]}, so the pairs' X-ray weights, and which atoms are which, are "
-                     "not modelled")
+    el, metals, non_metals = formula or ("", (), ())
+    if metals:   # each pair's X-ray weight is the product of its two atoms' form factors
+        doubt.append(f"the file's composition also names {', '.join(metals)}: fitted as single-element {el}; "
+                     f"the X-ray weights of unlike pairs ({el}-{metals[0]}) and the chemical order (which "
+                     "site holds which metal) are not modelled")
+    if non_metals:
+        doubt.append(f"the file's composition names {', '.join(non_metals)} beside {el} in its formula: a "
+                     f"compound (oxide, chalcogenide) or a ligand shell, which the {el} structures tried do "
+                     "not hold")
     if bad:
         return Verdict("unusable", bad + doubt)
     return Verdict("doubtful" if doubt else "ok", doubt)

@@ -105,25 +105,49 @@ def _with_header(tmp_path, name, header: dict):
     return write_gr(tmp_path / name, r, np.sin(3 * r) * np.exp(-r / 8), header)
 
 
-@pytest.mark.parametrize("composition,element,notes", [
-    ("Pt", "Pt", []),
-    ("Au144(SC6H4COOH)60", "Au", ["S, C, H, O (ligands, solvent or support) are not modelled"]),
-    ("Pt0.5Au0.5", "Pt", ["names 2 metals: every atom is answered as Pt"]),
+@pytest.mark.parametrize("composition,element,alloy,non_metals,notes", [
+    ("Pt", "Pt", (), (), []),
+    ("pt", "Pt", (), (), []),
+    ("AU", "Au", (), (), []),                        # not A + U (uranium)
+    ("Au144(SC6H4COOH)60", "Au", (), (), ["(SC6H4COOH)60 in parentheses (ligands) not modelled"]),
+    ("Au25(SR)18", "Au", (), (), ["(SR)18 in parentheses"]),
+    ("(PPh3)Au", "Au", (), (), ["(PPh3) in parentheses"]),
+    ("Pt0.5Au0.5", "Pt", ("Au",), (), []),
+    ("NiPt3", "Pt", ("Ni",), (), []),                # the most abundant metal
+    ("Au/CeO2", "Au", (), (), ["'/CeO2' after the formula"]),   # a support, not an alloy
+    ("Pt NPs", "Pt", (), (), ["'NPs' after the formula"]),
+    ("CeO2", "Ce", (), ("O",), []),
+    ("Au144S60C420H300O120", "Au", (), ("S", "C", "H", "O"), []),
 ])
-def test_the_particle_is_the_first_metal_of_the_composition(tmp_path, composition, element, notes):
+def test_the_particle_is_the_most_abundant_metal_of_the_formula(tmp_path, composition, element, alloy,
+                                                                 non_metals, notes):
     from cbldm.runtime.results import read_input
 
     data, pdf = read_input(_with_header(tmp_path, "a.gr", {"composition": composition, "qmax": 25.0}))
-    assert pdf.element == element and data.meta["_element_from"] == "file header"
+    assert (pdf.element, pdf.alloy, pdf.non_metals) == (element, alloy, non_metals)
+    assert data.meta["_element_from"] == "file header"
     assert len(data.notes) == len(notes) and all(n in m for n, m in zip(notes, data.notes)), data.notes
-    assert pdf.alloy == (("Au",) if composition == "Pt0.5Au0.5" else ())
+
+
+def test_element_given_replaces_a_composition_that_does_not_name_it(tmp_path):
+    from cbldm.runtime.results import read_input
+
+    data, pdf = read_input(_with_header(tmp_path, "a.gr", {"composition": "Pt", "qmax": 25.0}), element="Au")
+    assert (pdf.element, pdf.alloy) == ("Au", ()) and data.notes == [
+        "--element Au given: the header's composition 'Pt' is not used"]
+    _, pdf = read_input(_with_header(tmp_path, "b.gr", {"composition": "Pt0.5Au0.5", "qmax": 25.0}), element="au")
+    assert (pdf.element, pdf.alloy) == ("Au", ("Pt",))
+    _, pdf = read_input(_with_header(tmp_path, "c.gr", {"qmax": 25.0}), element="Ni")
+    assert (pdf.element, pdf.alloy) == ("Ni", ())
 
 
 @pytest.mark.parametrize("header,problem", [
     ({"composition": "H2O", "qmax": 25.0}, "the file's composition 'H2O' names no metal"),
-    ({"composition": "Xx", "qmax": 25.0}, "the file's composition 'Xx' names unknown element 'Xx'"),
-    ({"composition": "Pt", "qmin": 1.0, "qmax": 0.5},
-     "qmin 1 (file header) is not below qmax 0.5 (file header)"),
+    ({"composition": "C/Pt", "qmax": 25.0}, "the file's composition 'C/Pt' names no metal"),
+    ({"composition": "Xx", "qmax": 25.0}, "the file's composition 'Xx' is not a chemical formula cbldm reads"),
+    ({"composition": "PT3", "qmax": 25.0}, "is not a chemical formula cbldm reads (at 'T3'"),
+    ({"composition": "Pt", "qmin": 1.0, "qmax": 0.5}, "qmax 0.5 1/A (file header) is too low for a PDF"),
+    ({"composition": "Pt", "qmin": 6.0, "qmax": 5.5}, "qmin 6 (file header) is not below qmax 5.5 (file header)"),
     ({"composition": "Pt", "qmin": 0.0, "qmax": 2.2}, "qmax 2.2 1/A (file header) is too low for a PDF"),
 ])
 def test_a_header_no_metal_particle_or_pdf_has_is_refused_in_one_line(tmp_path, header, problem):

@@ -113,12 +113,14 @@ def test_each_rule(change, verdict, words):
     assert (words is None and not v.warnings) or any(words in w for w in v.warnings)
 
 
-def test_an_alloy_answered_as_one_element_is_doubtful():
-    v = judge(Cand(), None, 2.77, EXT, alloy=("Pt", ("Au", "Ni")))
+def test_an_alloy_or_a_compound_answered_as_one_metal_is_doubtful():
+    v = judge(Cand(), None, 2.77, EXT, formula=("Pt", ("Au", "Ni"), ()))
     assert v.verdict == "doubtful" and v.warnings == [
-        "the file's composition also names Au, Ni: every atom was fitted and is answered as Pt, so the pairs' "
-        "X-ray weights, and which atoms are which, are not modelled"]
-    assert judge(Cand(), None, 2.77, EXT, alloy=None).verdict == "ok"
+        "the file's composition also names Au, Ni: fitted as single-element Pt; the X-ray weights of unlike "
+        "pairs (Pt-Au) and the chemical order (which site holds which metal) are not modelled"]
+    v = judge(Cand(), None, 2.77, EXT, formula=("Ce", (), ("O",)))
+    assert v.verdict == "doubtful" and v.warnings[0].startswith("the file's composition names O beside Ce")
+    assert judge(Cand(), None, 2.77, EXT, formula=None).verdict == "ok"
 
 
 def test_rules_about_size_and_ambiguity():

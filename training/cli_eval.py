@@ -30,8 +30,9 @@ REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help=ITER_HELP)
 DISORDER = typer.Option(True, help="Also refine with part of Biso left to the coordinates (the runtime's "
                                    "default); --no-disorder to compare.")
-SEARCH = typer.Option(1, help="Atom-count and layer searches from the best fit and the next best fits of "
-                                "other atom counts, N starts in all (the runtime's: 1).")
+SEARCH = typer.Option(1, help="Atom-count and layer searches from the best fit and from the next best fits "
+                                "of other atom counts, N fits in all (the runtime's: 1; a walk's start and "
+                                "an unstrained copy are searched besides).")
 RANK = typer.Option("criterion", help="How the answer is chosen: criterion (a refinement must pay for its "
                                       "coordinates; the runtime's) or rwp (lowest refined Rwp; to compare).")
 
