@@ -119,3 +119,26 @@ def test_dataset_refuses_other_settings(small_dataset):
 
     with pytest.raises(DatasetError, match="different settings"):
         generate(small_dataset, limit=22, workers=1)
+
+
+def test_the_motif_of_thin_recipe_shapes_is_read_from_their_pair_distances():
+    """Common-neighbour analysis finds no motif in the recipe's hcp prisms one or two atoms
+    thick ('amorphous/unclear', or 'sc' for a zigzag row); their pair distances sit on hcp's
+    shells. Simple cubic stays simple cubic, a single-column decahedron is a chain, and a
+    disordered cluster stays unclear."""
+    from cbldm.runtime.structure import _shell_lattice, cna, motif
+
+    def shape(kind, **params):
+        return next(s for s in unit_shapes(kind) if dict(s.params) == params).xyz_unit
+
+    for p in ({"Size1": 1, "Size2": 2, "Size3": 9}, {"Size1": 1, "Size2": 5, "Size3": 15},
+              {"Size1": 1, "Size2": 1, "Size3": 8}):
+        x = shape("HCP", **p)
+        sig, _ = cna(x)
+        assert sig[(4, 2, 1)] + sig[(4, 2, 2)] < 0.1 * sum(sig.values()), p   # CNA alone: no motif
+        assert motif(x)["motif"] == "hcp", p
+    assert motif(shape("SC", h=3, k=3, l=4))["motif"] == "sc"
+    assert motif(shape("BCC", h=1, k=1, l=3))["motif"] == "bcc"
+    assert motif(shape("Decahedron", p=1, q=6, r=0))["motif"] == "chain"
+    glass = np.random.default_rng(0).uniform(0, 4, (60, 3))
+    assert _shell_lattice(glass) is None and motif(glass)["motif"] == "amorphous/unclear"
