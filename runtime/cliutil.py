@@ -75,10 +75,16 @@ def readable_help(cmd) -> None:
     ``{files}...`` with a ``<list[Path]>`` type column) and repeatable options typed by
     their element (``<path>``, not ``<list[Path]>``). Works on the click command tree of a
     Typer app, whatever typer version made it; a typer without these hooks is left as is."""
+    import inspect
     import re
 
     for sub in getattr(cmd, "commands", {}).values():
         readable_help(sub)
+    if getattr(cmd, "help", None):
+        # a docstring's line breaks survive into rich's wrapping at the terminal's width, each
+        # line cut again where it ends: paragraphs are joined, the blank lines between kept
+        paras = re.split(r"\n\s*\n", inspect.cleandoc(cmd.help))
+        cmd.help = "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paras)
     for p in getattr(cmd, "params", []):
         if getattr(p, "param_type_name", "") == "argument":
             name = (p.metavar or p.name or "ARG").upper().rstrip(".")

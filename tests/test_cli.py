@@ -163,6 +163,19 @@ def test_help_shows_readable_metavars(capsys, monkeypatch):
     assert "Usage: cbldm-run predict [OPTIONS] FILE..." in capsys.readouterr().out
 
 
+def test_help_paragraphs_are_wrapped_at_the_terminal_not_at_the_docstring(capsys, monkeypatch):
+    """A docstring line kept its break inside rich's wrapping: 'warnings; it is' ended a line
+    of its own at 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    cmd = next(c for p, n, c, _ in _commands() if p == "cbldm-run")
+    for name in ("predict", "watch"):
+        cmd.main([name, "--help"], prog_name="cbldm-run", standalone_mode=False)
+        lines = [l.strip() for l in capsys.readouterr().out.splitlines() if l.strip() and not l.strip()[0] in "│╭╰"]
+        # every line of a paragraph but its last fills most of the width
+        short = [a for a, b in zip(lines, lines[1:]) if len(a) < 50 and b[:1].islower()]
+        assert not short, (name, short)
+
+
 BLOCK = r"""
 import importlib.abc, runpy, sys
 blocked = sys.argv[1]
