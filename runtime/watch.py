@@ -14,7 +14,8 @@
   consecutive runs (it crashed or hung the service each time) is reported as failed and not
   tried again until its content changes.
 - A bad file, or any exception while processing one, gets ``<stem>.error.txt`` beside the
-  results and the service carries on.
+  results and the service carries on. Once the file is fixed and answered, that report is
+  renamed ``<stem>.error-superseded.txt`` (kept, and no longer read as the file's state).
 - Only DIR itself is watched, not its subfolders, so results in a subfolder (the default,
   ``DIR/cbldm-results``) are never read back; ``OUTDIR`` equal to ``DIR`` is refused.
 - SIGINT/SIGTERM finish the file in hand and stop cleanly.
@@ -66,6 +67,8 @@ class Journal:
         self.done: dict[str, str] = {}  # resolved path -> sha256 of the content processed
         # (path, sha256) -> runs in a row that started this content and never finished it
         self.started: dict[tuple[str, str], int] = {}
+        self.reports: dict[str, str] = {}  # resolved path -> its last outcome's error report
+
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
@@ -81,6 +84,10 @@ class Journal:
             self.started[key] = self.started.get(key, 0) + 1
             return
         self.started.pop(key, None)
+        if status == "error" and rec.get("report"):
+            self.reports[rec["path"]] = rec["report"]
+        elif status in DONE:
+            self.reports.pop(rec["path"], None)
         if status in DONE or status is None:  # journals before 'started' existed hold outcomes only
             self.done[rec["path"]] = rec["sha256"]
 
@@ -255,6 +262,18 @@ class Watcher:
             target = write_error(self.outdir, p, f"error: {error}\n{detail}")
             self.log(f"error: {' '.join(error.split())} (report: {target.name})")
             record = {**record, "report": target.name}
+        old = self.journal.reports.get(str(p.resolve())) if error is None else None
+        if old and (self.outdir / old).exists():
+            # the file was fixed: its report says what was wrong then, beside results that say
+            # it is fine now; kept under a name that says so
+            stem, k = old[:-len(".error.txt")], 1
+            new = self.outdir / f"{stem}.error-superseded.txt"
+            while new.exists():
+                k += 1
+                new = self.outdir / f"{stem}.error-superseded-{k}.txt"
+            os.replace(self.outdir / old, new)
+            self.log(f"{p.name}: answered now; its earlier error report {old} is now {new.name}")
+            record = {**record, "superseded_report": new.name}
         self.journal.add(p, digest, {"status": status, "time": _now(), **record})
         self.processed += 1
         del self.pending[p]

@@ -214,3 +214,21 @@ def test_watch_refuses_missing_directory(tiny_model, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", "watch", str(tmp_path / "nope"),
                           "--model", str(tiny_model)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and res.stderr.startswith("error:")
+
+
+def test_a_fixed_file_is_answered_and_its_old_error_report_set_aside(tiny_model, tmp_path):
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    (d / "late.gr").write_text("")
+    svc = Service(d, out, tiny_model, "--settle", "0.5")
+    try:
+        assert wait_for(lambda: (out / "late.error.txt").exists(), service=svc)
+        (d / "late.gr").write_text(EXAMPLE)
+        assert wait_for(lambda: (out / "late.json").exists() and "answered now" in svc.stdout(), service=svc)
+    finally:
+        log = svc.stop()
+    assert not (out / "late.error.txt").exists()
+    assert "is empty" in (out / "late.error-superseded.txt").read_text()
+    assert "late.gr: answered now; its earlier error report late.error.txt is now late.error-superseded.txt" in log
+    assert [r["status"] for r in outcomes(out)] == ["error", "ok"]
+    assert outcomes(out)[-1]["superseded_report"] == "late.error-superseded.txt"
