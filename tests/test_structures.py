@@ -140,5 +140,6 @@ def test_the_motif_of_thin_recipe_shapes_is_read_from_their_pair_distances():
     assert motif(shape("SC", h=3, k=3, l=4))["motif"] == "sc"
     assert motif(shape("BCC", h=1, k=1, l=3))["motif"] == "bcc"
     assert motif(shape("Decahedron", p=1, q=6, r=0))["motif"] == "chain"
+    assert motif(shape("Decahedron", p=2, q=1, r=0))["motif"] == "decahedral"   # one five-fold bond
     glass = np.random.default_rng(0).uniform(0, 4, (60, 3))
     assert _shell_lattice(glass) is None and motif(glass)["motif"] == "amorphous/unclear"
