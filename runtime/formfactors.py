@@ -82,7 +82,8 @@ _TOKEN = re.compile(rf"([A-Z][a-z]?)({_AMOUNT})|[(\[]([^()\[\]]*)[)\]]{_AMOUNT}"
 def parse_composition(text: str | None) -> Composition | None:
     """``text`` as a Composition (None when empty). A formula is read up to the first
     character no formula holds outside parentheses (space, ``/``, ``@``, ``-``...); a group in
-    parentheses is a ligand, kept as written (``Au25(SR)18``, ``Au144(p-MBA)60``); one symbol in one case (``AU``, ``pt``) is that element, not two."""
+    parentheses is a ligand, kept as written (``Au25(SR)18``, ``Au144(p-MBA)60``); one symbol
+    in one case (``AU``, ``pt``) is that element, not two."""
     if not str(text or "").strip():
         return None
     text = str(text)

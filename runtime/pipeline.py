@@ -512,7 +512,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
-                        (p.element, p.alloy, p.non_metals) if p.alloy or p.non_metals else None)
+                        (p.element, p.alloy, p.non_metals))
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,

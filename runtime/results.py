@@ -52,10 +52,11 @@ class FileResult:
         return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}{undone}, {self.verdict.upper()}{why}"
 
 
-def free_stem(outdir: Path, stem: str) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``... whichever has no results in ``outdir`` yet."""
+def free_stem(outdir: Path, stem: str, suffixes: tuple[str, ...] = SUFFIXES) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... whichever has no file with ``suffixes`` (the
+    results') in ``outdir`` yet."""
     candidate, k = stem, 1
-    while any((outdir / f"{candidate}{s}").exists() for s in SUFFIXES):
+    while any((outdir / f"{candidate}{s}").exists() for s in suffixes):
         k += 1
         candidate = f"{stem}-{k}"
     return candidate
@@ -300,10 +301,6 @@ def plot_fit(path: Path, r_data: np.ndarray, g_data: np.ndarray, pred: Predictio
 def write_error(outdir: Path, path: Path, message: str) -> Path:
     """An error report beside the results: ``<stem>.error.txt`` (next free name)."""
     outdir.mkdir(parents=True, exist_ok=True)
-    stem, k = Path(path).stem, 1
-    target = outdir / f"{stem}.error.txt"
-    while target.exists():
-        k += 1
-        target = outdir / f"{stem}-{k}.error.txt"
+    target = outdir / f"{free_stem(outdir, Path(path).stem, ('.error.txt',))}.error.txt"
     atomic_write(target, lambda p: p.write_text(message.rstrip() + "\n"))
     return target

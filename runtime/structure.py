@@ -148,7 +148,6 @@ _SHELLS = {"bcc": (1.0, 2 / np.sqrt(3), np.sqrt(8 / 3), np.sqrt(11 / 3), 2.0),
 def _shell_lattice(xyz: np.ndarray) -> str | None:
     """The lattice whose neighbour shells hold the cluster's pair distances up to two bonds
     (module docstring), 'chain', or None."""
-    from scipy.spatial import cKDTree
     from scipy.spatial.distance import pdist
 
     x = np.asarray(xyz, float)
@@ -173,12 +172,8 @@ def _shell_lattice(xyz: np.ndarray) -> str | None:
     if on(_SHELLS["hcp"]) >= 0.95 and (seen(np.sqrt(8 / 3)) or seen(np.sqrt(11 / 3))):
         return "hcp"
     if on(_SHELLS["cubic"]) >= 0.95:
-        pairs = cKDTree(x).query_pairs(nn * (1 + _SHELL_TOL))
-        nb = [set() for _ in x]
-        for i, j in pairs:
-            nb[i].add(j)
-            nb[j].add(i)
-        return "fcc" if any(nb[i] & nb[j] for i, j in pairs) else "sc"
+        nb, _ = bonds(x, 1 + _SHELL_TOL)   # nearest neighbours only
+        return "fcc" if any(nb[i] & nb[j] for i in range(len(x)) for j in nb[i]) else "sc"
     return None
 
 

@@ -266,11 +266,10 @@ class Watcher:
         if old and (self.outdir / old).exists():
             # the file was fixed: its report says what was wrong then, beside results that say
             # it is fine now; kept under a name that says so
-            stem, k = old[:-len(".error.txt")], 1
-            new = self.outdir / f"{stem}.error-superseded.txt"
-            while new.exists():
-                k += 1
-                new = self.outdir / f"{stem}.error-superseded-{k}.txt"
+            from cbldm.runtime.results import free_stem
+
+            kept = ".error-superseded.txt"
+            new = self.outdir / f"{free_stem(self.outdir, old[:-len('.error.txt')], (kept,))}{kept}"
             os.replace(self.outdir / old, new)
             self.log(f"{p.name}: answered now; its earlier error report {old} is now {new.name}")
             record = {**record, "superseded_report": new.name}
