@@ -240,14 +240,22 @@ class FitGrid:
         +-3 % in 0.5 % steps) with that physics, a parabola through the best three sizes, and
         the physics fitted again there."""
         xyz = np.asarray(xyz, float)
-        n = len(xyz)
+        if len(xyz) < 2:
+            return self.fit_pairs(np.zeros(0), np.zeros(0), len(xyz), g_obs_fit, sizes, start, fix_delta2)
+        d, wt = self.pair_histogram(xyz)
+        return self.fit_pairs(d, wt, len(xyz), g_obs_fit, sizes, start, fix_delta2)
+
+    def fit_pairs(self, d: np.ndarray, wt: np.ndarray, n: int, g_obs_fit: np.ndarray,
+                  sizes: np.ndarray | None = None, start: tuple[float, float, float] = (0.4, 0.0, 0.02),
+                  fix_delta2: bool = False) -> PhysicsFit:
+        """``fit`` of a structure given as its pair distances ``d`` with multiplicities ``wt`` and
+        atom count ``n``: also of a structure too large to list (``cbldm.runtime.envelope``)."""
         if self.phys.qdamp is not None:
             start = (start[0], start[1], self.phys.qdamp)
         g_obs_fit = np.asarray(g_obs_fit, float)
         gg = float(g_obs_fit @ g_obs_fit)
         if n < 2 or gg <= 0:
             return PhysicsFit(1.0, start[0], start[1], start[2], 0.0, 1.0, np.zeros_like(g_obs_fit))
-        d, wt = self.pair_histogram(xyz)
         sizes = np.linspace(1 - SIZE_SPAN, 1 + SIZE_SPAN, 13) if sizes is None else np.asarray(sizes)
         x0 = np.array([start[0], start[1], start[2] ** 2], float)
         mom1 = self.moments(d, n, 1.0, wt)
