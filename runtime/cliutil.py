@@ -55,7 +55,8 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...] | None = No
                    f'pip install "cbldm[{extra}]"')
 
 
-def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: bool = True, search: int = 1):
+def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: bool = True, search: int = 1,
+                  envelope: bool = True):
     """``--refine N --refine-iter I [--rank R] [--no-disorder]`` as a RefineConfig; a bad value is
     a usage error."""
     from cbldm.runtime.pipeline import RefineConfig
@@ -64,7 +65,7 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
         # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
         # library family and no atom or layer search
         return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
-                            walk=top > 0, disorder=disorder)
+                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0)
     except ValueError:
         raise fail("--refine and --search must be >= 0, --refine-iter >= 1 and --rank criterion or rwp",
                    EXIT_USAGE) from None

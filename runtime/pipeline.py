@@ -73,6 +73,12 @@ EXTENT_REACH = (1.75, 5.0)  # a library entry is tried only where its own visibl
                             # tuning sets is within 1.52 x + 5 (156 PDFs); the bound it replaces,
                             # 2 x extent + 5 on the diameter, shut out four of their hcp rods
                             # (diameters to 2.7 x the extent), answered 16-48 atoms short
+ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more: a lattice sphere of
+                            # fitted diameter is tried beside it (``_envelope``); the library's largest
+                            # clusters hold ~3,000
+ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the best fit's diameter
+CEILING_FRACTION = 0.9    # a large answer (ENVELOPE_FROM_ATOMS or more) this close to the largest library
+                          # cluster of its motif is said to be at the library's ceiling (``verdict.judge``)
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
 
 
@@ -161,6 +167,8 @@ class RefineConfig:
     strain: bool = True        # fit a homogeneous strain to the candidates before the searches
     walk: bool = True          # walk the best library candidate's family (``_walk``) before them
     disorder: bool = True      # also refine with part of Biso left to the coordinates (``_refine``)
+    envelope: bool = True      # a lattice sphere of fitted diameter where the best fit is a large cluster
+                               # (``_envelope``, cbldm.runtime.envelope)
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0 \
@@ -172,10 +180,10 @@ class RefineConfig:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
                 "min_distance": self.min_distance, "restrain": self.restrain, "search": self.search,
                 "search_gain": self.search_gain, "rank": self.rank, "strain": self.strain, "walk": self.walk,
-                "disorder": self.disorder}
+                "disorder": self.disorder, "envelope": self.envelope}
 
 
-NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False, walk=False)
+NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False, walk=False, envelope=False)
 
 
 @dataclass
@@ -234,6 +242,8 @@ class Candidate:
     unstrained: "Candidate | None" = None  # a strained candidate (``_strain``): itself before the strain
     set_aside: str | None = None     # listed for the verdict, never ranked: why (``_unbracketed``)
     via: str | None = None           # a library entry the search did not propose: what fitted it
+    envelope: float | None = None    # a lattice sphere fitted by its diameter (A; ``_envelope``): its
+                                     # Rwp and curve are the envelope model's
     recut: bool = False              # a search that made it both removed and added (atoms in the
                                      # count search, or layers in the layer search): ``verdict.judge``
 
@@ -417,6 +427,11 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 grid = _regrid(cands, grid, g_fit, tier, if_better=True)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["walk_s"] = time.perf_counter() - tw
+        if refine.envelope and use_library and cands and not settled(cands[0]):
+            te = time.perf_counter()
+            cands += _envelope(cands, grid, g_fit)
+            cands.sort(key=lambda c: (*tier(c), c.rwp))
+            tm["envelope_s"] = time.perf_counter() - te
         if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
             starts = [c for c in cands[:1] if 4 <= c.n_atoms <= REFINE_MAX_ATOMS]
@@ -483,6 +498,18 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         if use_library:
             # what the largest entry's own PDF shows, as the data's extent is measured
             largest = float(np.max(library.extent)) * d
+            if cands[0].envelope is not None:   # spheres of its lattice were tried up to D_MAX
+                from cbldm.runtime.envelope import D_MAX
+
+                largest = max(largest, D_MAX)
+        # a large answer among the largest clusters of its motif the library holds (multiply
+        # twinned particles have no lattice sphere to grow into): the particle may be larger
+        ceiling = None
+        b0 = cands[0]
+        if use_library and b0.source == "library" and b0.envelope is None and b0.motif and b0.rwp >= EXACT_FIT:
+            top = int(library.n_atoms[library.motif == b0.motif].max(initial=0))
+            if b0.n_atoms >= max(ENVELOPE_FROM_ATOMS, CEILING_FRACTION * top):
+                ceiling = (str(b0.motif), top)
 
         def exact(x: Candidate) -> Candidate:   # in the list too: the JSON reports what the verdict says
             k = next(j for j, c in enumerate(cands) if c is x)
@@ -512,7 +539,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
-                        (p.element, p.alloy, p.non_metals))
+                        (p.element, p.alloy, p.non_metals), ceiling)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
@@ -521,6 +548,27 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                    "library_per_motif": LIBRARY_PER_MOTIF,
                                                    "refine": refine.as_dict()}, grid.qgrid_biso, noise))
     return out
+
+
+def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[Candidate]:
+    """A lattice sphere whose diameter is fitted (``cbldm.runtime.envelope``) beside the best library
+    fit, when that fit is a cluster of ENVELOPE_FROM_ATOMS or more: the particle may be larger than
+    anything the library holds, and a large particle's PDF fixes its lattice, bond length and
+    diameter, not its facets. The lattice is the best fit's (fcc for twinned, decahedral and
+    icosahedral clusters: at these sizes their PDF is an fcc lattice's with defects), the scan from
+    ENVELOPE_FROM_DIAMETER of its diameter."""
+    from cbldm.runtime.envelope import fit_envelope
+    from cbldm.runtime.structure import diameter
+
+    best = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
+    if best is None or best.n_atoms < ENVELOPE_FROM_ATOMS:
+        return []
+    lattice = {"hcp": "hcp", "bcc": "bcc", "sc": "sc"}.get(best.motif or "", "fcc")
+    f = best.fit
+    e = fit_envelope(grid, g_fit, lattice, nn_length(best.xyz), ENVELOPE_FROM_DIAMETER * diameter(best.xyz),
+                     start=(f.biso, f.delta2, f.qdamp))
+    return [Candidate(e.structure(), "library", f"envelope:{lattice}_sphere_D{e.diameter:.1f}A", lattice,
+                      e.fit.rwp, e.fit.rwp, e.fit, g_calc=e.fit.g_calc, envelope=e.diameter)]
 
 
 def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) -> list[list[Candidate]]:
@@ -889,6 +937,8 @@ def _report_exact(c: Candidate, phys: FilePhysics, grid: FitGrid, g_fit: np.ndar
     the exact calculator: the numbers an answer reports."""
     from cbldm.runtime.pdf import best_scale, rwp
 
+    if c.envelope is not None:   # a sphere of smoothed shell counts: its fit is its calculation
+        return c
     g = _exact_g(phys, grid, c.fit, c.xyz, element)
     if g is None:
         return c

@@ -225,7 +225,8 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         # family, or the size bound of an exact fit); ``recut``: the searches cut it both ways
         "candidates": [{"rank": i + 1, "source": c.source, "label": c.label, "n_atoms": c.n_atoms,
                         "rwp": c.rwp, "rwp_before_refinement": c.rwp_rigid,
-                        "rwp_calculator": "exact" if c.exact else "binned", "refined": c.refined,
+                        "rwp_calculator": "exact" if c.exact else "envelope" if c.envelope else "binned",
+                        **({"envelope_diameter_A": round(c.envelope, 2)} if c.envelope else {}), "refined": c.refined,
                         "refined_disorder": c.disordered,
                         **(c.fit.params() if c.fit else {}),
                         **({"via": c.via} if c.via else {}),

@@ -30,7 +30,9 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
            fits within the noise too, a composition whose formula names other metals beside
            the one answered (an alloy fitted as one element) or non-metals outside parentheses
-           (a compound, or a ligand shell written into the formula);
+           (a compound, or a ligand shell written into the formula), an answer larger than the
+           library's clusters, a lattice sphere of fitted diameter (its atom count follows from
+           the diameter), a large answer among the largest clusters of its motif the library holds;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set; the noise rules' 0.4 was read off the
@@ -194,7 +196,8 @@ class Verdict:
 
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
           assumed: dict | None = None, damped=None, noise: float = 0.0, grown=None,
-          bounded: bool = False, formula: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None) -> Verdict:
+          bounded: bool = False, formula: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None,
+          ceiling: tuple[str, int] | None = None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
     Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
     ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
@@ -205,7 +208,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     calculator's level (below EXACT_FIT) and its family's next larger members fitted do not: the
     data bound the size even where the signal lasts to their end (``pipeline._larger_members``);
     ``formula``: the element answered, and the other metals and the non-metals the formula of the
-    file's composition names beside it."""
+    file's composition names beside it; ``ceiling``: (motif, atoms) where ``best`` is a large library
+    cluster close to the largest of its motif the library holds."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -225,6 +229,13 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append("the proposed shape was re-cut both ways by a search (atoms, or layers, removed "
                      "and others added): a cut the fit does not pin down (such answers had the right "
                      "atom count for 1 of 56 tuning PDFs)")
+    if getattr(best, "envelope", None):
+        lat = best.motif or "lattice"
+        doubt.append(f"answered as {'a' if lat == 'bcc' else 'an'} {lat} sphere whose diameter ({best.envelope:.1f} A) "
+                     "was fitted to how far the PDF reaches (attenuated crystal; the particle is as large as "
+                     "the library's largest clusters or larger): at this size the PDF fixes the lattice, bond "
+                     "length and diameter, not facets, twins or the atom count (about 3 % more atoms per 1 % "
+                     "of diameter)")
     if best.shift_rms > MAX_SHIFT_RMS:
         doubt.append(f"refinement moved atoms {best.shift_rms:.2f} A RMS: the proposed structure was "
                      "reshaped by the fit")
@@ -244,6 +255,9 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     if largest_tried is not None and extent.get("extent_A", 0) > 1.15 * largest_tried:
         doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
                      f"(its PDF shows {largest_tried:.0f} A): the particle may be larger than the answer")
+    if ceiling is not None:
+        doubt.append(f"the answer is among the largest {ceiling[0]} clusters the library holds (up to "
+                     f"{ceiling[1]} atoms): the particle may be larger than the answer")
     rival = runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE
     # an answer at the calculator's level with a runner-up above it is told apart by the data (noise-free
     # hcp prisms of the unseen shapes: 2e-4 against the next length's 0.002-0.007), however close in Rwp

@@ -89,6 +89,8 @@ class Cand:
     refined: bool = False
     recut: bool = False
     fit: Fit = field(default_factory=Fit)
+    envelope: float | None = None
+    motif: str = ""
 
 
 EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False}
@@ -104,6 +106,7 @@ EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False
     ({"detached": 3}, "doubtful", "no neighbour"),
     ({"shift_rms": 0.5}, "doubtful", "reshaped by the fit"),
     ({"recut": True}, "doubtful", "re-cut both ways"),
+    ({"envelope": 60.4, "motif": "fcc", "n_atoms": 6800}, "doubtful", "an fcc sphere whose diameter (60.4 A)"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "qdamp at the edge"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "probably smaller than the answer"),
 ])
@@ -121,6 +124,13 @@ def test_an_alloy_or_a_compound_answered_as_one_metal_is_doubtful():
     v = judge(Cand(), None, 2.77, EXT, formula=("Ce", (), ("O",)))
     assert v.verdict == "doubtful" and v.warnings[0].startswith("the file's composition names O beside Ce")
     assert judge(Cand(), None, 2.77, EXT, formula=None).verdict == "ok"
+
+
+def test_a_large_answer_at_the_librarys_ceiling_for_its_motif_is_doubtful():
+    v = judge(Cand(n_atoms=2869), None, 2.77, EXT, ceiling=("icosahedral", 2869))
+    assert v.verdict == "doubtful" and v.warnings == [
+        "the answer is among the largest icosahedral clusters the library holds (up to 2869 atoms): the "
+        "particle may be larger than the answer"]
 
 
 def test_rules_about_size_and_ambiguity():

@@ -33,6 +33,8 @@ DISORDER = typer.Option(True, help="Also refine with part of Biso left to the co
 SEARCH = typer.Option(1, help="Atom-count and layer searches from the best fit and from the next best fits "
                                 "of other atom counts, N fits in all (the runtime's: 1; a walk's start and "
                                 "an unstrained copy are searched besides).")
+ENVELOPE = typer.Option(True, help="Beside a best fit of 1,500 atoms or more, a lattice sphere of fitted "
+                                   "diameter (the runtime's default); --no-envelope to compare.")
 RANK = typer.Option("criterion", help="How the answer is chosen: criterion (a refinement must pay for its "
                                       "coordinates; the runtime's) or rwp (lowest refined Rwp; to compare).")
 
@@ -108,7 +110,7 @@ def accuracy(
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (accuracy.json, accuracy.md)."),
     seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
-    disorder: bool = DISORDER, search: int = SEARCH,
+    disorder: bool = DISORDER, search: int = SEARCH, envelope: bool = ENVELOPE,
 ):
     """Simulated PDFs of a dataset split, per structure type: exact atom counts, pair-distance
     error, RMSD, Rwp, for the library, the networks and both."""
@@ -119,7 +121,7 @@ def accuracy(
     if split not in ("train", "val", "test"):
         raise fail(f"--split {split!r}: choose train, val or test", EXIT_USAGE)
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter, rank, disorder, search)
+    ref = refine_config(refine, refine_iter, rank, disorder, search, envelope)
     nets, sampler, lib = _open(model, library)
     try:
         items = dataset_items(data, split, per_type, seed)
@@ -141,7 +143,7 @@ def offrecipe(
     sources: str = SOURCES, candidates: int = CANDIDATES, library: Optional[Path] = LIBRARY,
     out: Path = typer.Option(Path("eval"), help="Output directory (offrecipe.json, offrecipe.md)."),
     seed: int = SEED, refine: int = REFINE, refine_iter: int = REFINE_ITER, rank: str = RANK,
-    disorder: bool = DISORDER, search: int = SEARCH,
+    disorder: bool = DISORDER, search: int = SEARCH, envelope: bool = ENVELOPE,
     known_qdamp: bool = typer.Option(False, "--known-qdamp",
                                      help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
                                           "--qdamp` does for a calibrated instrument (default: refined)."),
@@ -152,7 +154,7 @@ def offrecipe(
     from cbldm.training.evaluate import OFF_ORDER, evaluate, offrecipe_items
 
     srcs = _sources(sources)
-    ref = refine_config(refine, refine_iter, rank, disorder, search)
+    ref = refine_config(refine, refine_iter, rank, disorder, search, envelope)
     nets, sampler, lib = _open(model, library)
     try:
         items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
