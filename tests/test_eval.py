@@ -199,4 +199,25 @@ def test_second_heldout_families_set_is_held_out_and_built_as_described(tmp_path
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "famb" / "index.json").read_text())["n"] == 36
     bad = run("cbldm.training.cli_data", "families", "--set", "c", "--out", tmp_path / "famc")
-    assert bad.returncode != 0 and "--set must be a or b" in bad.stderr and not (tmp_path / "famc").exists()
+    assert bad.returncode != 0 and "--set must be a, b or large" in bad.stderr and not (tmp_path / "famc").exists()
+
+
+def test_tables_of_large_particles_say_how_close_count_and_diameter_come():
+    from cbldm.training.evaluate import summarise, table_markdown
+
+    def row(n_pred, d_pred, pe=float("nan")):
+        return {"name": f"p{n_pred}", "group": "large-beyond", "n_atoms_true": 5000, "n_atoms_pred": n_pred,
+                "exact_count": n_pred == 5000, "count_error": abs(n_pred - 5000), "pair_distance_error_A": pe,
+                "rmsd_A": float("nan"), "rwp": 0.05, "rwp_before_refinement": 0.05, "answer_source": "library",
+                "verdict": "doubtful", "size_true_A": 50.0, "size_pred_A": d_pred}
+
+    rows = [row(5300, 52.0), row(2900, 40.0)]
+    doc = {"sources": {"library": {"table": summarise(rows, ["large-beyond"]), "results": rows}}}
+    t = doc["sources"]["library"]["table"]["total"]
+    assert t["count_within_10pct"] == 0.5 and t["size_error_rel_median"] == pytest.approx(0.12)
+    md = table_markdown(doc, ["large-beyond"])
+    assert "library: N within 10 %" in md and "| 50 % | 12 % |" in md
+    # where every answer has a pair-distance error the table keeps its columns
+    rows = [row(5000, 50.0, 0.01)]
+    doc = {"sources": {"library": {"table": summarise(rows, ["large-beyond"]), "results": rows}}}
+    assert "within 10 %" not in table_markdown(doc, ["large-beyond"])

@@ -161,20 +161,23 @@ def library(
 @app.command()
 def families(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the .gr/.xyz files and index.json."),
-    seed: Optional[int] = typer.Option(None, help="Seed of every random choice (default: set a 23, set b 31)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random choice (default: set a 23, set b 31, "
+                                                  "large 41; the tuning twins: 24, 32, 43)."),
     which: str = typer.Option("a", "--set", help="a: supported, lamellar-twinned, rod and hcp-prism particles "
                                                  "(cbldm.training.heldout; its lamellar twins are a library family "
                                                  "since 2026-11-27); b: platelets, 4H/6H polytypes, twinned "
-                                                 "bipyramids, multiply twinned spheres (cbldm.training.heldout_b)."),
+                                                 "bipyramids, multiply twinned spheres (cbldm.training.heldout_b); "
+                                                 "large: particles of 2,500-15,000 atoms, beyond the library "
+                                                 "(cbldm.training.heldout_large)."),
 ):
     """Write a held-out families set: particle families that neither the cluster library nor the
     training pool holds, in the out-of-recipe set's format. Never train or tune on it."""
-    from cbldm.training import heldout, heldout_b
+    from cbldm.training import heldout, heldout_b, heldout_large
     from cbldm.training.offrecipe import write
 
-    sets = {"a": heldout, "b": heldout_b}
+    sets = {"a": heldout, "b": heldout_b, "large": heldout_large}
     if which not in sets:
-        raise fail(f"--set must be a or b, got {which!r}", EXIT_USAGE)
+        raise fail(f"--set must be a, b or large, got {which!r}", EXIT_USAGE)
     mod = sets[which]
     seed = mod.SEED if seed is None else seed
     write(mod.build(seed), out, seed, log=typer.echo)

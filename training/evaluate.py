@@ -44,7 +44,7 @@ PAPER_TABLE2 = {  # Rwp on 100 *training* structures per type (METHOD.md)
 }
 ORDER = ["bcc", "dec", "fcc", "hcp", "ico", "oct", "sc"]
 OFF_ORDER = ["unseen-family", "perturbed", "physics", "large", "families", "families-physics", "families-large",
-             "families-b", "families-b-physics", "families-b-large"]
+             "families-b", "families-b-physics", "families-b-large", "large-beyond"]
 
 
 @dataclass
@@ -225,7 +225,13 @@ def summarise(rows: list[dict], groups: list[str]) -> dict:
         # RMSD: right counts up to 300 atoms; refused PDFs count as wrong, Rwp 1)
         table[g] = {"n": len(rs), "n_pair_distance": sum(np.isfinite(r["pair_distance_error_A"]) for r in rs),
                     "n_rmsd": len(rm), "exact_count": float(np.mean([r["exact_count"] for r in rs])),
-                    "count_error": mean("count_error"), "pair_distance_error_A": mean("pair_distance_error_A"),
+                    "count_error": mean("count_error"),
+                    # for particles too large for an exact count to mean much (or pair distances to
+                    # be compared): how close the count and the diameter come
+                    "count_within_10pct": float(np.mean([r["count_error"] <= 0.1 * r["n_atoms_true"] for r in rs])),
+                    "size_error_rel_median": float(np.median([abs(r["size_pred_A"] - r["size_true_A"])
+                                                              / max(r["size_true_A"], 1e-9) for r in rs])),
+                    "pair_distance_error_A": mean("pair_distance_error_A"),
                     "pair_distance_error_A_exact": mean("pair_distance_error_A", lambda r: r["exact_count"]),
                     "rmsd_A_median": float(np.median(rm)) if rm else float("nan"),
                     "rwp": mean("rwp"), "rwp_median": float(np.median([r["rwp"] for r in rs])),
@@ -277,7 +283,12 @@ def evaluate(nets, library, items: list[Item], groups: list[str], what: str,
 
 def table_markdown(doc: dict, groups: list[str]) -> str:
     srcs = list(doc["sources"])
-    head = ["group", "n"] + [f"{s}: {m}" for s in srcs for m in ("exact N", "pair-dist. err Å", "Rwp")]
+    # sets with particles beyond 1500 atoms (no pair-distance error there) also say how close
+    # the count and the diameter come
+    large = any(t["n_pair_distance"] < t["n"] for t in doc["sources"][srcs[0]]["table"].values()
+                if "count_within_10pct" in t)
+    per = ("exact N", "pair-dist. err Å", "Rwp") + (("N within 10 %", "diameter err") if large else ())
+    head = ["group", "n"] + [f"{s}: {m}" for s in srcs for m in per]
     if "both" in srcs:
         head.append("both: from networks")
     # how far an "ok" verdict can be trusted: of the answers it was given to, how many have
@@ -297,6 +308,8 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
             r = doc["sources"][s]["table"][g]
             cells += [f"{100 * r['exact_count']:.0f} %", f"{r['pair_distance_error_A']:.3f}",
                       f"{r['rwp']:.3f} ({r['rwp_before_refinement']:.3f})"]
+            if large:
+                cells += [f"{100 * r['count_within_10pct']:.0f} %", f"{100 * r['size_error_rel_median']:.0f} %"]
         if "both" in srcs:
             cells.append(f"{100 * doc['sources']['both']['table'][g]['from_model']:.0f} %")
         if rows is not None:
