@@ -231,10 +231,9 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      "atom count for 1 of 56 tuning PDFs)")
     if getattr(best, "envelope", None):
         lat = best.motif or "lattice"
-        doubt.append(f"answered as {'a' if lat == 'bcc' else 'an'} {lat} sphere whose diameter ({best.envelope:.1f} A) "
-                     "was fitted to how far the PDF reaches (attenuated crystal; the particle is as large as "
-                     "the library's largest clusters or larger): at this size the PDF fixes the lattice, bond "
-                     "length and diameter, not facets, twins or the atom count (about 3 % more atoms per 1 % "
+        doubt.append(f"answered as {'a' if lat == 'bcc' else 'an'} {lat} sphere of fitted diameter "
+                     f"{best.envelope:.1f} A (attenuated crystal): at this size a PDF fixes the lattice, bond "
+                     "length and diameter, not facets, twins or the exact atom count (3 % more atoms per 1 % "
                      "of diameter)")
     if best.shift_rms > MAX_SHIFT_RMS:
         doubt.append(f"refinement moved atoms {best.shift_rms:.2f} A RMS: the proposed structure was "

@@ -106,7 +106,7 @@ EXT = {"extent_A": 15.0, "compact_atoms_estimate": 100, "beyond_networks": False
     ({"detached": 3}, "doubtful", "no neighbour"),
     ({"shift_rms": 0.5}, "doubtful", "reshaped by the fit"),
     ({"recut": True}, "doubtful", "re-cut both ways"),
-    ({"envelope": 60.4, "motif": "fcc", "n_atoms": 6800}, "doubtful", "an fcc sphere whose diameter (60.4 A)"),
+    ({"envelope": 60.4, "motif": "fcc", "n_atoms": 6800}, "doubtful", "an fcc sphere of fitted diameter 60.4 A"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "qdamp at the edge"),
     ({"fit": Fit(at_bounds=["qdamp"])}, "doubtful", "probably smaller than the answer"),
 ])
