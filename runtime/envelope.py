@@ -29,8 +29,9 @@ import numpy as np
 LATTICES = ("fcc", "hcp", "bcc", "sc")
 D_STEP = 1.08        # geometric step of the diameter scan (then a parabola: within ~1 % of a
                      # finer scan's diameter on simulated 40 and 60 A spheres)
-D_MAX = 120.0        # A: a 120 A gold sphere holds ~53,000 atoms. Beyond, a PDF measured to the
-                     # usual 50-100 A hardly sees the envelope: the fit says "at least" (at_bounds)
+D_MAX = 120.0        # A: a 120 A sphere holds ~53,000 gold, ~83,000 nickel atoms. Beyond, a PDF
+                     # measured to the usual 50-100 A hardly sees the envelope: the fit says "at least"
+D_FLOOR = 10.0       # A: the scan's lowest diameter (a sphere that small is a library cluster)
 
 
 def lattice_basis(lattice: str) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +120,9 @@ class EnvelopeFit:
 def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: float,
                  d_max: float = D_MAX, start: tuple[float, float, float] = (0.4, 0.0, 0.02)) -> EnvelopeFit:
     """The diameter (scanned from ``d_min`` to ``d_max`` A, then a parabola) and physics of a
-    ``lattice`` sphere with nearest-neighbour distance ``bond`` that fit ``g_obs`` on ``grid``."""
+    ``lattice`` sphere with nearest-neighbour distance ``bond`` that fit ``g_obs`` on ``grid``.
+    Where the best diameter is the scan's first, the scan goes on down to D_FLOOR; where it is
+    ``d_max``, the fit says so (``at_max``, "diameter" in the fit's ``at_bounds``)."""
     reach = grid.rmax_pair * 1.05       # pairs up to what the calculator sums, at any fitted size
     r_unit, m = shells(lattice, reach / bond)
     r = r_unit * bond
@@ -130,7 +133,7 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
         keep = w > 0
         return grid.fit_pairs(r[keep], w[keep], max(int(round(n)), 2), g_obs, sizes=sizes, start=p0)
 
-    ds = [d_min]
+    ds = [max(min(d_min, d_max / D_STEP ** 2), D_FLOOR)]
     while ds[-1] < d_max:
         ds.append(min(ds[-1] * D_STEP, d_max))
     # the scan holds the bond length, fitted first at a diameter inside the range: at 40 A a bond
@@ -144,9 +147,14 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
         f = at(dia, p0, one)
         fits.append(f)
         p0 = (f.biso, f.delta2, f.qdamp)
+    # best at the scan's lower end: smaller spheres too, while they fit better
+    while int(np.argmin([f.rwp for f in fits])) == 0 and ds[0] / D_STEP >= D_FLOOR:
+        f0 = fits[0]
+        ds.insert(0, ds[0] / D_STEP)
+        fits.insert(0, at(ds[0], (f0.biso, f0.delta2, f0.qdamp), one))
     v = np.array([f.rwp for f in fits])
     k = int(np.argmin(v))
-    best_d, best = ds[k], fits[k]
+    best_d = ds[k]
     if 0 < k < len(ds) - 1:     # a parabola in log D through the best three
         x0, x1, x2 = np.log(ds[k - 1:k + 2])
         y0, y1, y2 = v[k - 1:k + 2] ** 2
@@ -155,9 +163,20 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
         b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den
         if a > 0:
             best_d = math.exp(float(np.clip(-b / (2 * a), x0, x2)))
-    best = at(best_d, (best.biso, best.delta2, best.qdamp), np.linspace(0.995, 1.005, 3))
-    dia, b = best_d * best.size, bond * best.size
+    p0 = (fits[k].biso, fits[k].delta2, fits[k].qdamp)
+    sizes = np.linspace(0.995, 1.005, 3)
+    best = at(best_d, p0, sizes)
+    if best_d != ds[k] and best.rwp > v[k]:     # the parabola's vertex fitted worse than the scan's point
+        best_d, best = ds[k], at(ds[k], p0, sizes)
     at_max = k == len(ds) - 1
+    dia, b = best_d * best.size, bond * best.size
+    if at_max:     # the size fit scales the diameter too: a sphere at the scan's top stays there
+        dia = min(dia, d_max)
     if at_max:
         best.at_bounds = list(best.at_bounds) + ["diameter"]
     return EnvelopeFit(lattice, float(dia), float(b), int(round(atoms_in_sphere(lattice, b, dia))), best, at_max)
+
+
+def sphere_diameter(lattice: str, bond: float, n_atoms: int) -> float:
+    """The diameter of a ``lattice`` sphere of ``n_atoms`` (the inverse of ``atoms_in_sphere``)."""
+    return (n_atoms / atoms_in_sphere(lattice, bond, 1.0)) ** (1.0 / 3.0)

@@ -76,7 +76,7 @@ EXTENT_REACH = (1.75, 5.0)  # a library entry is tried only where its own visibl
 ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more: a lattice sphere of
                             # fitted diameter is tried beside it (``_envelope``); the library's largest
                             # clusters hold ~3,000
-ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the best fit's diameter
+ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
 CEILING_FRACTION = 0.9    # a large answer (ENVELOPE_FROM_ATOMS or more) this close to the largest library
                           # cluster of its motif is said to be at the library's ceiling (``verdict.judge``)
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
@@ -556,17 +556,17 @@ def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[
     anything the library holds, and a large particle's PDF fixes its lattice, bond length and
     diameter, not its facets. The lattice is the best fit's (fcc for twinned, decahedral and
     icosahedral clusters: at these sizes their PDF is an fcc lattice's with defects), the scan from
-    ENVELOPE_FROM_DIAMETER of its diameter."""
-    from cbldm.runtime.envelope import fit_envelope
-    from cbldm.runtime.structure import diameter
+    ENVELOPE_FROM_DIAMETER of the diameter of a sphere of its atom count (a rod's length would
+    start it above the particle's size)."""
+    from cbldm.runtime.envelope import fit_envelope, sphere_diameter
 
     best = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
     if best is None or best.n_atoms < ENVELOPE_FROM_ATOMS:
         return []
     lattice = {"hcp": "hcp", "bcc": "bcc", "sc": "sc"}.get(best.motif or "", "fcc")
-    f = best.fit
-    e = fit_envelope(grid, g_fit, lattice, nn_length(best.xyz), ENVELOPE_FROM_DIAMETER * diameter(best.xyz),
-                     start=(f.biso, f.delta2, f.qdamp))
+    f, bond = best.fit, nn_length(best.xyz)
+    d_min = ENVELOPE_FROM_DIAMETER * sphere_diameter(lattice, bond, best.n_atoms)
+    e = fit_envelope(grid, g_fit, lattice, bond, d_min, start=(f.biso, f.delta2, f.qdamp))
     return [Candidate(e.structure(), "library", f"envelope:{lattice}_sphere_D{e.diameter:.1f}A", lattice,
                       e.fit.rwp, e.fit.rwp, e.fit, g_calc=e.fit.g_calc, envelope=e.diameter)]
 

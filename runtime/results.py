@@ -147,7 +147,8 @@ def describe(pred: Prediction) -> dict:
     # a refinement's static displacements (0.1 A rms, a few per cent of a bond) cross the fixed
     # bond cutoff of the common-neighbour analysis: a refined hcp prism read as "amorphous"; the
     # motif is the one of the lattice the refinement started from and held within max_shift
-    m = motif(best.unrefined_xyz)
+    # a lattice sphere is its lattice (and common-neighbour analysis of 50,000 atoms takes seconds)
+    m = {"motif": best.motif, "signatures": {}} if best.envelope is not None else motif(best.unrefined_xyz)
     return {"n_atoms": best.n_atoms, "motif": m["motif"], "cna_signatures": m["signatures"],
             "motif_of_library_entry": best.motif, "diameter_A": round(diameter(best.xyz), 2),
             "answer_source": best.source, "answer_label": best.label}

@@ -231,7 +231,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                      "atom count for 1 of 56 tuning PDFs)")
     if getattr(best, "envelope", None):
         lat = best.motif or "lattice"
-        doubt.append(f"answered as {'a' if lat == 'bcc' else 'an'} {lat} sphere of fitted diameter "
+        least = "at least " if best.fit is not None and "diameter" in best.fit.at_bounds else ""
+        doubt.append(f"answered as {'a' if lat == 'bcc' else 'an'} {lat} sphere of fitted diameter {least}"
                      f"{best.envelope:.1f} A (attenuated crystal): at this size a PDF fixes the lattice, bond "
                      "length and diameter, not facets, twins or the exact atom count (3 % more atoms per 1 % "
                      "of diameter)")

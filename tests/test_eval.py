@@ -205,9 +205,9 @@ def test_second_heldout_families_set_is_held_out_and_built_as_described(tmp_path
 def test_tables_of_large_particles_say_how_close_count_and_diameter_come():
     from cbldm.training.evaluate import summarise, table_markdown
 
-    def row(n_pred, d_pred, pe=float("nan")):
-        return {"name": f"p{n_pred}", "group": "large-beyond", "n_atoms_true": 5000, "n_atoms_pred": n_pred,
-                "exact_count": n_pred == 5000, "count_error": abs(n_pred - 5000), "pair_distance_error_A": pe,
+    def row(n_pred, d_pred, pe=float("nan"), n_true=5000):
+        return {"name": f"p{n_pred}", "group": "large-beyond", "n_atoms_true": n_true, "n_atoms_pred": n_pred,
+                "exact_count": n_pred == n_true, "count_error": abs(n_pred - n_true), "pair_distance_error_A": pe,
                 "rmsd_A": float("nan"), "rwp": 0.05, "rwp_before_refinement": 0.05, "answer_source": "library",
                 "verdict": "doubtful", "size_true_A": 50.0, "size_pred_A": d_pred}
 
@@ -217,7 +217,19 @@ def test_tables_of_large_particles_say_how_close_count_and_diameter_come():
     assert t["count_within_10pct"] == 0.5 and t["size_error_rel_median"] == pytest.approx(0.12)
     md = table_markdown(doc, ["large-beyond"])
     assert "library: N within 10 %" in md and "| 50 % | 12 % |" in md
-    # where every answer has a pair-distance error the table keeps its columns
-    rows = [row(5000, 50.0, 0.01)]
+    # a set of particles up to 1500 atoms (pair distances compared) keeps its columns, whatever its
+    # refused rows lack
+    rows = [row(1000, 50.0, 0.01, n_true=1000), row(0, 0.0, n_true=1000)]
     doc = {"sources": {"library": {"table": summarise(rows, ["large-beyond"]), "results": rows}}}
     assert "within 10 %" not in table_markdown(doc, ["large-beyond"])
+
+
+def test_pair_distance_error_of_large_structures_is_the_histograms(monkeypatch):
+    import cbldm.training.evaluate as ev
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 3)) * 10, rng.normal(size=(300, 3)) * 10.5
+    exact = pair_distance_error(a, b)
+    monkeypatch.setattr(ev, "PAIRS_LISTED", 100)
+    assert ev.pair_distance_error(a, b) == pytest.approx(exact, abs=ev.PAIR_BIN)
+    assert ev.pair_distance_error(a, a) == 0.0

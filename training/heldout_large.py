@@ -1,13 +1,14 @@
-"""Held-out large particles: 2,500-15,000 atoms (40-80 A), beyond the cluster library's ~3,000.
+"""Held-out large particles: 2,200-15,000 atoms (35-80 A), most beyond the cluster library's ~3,000.
 
 What a beamline measures most often is a particle of 4-10 nm. The library's clusters stop
 at ~3,000 atoms; this set asks what the runtime answers beyond them, and whether it says so.
 Every particle is measured like one at a beamline: Qmax 18-28, Qmin 0.5-1.5, Qdamp 0.02-0.05,
 Biso 0.4-1.0, delta2 0-2, noise 0.3-1.5 % of the peak, data to 50-80 A; thermally displaced
 (0.01 bond lengths), half with 2-5 % vacancies. Families (ASE's cluster builders and lattice
-cuts): fcc, hcp and bcc spheres cut around a random point, truncated octahedra and
-cuboctahedra, Marks decahedra, Mackay icosahedra. Two particles near the library's top
-(2,500-3,000 atoms) check that the library's own answers hold there.
+cuts): fcc, hcp and bcc spheres cut around a random point, a truncated octahedron and a
+cuboctahedron, Marks decahedra, Mackay icosahedra of 10-12 shells (10 shells, 2,869 atoms, is
+the library's largest icosahedron). Two fcc spheres near the library's top (2,200-2,800
+atoms) check that the library's own answers hold there.
 
 Never train or tune on it: ``cbldm-data families --set large`` (seed 41) is the test set;
 ``--seed 43`` its tuning twin, where the runtime's choices for large particles are made.
