@@ -34,9 +34,15 @@ D_MAX = 120.0        # A: a 120 A sphere holds ~53,000 gold, ~83,000 nickel atom
 D_FLOOR = 10.0       # A: the scan's lowest diameter (a sphere that small is a library cluster)
 
 
-def lattice_basis(lattice: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cell vectors (rows) and basis positions of ``lattice`` at unit nearest-neighbour distance
-    (hcp ideal, c/a = sqrt(8/3))."""
+CA_IDEAL = math.sqrt(8.0 / 3.0)
+CA_RANGE = (1.55, 1.90)   # hcp metals' c/a: Os 1.58 ... Co 1.62 ... Zn 1.86, Cd 1.89
+CA_STEP = 0.02
+
+
+def lattice_basis(lattice: str, ca: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cell vectors (rows) and basis positions of ``lattice`` at unit nearest-neighbour distance;
+    for hcp at unit in-plane spacing a, with c/a ``ca`` (default ideal, sqrt(8/3), where a is also
+    the nearest-neighbour distance)."""
     if lattice == "fcc":
         a = math.sqrt(2.0)
         return a * np.eye(3), a * np.array([[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
@@ -46,15 +52,15 @@ def lattice_basis(lattice: str) -> tuple[np.ndarray, np.ndarray]:
     if lattice == "sc":
         return np.eye(3), np.zeros((1, 3))
     if lattice == "hcp":
-        c = math.sqrt(8.0 / 3.0)
+        c = CA_IDEAL if ca is None else float(ca)
         cell = np.array([[1.0, 0, 0], [0.5, math.sqrt(3.0) / 2, 0], [0, 0, c]])
         return cell, np.array([[0, 0, 0], [0.5, math.sqrt(3.0) / 6, c / 2]])
     raise ValueError(f"lattice must be one of {', '.join(LATTICES)}, got {lattice!r}")
 
 
-def lattice_points(lattice: str, radius: float) -> np.ndarray:
+def lattice_points(lattice: str, radius: float, ca: float | None = None) -> np.ndarray:
     """Lattice points within ``radius`` (unit bond) of the atom at the origin."""
-    cell, basis = lattice_basis(lattice)
+    cell, basis = lattice_basis(lattice, ca)
     # cells far enough along each vector: the cell's heights bound the repetitions needed
     vol = abs(np.linalg.det(cell))
     heights = [vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
@@ -68,20 +74,47 @@ def lattice_points(lattice: str, radius: float) -> np.ndarray:
 _SHELLS: dict = {}
 
 
-def shells(lattice: str, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (unit bond) from an atom to the other lattice points within ``radius``, and how
-    many points lie at each. Every atom of these lattices sees the same shells (hcp's two sites
-    are related by inversion)."""
-    key = (lattice, round(radius, 3))
+def _cached(key, make):
     if key not in _SHELLS:
         if len(_SHELLS) > 8:
             _SHELLS.pop(next(iter(_SHELLS)))
+        _SHELLS[key] = make()
+    return _SHELLS[key]
+
+
+def _hcp_layers(radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """hcp's lattice points around an atom as (squared in-plane distance in a^2, layer index l,
+    count): a point's distance is sqrt(s + (l c / 2)^2) at any c/a, so one set serves them all
+    (to ``radius`` for c/a down to CA_RANGE[0])."""
+    def make():
+        pts = lattice_points("hcp", radius * CA_IDEAL / CA_RANGE[0] + 2.0, CA_IDEAL)
+        s = np.round(pts[:, 0] ** 2 + pts[:, 1] ** 2, 6)
+        lay = np.rint(np.abs(pts[:, 2]) / (CA_IDEAL / 2)).astype(np.int64)
+        keep = s <= radius * radius + 1e-9
+        key, c = np.unique(np.stack([s[keep], lay[keep]], 1), axis=0, return_counts=True)
+        return key[:, 0], key[:, 1], c.astype(float)
+    return _cached(("hcp-layers", round(radius, 3)), make)
+
+
+def shells(lattice: str, radius: float, ca: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (unit bond; hcp: unit a) from an atom to the other lattice points within
+    ``radius``, and how many points lie at each. Every atom of these lattices sees the same shells
+    (hcp's two sites are related by inversion)."""
+    if lattice == "hcp":
+        c = CA_IDEAL if ca is None else float(ca)
+        s, lay, cnt = _hcp_layers(radius)
+        r = np.sqrt(s + (lay * c / 2) ** 2)
+        keep = (r > 1e-6) & (r <= radius + 1e-9)
+        k, inv = np.unique(np.round(r[keep], 6), return_inverse=True)
+        return k, np.bincount(inv, cnt[keep])
+
+    def make():
         p = lattice_points(lattice, radius)
         r = np.linalg.norm(p, axis=1)
         r = r[r > 1e-6]
         k, c = np.unique(np.round(r, 6), return_counts=True)
-        _SHELLS[key] = (k, c.astype(float))
-    return _SHELLS[key]
+        return k, c.astype(float)
+    return _cached((lattice, round(radius, 3)), make)
 
 
 def gamma0(r: np.ndarray, diameter: float) -> np.ndarray:
@@ -91,16 +124,16 @@ def gamma0(r: np.ndarray, diameter: float) -> np.ndarray:
     return np.where(x < 1.0, 1.0 - 1.5 * x + 0.5 * x**3, 0.0)
 
 
-def atoms_in_sphere(lattice: str, bond: float, diameter: float) -> float:
+def atoms_in_sphere(lattice: str, bond: float, diameter: float, ca: float | None = None) -> float:
     """A sphere's atom count from the lattice's density."""
-    cell, basis = lattice_basis(lattice)
+    cell, basis = lattice_basis(lattice, ca)
     density = len(basis) / abs(np.linalg.det(cell)) / bond**3
     return density * math.pi * diameter**3 / 6.0
 
 
-def sphere_cut(lattice: str, bond: float, diameter: float) -> np.ndarray:
+def sphere_cut(lattice: str, bond: float, diameter: float, ca: float | None = None) -> np.ndarray:
     """The lattice's atoms within ``diameter`` / 2 of an atom, centred (A)."""
-    x = lattice_points(lattice, 0.5 * diameter / bond) * bond
+    x = lattice_points(lattice, 0.5 * diameter / bond, ca) * bond
     return x - x.mean(0)
 
 
@@ -112,9 +145,10 @@ class EnvelopeFit:
     n_atoms: int         # of the sphere cut at that diameter
     fit: object          # cbldm.runtime.fitting.PhysicsFit
     at_max: bool         # the diameter ran to D_MAX: the data say "at least"
+    ca: float | None = None   # hcp: the fitted c/a (``bond`` is then the in-plane spacing a)
 
     def structure(self) -> np.ndarray:
-        return sphere_cut(self.lattice, self.bond, self.diameter)
+        return sphere_cut(self.lattice, self.bond, self.diameter, self.ca)
 
 
 def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: float,
@@ -124,11 +158,16 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
     Where the best diameter is the scan's first, the scan goes on down to D_FLOOR; where it is
     ``d_max``, the fit says so (``at_max``, "diameter" in the fit's ``at_bounds``)."""
     reach = grid.rmax_pair * 1.05       # pairs up to what the calculator sums, at any fitted size
-    r_unit, m = shells(lattice, reach / bond)
-    r = r_unit * bond
+    ca = None
+
+    def pairs(bond, ca):
+        r_unit, m = shells(lattice, reach / bond, ca)
+        return r_unit * bond, m
+
+    r, m = pairs(bond, ca)
 
     def at(diam: float, p0, sizes):
-        n = atoms_in_sphere(lattice, bond, diam)
+        n = atoms_in_sphere(lattice, bond, diam, ca)
         w = m * gamma0(r, diam) * (0.5 * n)
         keep = w > 0
         return grid.fit_pairs(r[keep], w[keep], max(int(round(n)), 2), g_obs, sizes=sizes, start=p0)
@@ -139,9 +178,37 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
     # the scan holds the bond length, fitted first at a diameter inside the range: at 40 A a bond
     # 0.1 % off shifts the far peaks by a fifth of their width, which a larger sphere under more
     # Qdamp absorbs (a 40 A Pt sphere's scan went to 91 A with the library's bond)
-    f = at(ds[len(ds) // 3], start, np.linspace(0.99, 1.01, 5))
-    bond, r = bond * f.size, r * f.size
+    mid = ds[len(ds) // 3]
+    f = at(mid, start, np.linspace(0.99, 1.01, 5))
+    bond = bond * f.size
+    r, m = pairs(bond, ca)
     one = np.ones(1)
+
+    def fit_ca(diam, f, passes):
+        """c/a scanned at ``diam`` with a held, then a fitted again, for each (step, span) of
+        ``passes`` around the last (0.3 % in c is 0.1 A at 30 A)."""
+        nonlocal ca, bond, r, m
+        for step, lo, hi in passes:
+            cas = np.arange(lo, hi + 1e-9, step) + (ca if lo < 0 else 0.0)
+            vals = []
+            for c in cas:
+                ca = float(c)
+                r, m = pairs(bond, ca)
+                vals.append(at(diam, (f.biso, f.delta2, f.qdamp), one).rwp)
+            ca = _vertex(cas, np.array(vals))
+            r, m = pairs(bond, ca)
+            f = at(diam, (f.biso, f.delta2, f.qdamp), np.linspace(0.99, 1.01, 5))
+            bond = bond * f.size
+            r, m = pairs(bond, ca)
+        return f
+
+    fine = ((CA_STEP / 10, -CA_STEP / 2, CA_STEP / 2), (CA_STEP / 50, -CA_STEP / 10, CA_STEP / 10))
+    if lattice == "hcp":
+        # real hcp metals are not ideal (Co 1.623, Ru 1.582, Zn 1.856): a 60 A Co sphere fitted
+        # 0.154 at the ideal c/a where the noise leaves 0.043. The whole range, then finer;
+        # again once the diameter is found
+        ca = CA_IDEAL
+        f = fit_ca(mid, f, ((CA_STEP, *CA_RANGE),) + fine)
     fits, p0 = [], (f.biso, f.delta2, f.qdamp)
     for dia in ds:
         f = at(dia, p0, one)
@@ -164,6 +231,8 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
         if a > 0:
             best_d = math.exp(float(np.clip(-b / (2 * a), x0, x2)))
     p0 = (fits[k].biso, fits[k].delta2, fits[k].qdamp)
+    if lattice == "hcp":
+        fit_ca(best_d, fits[k], fine)
     sizes = np.linspace(0.995, 1.005, 3)
     best = at(best_d, p0, sizes)
     if best_d != ds[k] and best.rwp > v[k]:     # the parabola's vertex fitted worse than the scan's point
@@ -174,7 +243,19 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
         dia = min(dia, d_max)
     if at_max:
         best.at_bounds = list(best.at_bounds) + ["diameter"]
-    return EnvelopeFit(lattice, float(dia), float(b), int(round(atoms_in_sphere(lattice, b, dia))), best, at_max)
+    return EnvelopeFit(lattice, float(dia), float(b), int(round(atoms_in_sphere(lattice, b, dia, ca))), best,
+                       at_max, ca)
+
+
+def _vertex(x: np.ndarray, v: np.ndarray) -> float:
+    """Where a parabola through the lowest of ``v`` and its two neighbours has its minimum (the
+    lowest point itself at the scan's ends)."""
+    k = int(np.argmin(v))
+    if k == 0 or k == len(x) - 1:
+        return float(x[k])
+    (x0, x1, x2), (y0, y1, y2) = x[k - 1:k + 2], v[k - 1:k + 2] ** 2
+    den = y0 - 2 * y1 + y2
+    return float(x1 + 0.5 * (x1 - x0) * (y0 - y2) / den) if den > 0 else float(x1)
 
 
 def sphere_diameter(lattice: str, bond: float, n_atoms: int) -> float:

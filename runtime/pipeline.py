@@ -77,6 +77,8 @@ ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more
                             # fitted diameter is tried beside it (``_envelope``); the library's largest
                             # clusters hold ~3,000
 ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
+MTP_MAX_ATOMS = 20_000   # icosahedra and decahedra built past the library (``_beyond``) up to this
+BUILT = "built past the library's largest of its family"   # ``Candidate.via`` of those
 CEILING_FRACTION = 0.9    # a large answer (ENVELOPE_FROM_ATOMS or more) this close to the largest library
                           # cluster of its motif is said to be at the library's ceiling (``verdict.judge``)
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
@@ -431,6 +433,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             te = time.perf_counter()
             cands += _envelope(cands, grid, g_fit)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
+            cands += _beyond(cands, library, grid, g_fit, tier)
+            cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["envelope_s"] = time.perf_counter() - te
         if refine.search > 0 and cands and not settled(cands[0]):
             tsr = time.perf_counter()
@@ -495,6 +499,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             bounded = bool(larger) and min(c.rwp for c in larger) >= EXACT_FIT
             cands += fitted     # listed last: fitted only to bound the size, not ranked
         largest = None
+        built = [c for c in cands if c.via == BUILT]
         if use_library:
             # what the largest entry's own PDF shows, as the data's extent is measured
             largest = float(np.max(library.extent)) * d
@@ -502,11 +507,18 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 from cbldm.runtime.envelope import D_MAX
 
                 largest = max(largest, D_MAX)
-        # a large answer among the largest clusters of its motif the library holds (multiply
-        # twinned particles have no lattice sphere to grow into): the particle may be larger
+            if built:    # and the family's members built past the library
+                from cbldm.runtime.library import visible_extent
+
+                top = max(built, key=lambda c: c.n_atoms)
+                largest = max(largest, visible_extent(top.xyz / nn_length(top.xyz)) * d)
+        # a large answer among the largest clusters of its motif the library holds, its family not
+        # walked past the library's end (``_beyond``: icosahedra and decahedra): the particle may
+        # be larger
         ceiling = None
         b0 = cands[0]
-        if use_library and b0.source == "library" and b0.envelope is None and b0.motif and b0.rwp >= EXACT_FIT:
+        if use_library and b0.source == "library" and b0.envelope is None and b0.motif and b0.rwp >= EXACT_FIT \
+                and library.index(b0.label) is not None and not built:
             top = int(library.n_atoms[library.motif == b0.motif].max(initial=0))
             if b0.n_atoms >= max(ENVELOPE_FROM_ATOMS, CEILING_FRACTION * top):
                 ceiling = (str(b0.motif), top)
@@ -569,6 +581,50 @@ def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[
     e = fit_envelope(grid, g_fit, lattice, bond, d_min, start=(f.biso, f.delta2, f.qdamp))
     return [Candidate(e.structure(), "library", f"envelope:{lattice}_sphere_D{e.diameter:.1f}A", lattice,
                       e.fit.rwp, e.fit.rwp, e.fit, g_calc=e.fit.g_calc, envelope=e.diameter)]
+
+
+def _beyond(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier,
+            steps: int = WALK_STEPS) -> list[Candidate]:
+    """Where the best fit is a large icosahedron or decahedron (ENVELOPE_FROM_ATOMS or more), its
+    family walked on past the library's end (``cbldm.runtime.mtp`` builds the members): one
+    step in one parameter at a time, the walk moved to the best member while it fits better,
+    as ``_walk`` does inside the library. A multiply twinned particle has no lattice sphere to
+    grow into (``_envelope``), and the library's largest hold ~3,000 atoms. Members of more than
+    MTP_MAX_ATOMS are not built. Returns the members fitted."""
+    from cbldm.runtime import mtp
+    from cbldm.runtime.library import family_of
+
+    start = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
+    if start is None or start.n_atoms < ENVELOPE_FROM_ATOMS:
+        return []
+    fam, par = family_of(start.label)
+    if fam not in mtp.FAMILIES:
+        return []
+    bond = nn_length(start.xyz)
+    low = (2,) if fam == mtp.FAMILIES[0] else (1, 1, 0)     # the smallest parameters of the family
+    # members already fitted (the library's, by the search and ``_walk``) are not fitted again; the
+    # others are built, the library's too: the way past its end can lead through them
+    cur, seen, new = (start, par), {c.label for c in cands}, []
+    for _ in range(steps):
+        step = []
+        for j in range(len(par)):
+            for sign in (1, -1):
+                q = tuple(v + sign * (k == j) for k, v in enumerate(cur[1]))
+                name = mtp.name_of(fam, q)
+                if any(a < b for a, b in zip(q, low)) or name in seen or mtp.atoms(fam, q) > MTP_MAX_ATOMS:
+                    continue
+                seen.add(name)
+                x = mtp.build(name) * bond
+                f0 = cur[0].fit
+                f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5), start=(f0.biso, f0.delta2, f0.qdamp))
+                step.append((Candidate((x - x.mean(0)) * f.size, "library", name, start.motif, f.rwp, f.rwp, f,
+                                       g_calc=f.g_calc, via=BUILT), q))
+        new += [c for c, _ in step]
+        best = min(step, key=lambda t: (*tier(t[0]), t[0].rwp), default=None)
+        if best is None or (*tier(best[0]), best[0].rwp) >= (*tier(cur[0]), cur[0].rwp):
+            break
+        cur = best
+    return new
 
 
 def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) -> list[list[Candidate]]:

@@ -268,8 +268,14 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
                          f"{runner_up.rwp:.3f} vs {best.rwp:.3f}), but not by enough to pay for the "
                          "refined coordinates: the atom count is not determined")
         else:
+            # a smaller rival that keeps up only without any damping is too small (a 5,635-atom
+            # particle's rival: the library's 2,988-atom sphere at Qdamp 0)
+            undamped = (runner_up.fit is not None and best.fit is not None and runner_up.fit.qdamp <= 1e-4
+                        and best.fit.qdamp > 0.005 and runner_up.n_atoms < n)
             doubt.append(f"{runner_up.n_atoms} atoms fit almost as well (Rwp {runner_up.rwp:.3f} vs "
-                         f"{best.rwp:.3f}): the atom count is not determined")
+                         f"{best.rwp:.3f}" + ("; only with Qdamp fitted to 0, no instrumental damping: give "
+                                              "--qdamp if it is known" if undamped else "")
+                         + "): the atom count is not determined")
     elif rival and noise >= NOISE_VISIBLE and beyond_noise(runner_up.rwp, noise) <= NOISE_LEFT * noise:
         doubt.append(f"{runner_up.n_atoms} atoms also fit to within the data's noise (Rwp {runner_up.rwp:.3f} "
                      f"vs {best.rwp:.3f}; the noise alone leaves {noise:.3f}): the atom count is not "

@@ -131,6 +131,7 @@ class Watcher:
         self.pending: dict[Path, dict] = {}  # path -> {"first", "sig", "since"}
         self.stop = threading.Event()
         self.processed = 0
+        self.failed = 0       # of them, answered with an error report instead of a result
 
     # -- events ---------------------------------------------------------------------------
     def _observer(self):
@@ -203,7 +204,8 @@ class Watcher:
         finally:
             obs.stop()
             obs.join(timeout=5)
-        self.log(f"stopped; {self.processed} file(s) processed")
+        self.log(f"stopped; {self.processed} file(s) processed: {self.processed - self.failed} answered, "
+                 f"{self.failed} with an error report")
         return 0
 
     def _drain_ready(self) -> None:
@@ -275,6 +277,7 @@ class Watcher:
             record = {**record, "superseded_report": new.name}
         self.journal.add(p, digest, {"status": status, "time": _now(), **record})
         self.processed += 1
+        self.failed += status == "error"
         del self.pending[p]
 
 

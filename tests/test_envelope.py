@@ -126,3 +126,20 @@ def test_pipeline_answers_a_particle_beyond_the_library_with_a_sphere_of_its_dia
                    SamplerConfig(), 0, source="library", library=lib)
     assert pred.best.envelope is None and pred.best.n_atoms == len(own)
     assert not any("largest" in w for w in pred.verdict.warnings)    # it fits at the calculator's level
+
+
+def test_envelope_fit_of_a_real_hcp_metal_finds_its_c_over_a():
+    # Ru, c/a 1.582 (ideal 1.633): with the ideal ratio the far peaks miss
+    a, ca = 2.706, 1.582
+    x = sphere_cut("hcp", a, 30.0, ca)
+    p = PDFParams(rmin=0.0, rmax=35.0, rstep=0.01, qmin=0.8, qmax=24.0, biso=0.5, qdamp=0.03)
+    calc = DebyePDF(p)
+    grid = fit_grid(FilePhysics(0.8, 24.0, 1.5, 35.0))
+    g = np.interp(grid.r_fit, calc.r, calc.calc(x, "Ru", method="histogram"))
+    e = fit_envelope(grid, g, "hcp", 2.68, 20.0)
+    assert e.ca == pytest.approx(ca, abs=0.003) and e.bond == pytest.approx(a, rel=0.002)
+    assert e.diameter == pytest.approx(30.0, rel=0.05)
+    # noise-free, a 1,000-atom sphere's cut surface leaves ~0.02 to the smooth envelope; the
+    # ideal ratio's far peaks leave far more
+    assert e.fit.rwp < 0.03
+    assert len(e.structure()) == pytest.approx(e.n_atoms, rel=0.05)

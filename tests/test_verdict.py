@@ -201,3 +201,14 @@ def test_result_line_says_when_a_refinement_was_not_counted():
     assert kept.line().startswith("105 atoms, decahedral, Rwp 0.151 (refined coordinates reached 0.121")
     plain = FileResult("a.gr", "a", 105, 0.151, "ok", "decahedral", 1.0, [])
     assert plain.line() == "105 atoms, decahedral, Rwp 0.151, OK"
+
+
+def test_a_smaller_rival_that_keeps_up_only_undamped_is_said_so():
+    best = Cand(n_atoms=5900, rwp=0.051, fit=Fit(qdamp=0.035))
+    rival = Cand(n_atoms=2988, rwp=0.059, fit=Fit(qdamp=0.0))
+    w = judge(best, rival, 2.77, EXT).warnings
+    assert w == ["2988 atoms fit almost as well (Rwp 0.059 vs 0.051; only with Qdamp fitted to 0, no "
+                 "instrumental damping: give --qdamp if it is known): the atom count is not determined"]
+    # a damped rival, or a larger one, is the plain tie
+    for r in (Cand(n_atoms=2988, rwp=0.059, fit=Fit(qdamp=0.02)), Cand(n_atoms=7000, rwp=0.059, fit=Fit(qdamp=0.0))):
+        assert "only with Qdamp" not in judge(best, r, 2.77, EXT).warnings[0]

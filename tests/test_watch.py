@@ -132,6 +132,8 @@ def test_watch_slow_appended_burst_broken_rename_backlog_restart(tiny_model, tmp
     recs = {Path(r["path"]).name: r for r in outcomes(out)}
     assert recs["broken.gr"]["status"] == "error" and (out / "broken.error.txt").exists()
     assert all(r["status"] == "ok" for n, r in recs.items() if n != "broken.gr")
+    # the last line counts what was answered and what got an error report instead
+    assert "9 file(s) processed: 8 answered, 1 with an error report" in stdout, stdout
     for stem in ("slow", "appended"):  # the whole file, not a prefix
         assert json.loads((out / f"{stem}.json").read_text())["data"]["source_points"] == EXAMPLE_POINTS
     assert not list(out.glob("*-2.*"))  # nothing done twice
