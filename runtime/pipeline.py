@@ -579,7 +579,8 @@ def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[
     f, bond = best.fit, nn_length(best.xyz)
     d_min = ENVELOPE_FROM_DIAMETER * sphere_diameter(lattice, bond, best.n_atoms)
     e = fit_envelope(grid, g_fit, lattice, bond, d_min, start=(f.biso, f.delta2, f.qdamp))
-    return [Candidate(e.structure(), "library", f"envelope:{lattice}_sphere_D{e.diameter:.1f}A", lattice,
+    ca = f"_ca{e.ca:.3f}" if e.ca is not None else ""     # hcp's fitted axial ratio c/a
+    return [Candidate(e.structure(), "library", f"envelope:{lattice}_sphere_D{e.diameter:.1f}A{ca}", lattice,
                       e.fit.rwp, e.fit.rwp, e.fit, g_calc=e.fit.g_calc, envelope=e.diameter)]
 
 
