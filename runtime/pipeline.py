@@ -170,7 +170,8 @@ class RefineConfig:
     walk: bool = True          # walk the best library candidate's family (``_walk``) before them
     disorder: bool = True      # also refine with part of Biso left to the coordinates (``_refine``)
     envelope: bool = True      # a lattice sphere of fitted diameter where the best fit is a large cluster
-                               # (``_envelope``, cbldm.runtime.envelope)
+                               # (``_envelope``), and its icosahedron or decahedron family walked past the
+                               # library (``_beyond``)
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0 \

@@ -34,7 +34,8 @@ SEARCH = typer.Option(1, help="Atom-count and layer searches from the best fit a
                                 "of other atom counts, N fits in all (the runtime's: 1; a walk's start and "
                                 "an unstrained copy are searched besides).")
 ENVELOPE = typer.Option(True, help="Beside a best fit of 1,500 atoms or more, a lattice sphere of fitted "
-                                   "diameter (the runtime's default); --no-envelope to compare.")
+                                   "diameter, and icosahedra and decahedra walked past the library (the "
+                                   "runtime's default); --no-envelope to compare.")
 RANK = typer.Option("criterion", help="How the answer is chosen: criterion (a refinement must pay for its "
                                       "coordinates; the runtime's) or rwp (lowest refined Rwp; to compare).")
 
