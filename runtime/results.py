@@ -42,6 +42,7 @@ class FileResult:
 
     warnings: list[str] | None = None
     rwp_refined_unjustified: float | None = None
+    element_assumed: str | None = None   # the element taken by default: the header names none
 
     def line(self) -> str:
         more = len(self.warnings or []) - 1
@@ -49,7 +50,10 @@ class FileResult:
         # a reader comparing with a PDFgui refinement should know a lower Rwp was reached and why it is not reported
         undone = "" if self.rwp_refined_unjustified is None else \
             f" (refined coordinates reached {self.rwp_refined_unjustified:.3f}, too little gain for their number)"
-        return f"{self.n_atoms} atoms, {self.motif}, Rwp {self.rwp:.3f}{undone}, {self.verdict.upper()}{why}"
+        # the element only labels the answer, but a Pt file answered "Au7707" should say why
+        el = "" if self.element_assumed is None else \
+            f" ({self.element_assumed} assumed: the header names no composition; give --element)"
+        return f"{self.n_atoms} atoms{el}, {self.motif}, Rwp {self.rwp:.3f}{undone}, {self.verdict.upper()}{why}"
 
 
 def free_stem(outdir: Path, stem: str, suffixes: tuple[str, ...] = SUFFIXES) -> str:
@@ -137,8 +141,10 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     stem = free_stem(outdir, Path(path).stem)
     outputs, total, doc = _write_outputs(outdir, stem, path, data, pdf, pred, model, plot, t_start,
                                          {"read_s": t_read, **pred.timings})
+    assumed = pdf.element if str(data.meta.get("_element_from", "")).startswith("default") else None
     return FileResult(str(path), stem, pred.best.n_atoms, pred.best.rwp, pred.verdict.verdict,
-                      doc["motif"], total, outputs, pred.verdict.warnings, pred.best.rwp_refined_unjustified)
+                      doc["motif"], total, outputs, pred.verdict.warnings, pred.best.rwp_refined_unjustified,
+                      assumed)
 
 
 def describe(pred: Prediction) -> dict:

@@ -229,3 +229,16 @@ def test_results_folder_that_is_a_file_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and one_error_line(res) == f"error: -o {tmp_path / 'taken'}: not a writable folder"
     res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path / "taken" / "sub")
     assert res.returncode == 2 and "cannot be created" in one_error_line(res)
+
+
+def test_an_element_taken_by_default_is_said_on_the_result_line(tiny_model, tmp_path):
+    bare = tmp_path / "bare.gr"     # the example's data without its header: no composition
+    bare.write_text("\n".join(line for line in EXAMPLE.read_text().split("#### start data")[1].splitlines()
+                              if line.strip() and not line.startswith("#")) + "\n")
+    res = run("cbldm.runtime.cli_run", "predict", bare, "-o", tmp_path / "out", "--model", tiny_model, "-k", "1",
+              "--no-plot", "--refine", "0", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "atoms (Au assumed: the header names no composition; give --element)" in res.stdout, res.stdout
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path / "out", "--model", tiny_model, "-k", "1",
+              "--no-plot", "--refine", "0", timeout=300)
+    assert res.returncode == 0 and "assumed" not in res.stdout, res.stdout
