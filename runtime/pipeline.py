@@ -430,11 +430,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 grid = _regrid(cands, grid, g_fit, tier, if_better=True)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["walk_s"] = time.perf_counter() - tw
+        walked_past, capped = None, False   # the family walked past the library (``_beyond``)
         if refine.envelope and use_library and cands and not settled(cands[0]):
             te = time.perf_counter()
             cands += _envelope(cands, grid, g_fit)
             cands.sort(key=lambda c: (*tier(c), c.rwp))
-            cands += _beyond(cands, library, grid, g_fit, tier)
+            beyond, walked_past, capped = _beyond(cands, library, grid, g_fit, tier)
+            cands += beyond
             cands.sort(key=lambda c: (*tier(c), c.rwp))
             tm["envelope_s"] = time.perf_counter() - te
         if refine.search > 0 and cands and not settled(cands[0]):
@@ -508,21 +510,27 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 from cbldm.runtime.envelope import D_MAX
 
                 largest = max(largest, D_MAX)
-            if built:    # and the family's members built past the library
-                from cbldm.runtime.library import visible_extent
+            if built:    # and the family's members built past the library (the widest: a
+                from cbldm.runtime.library import visible_extent     # decahedron's count says less)
+                from cbldm.runtime.structure import diameter
 
-                top = max(built, key=lambda c: c.n_atoms)
+                top = max(built, key=lambda c: diameter(c.xyz))
                 largest = max(largest, visible_extent(top.xyz / nn_length(top.xyz)) * d)
-        # a large answer among the largest clusters of its motif the library holds, its family not
-        # walked past the library's end (``_beyond``: icosahedra and decahedra): the particle may
-        # be larger
+        # a large answer among the largest clusters of its motif tried: the library's, where its
+        # family was not walked past the library's end (``_beyond``: icosahedra and decahedra), or
+        # the walk's, where it stopped at MTP_MAX_ATOMS: the particle may be larger
         ceiling = None
         b0 = cands[0]
-        if use_library and b0.source == "library" and b0.envelope is None and b0.motif and b0.rwp >= EXACT_FIT \
-                and library.index(b0.label) is not None and not built:
-            top = int(library.n_atoms[library.motif == b0.motif].max(initial=0))
-            if b0.n_atoms >= max(ENVELOPE_FROM_ATOMS, CEILING_FRACTION * top):
-                ceiling = (str(b0.motif), top)
+        if use_library and b0.source == "library" and b0.envelope is None and b0.motif and b0.rwp >= EXACT_FIT:
+            from cbldm.runtime.library import family_of
+
+            if walked_past is not None and family_of(b0.label)[0] == walked_past:
+                if capped:   # the walk stopped where members grew too large to build
+                    ceiling = (str(b0.motif), MTP_MAX_ATOMS)
+            elif library.index(b0.label) is not None:
+                top = int(library.n_atoms[library.motif == b0.motif].max(initial=0))
+                if b0.n_atoms >= max(ENVELOPE_FROM_ATOMS, CEILING_FRACTION * top):
+                    ceiling = (str(b0.motif), top)
 
         def exact(x: Candidate) -> Candidate:   # in the list too: the JSON reports what the verdict says
             k = next(j for j, c in enumerate(cands) if c is x)
@@ -585,48 +593,52 @@ def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[
                       e.fit.rwp, e.fit.rwp, e.fit, g_calc=e.fit.g_calc, envelope=e.diameter)]
 
 
-def _beyond(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier,
-            steps: int = WALK_STEPS) -> list[Candidate]:
+def _beyond(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray,
+            tier) -> tuple[list[Candidate], str | None, bool]:
     """Where the best fit is a large icosahedron or decahedron (ENVELOPE_FROM_ATOMS or more), its
     family walked on past the library's end (``cbldm.runtime.mtp`` builds the members): one
     step in one parameter at a time, the walk moved to the best member while it fits better,
-    as ``_walk`` does inside the library. A multiply twinned particle has no lattice sphere to
-    grow into (``_envelope``), and the library's largest hold ~3,000 atoms. Members of more than
-    MTP_MAX_ATOMS are not built. Returns the members fitted."""
+    as ``_walk`` does inside the library, until none does. A multiply twinned particle has no
+    lattice sphere to grow into (``_envelope``), and the library's largest hold ~3,000 atoms.
+    Members of more than MTP_MAX_ATOMS are not built. Returns the members fitted, the family
+    walked (None where none was) and whether the walk stopped only because the next member
+    would have been too large to build (the particle may be larger)."""
     from cbldm.runtime import mtp
     from cbldm.runtime.library import family_of
 
     start = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
     if start is None or start.n_atoms < ENVELOPE_FROM_ATOMS:
-        return []
+        return [], None, False
     fam, par = family_of(start.label)
     if fam not in mtp.FAMILIES:
-        return []
+        return [], None, False
     bond = nn_length(start.xyz)
     low = (2,) if fam == mtp.FAMILIES[0] else (1, 1, 0)     # the smallest parameters of the family
     # members already fitted (the library's, by the search and ``_walk``) are not fitted again; the
     # others are built, the library's too: the way past its end can lead through them
     cur, seen, new = (start, par), {c.label for c in cands}, []
-    for _ in range(steps):
-        step = []
+    while True:    # each move grows or shrinks one parameter and the fit must improve: it ends
+        step, capped = [], False
         for j in range(len(par)):
             for sign in (1, -1):
                 q = tuple(v + sign * (k == j) for k, v in enumerate(cur[1]))
                 name = mtp.name_of(fam, q)
-                if any(a < b for a, b in zip(q, low)) or name in seen or mtp.atoms(fam, q) > MTP_MAX_ATOMS:
+                if any(a < b for a, b in zip(q, low)) or name in seen:
+                    continue
+                if mtp.atoms(fam, q) > MTP_MAX_ATOMS:
+                    capped = True
                     continue
                 seen.add(name)
                 x = mtp.build(name) * bond
                 f0 = cur[0].fit
                 f = grid.fit(x, g_fit, sizes=np.linspace(0.995, 1.005, 5), start=(f0.biso, f0.delta2, f0.qdamp))
                 step.append((Candidate((x - x.mean(0)) * f.size, "library", name, start.motif, f.rwp, f.rwp, f,
-                                       g_calc=f.g_calc, via=BUILT), q))
+                                       g_calc=f.g_calc, via="walk" if library.index(name) is not None else BUILT), q))
         new += [c for c, _ in step]
         best = min(step, key=lambda t: (*tier(t[0]), t[0].rwp), default=None)
         if best is None or (*tier(best[0]), best[0].rwp) >= (*tier(cur[0]), cur[0].rwp):
-            break
+            return new, fam, capped
         cur = best
-    return new
 
 
 def _model_candidates(nets, gm, d_nn, sampler, k, seed, schedule, t, timings) -> list[list[Candidate]]:

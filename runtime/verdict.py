@@ -32,7 +32,7 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            the one answered (an alloy fitted as one element) or non-metals outside parentheses
            (a compound, or a ligand shell written into the formula), an answer larger than the
            library's clusters, a lattice sphere of fitted diameter (its atom count follows from
-           the diameter), a large answer among the largest clusters of its motif the library holds;
+           the diameter), a large answer among the largest clusters of its motif tried;
 ok       - none of these. The thresholds are those of PDF practice for nanoparticle fits
            (Rwp 0.1-0.25 is a good fit to measured data; above 0.4-0.5 the model does not
            describe it), not tuned on any test set; the noise rules' 0.4 was read off the
@@ -208,8 +208,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     calculator's level (below EXACT_FIT) and its family's next larger members fitted do not: the
     data bound the size even where the signal lasts to their end (``pipeline._larger_members``);
     ``formula``: the element answered, and the other metals and the non-metals the formula of the
-    file's composition names beside it; ``ceiling``: (motif, atoms) where ``best`` is a large library
-    cluster close to the largest of its motif the library holds."""
+    file's composition names beside it; ``ceiling``: (motif, atoms) where ``best`` is a large
+    cluster close to the largest of its motif tried (``pipeline``)."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -256,7 +256,7 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append(f"signal reaches {extent['extent_A']:.0f} A, beyond the largest cluster tried "
                      f"(its PDF shows {largest_tried:.0f} A): the particle may be larger than the answer")
     if ceiling is not None:
-        doubt.append(f"the answer is among the largest {ceiling[0]} clusters the library holds (up to "
+        doubt.append(f"the answer is among the largest {ceiling[0]} clusters tried (up to "
                      f"{ceiling[1]} atoms): the particle may be larger than the answer")
     rival = runner_up is not None and runner_up.n_atoms != n and runner_up.rwp < RWP_UNUSABLE
     # an answer at the calculator's level with a runner-up above it is told apart by the data (noise-free

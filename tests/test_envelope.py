@@ -118,7 +118,7 @@ def test_pipeline_answers_a_particle_beyond_the_library_with_a_sphere_of_its_dia
     old = predict(None, pdf, SamplerConfig(), 0, source="library", library=lib,
                   refine=RefineConfig(envelope=False))
     assert old.best.n_atoms == len(small[1]) and best.rwp < old.best.rwp
-    assert any("among the largest fcc clusters the library holds" in w for w in old.verdict.warnings)
+    assert any("among the largest fcc clusters tried" in w for w in old.verdict.warnings)
 
     own = small[1] * bond
     g = calc.calc(own, "Au", method="histogram")
@@ -128,18 +128,30 @@ def test_pipeline_answers_a_particle_beyond_the_library_with_a_sphere_of_its_dia
     assert not any("largest" in w for w in pred.verdict.warnings)    # it fits at the calculator's level
 
 
-def test_envelope_fit_of_a_real_hcp_metal_finds_its_c_over_a():
-    # Ru, c/a 1.582 (ideal 1.633): with the ideal ratio the far peaks miss
-    a, ca = 2.706, 1.582
+@pytest.mark.parametrize("element, a, ca", [("Ru", 2.706, 1.582), ("Zn", 2.665, 1.856)])
+def test_envelope_fit_of_a_real_hcp_metal_finds_its_c_over_a(element, a, ca):
+    # real hcp metals on both sides of the ideal 1.633: with the ideal ratio the far peaks miss,
+    # and far from it (Zn) a must follow c while the ratio is scanned
+    from cbldm.runtime.structure import nn_length
+
     x = sphere_cut("hcp", a, 30.0, ca)
     p = PDFParams(rmin=0.0, rmax=35.0, rstep=0.01, qmin=0.8, qmax=24.0, biso=0.5, qdamp=0.03)
     calc = DebyePDF(p)
     grid = fit_grid(FilePhysics(0.8, 24.0, 1.5, 35.0))
-    g = np.interp(grid.r_fit, calc.r, calc.calc(x, "Ru", method="histogram"))
-    e = fit_envelope(grid, g, "hcp", 2.68, 20.0)
+    g = np.interp(grid.r_fit, calc.r, calc.calc(x, element, method="histogram"))
+    e = fit_envelope(grid, g, "hcp", nn_length(x), 20.0)      # the bond a library fit would give
     assert e.ca == pytest.approx(ca, abs=0.003) and e.bond == pytest.approx(a, rel=0.002)
     assert e.diameter == pytest.approx(30.0, rel=0.05)
     # noise-free, a 1,000-atom sphere's cut surface leaves ~0.02 to the smooth envelope; the
     # ideal ratio's far peaks leave far more
     assert e.fit.rwp < 0.03
     assert len(e.structure()) == pytest.approx(e.n_atoms, rel=0.05)
+
+
+def test_vertex_of_a_scan():
+    from cbldm.runtime.envelope import _vertex
+
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert _vertex(x, np.sqrt((x - 2.3) ** 2 + 1)) == pytest.approx(2.3)     # Rwp^2 a parabola
+    assert _vertex(x, np.array([np.nan, 3.0, 2.0, 4.0])) == pytest.approx(3.0, abs=0.5)   # NaN never wins
+    assert _vertex(x, np.array([1.0, 2.0, 3.0, 4.0])) == 1.0                            # an edge stays there

@@ -76,3 +76,8 @@ def test_pipeline_walks_an_icosahedron_past_the_librarys_largest(tmp_path, monke
     assert not any("largest" in w for w in pred.verdict.warnings), pred.verdict.warnings
     labels = {c.label for c in pred.candidates}
     assert {"ext:icosahedron_8shells", "ext:icosahedron_10shells"} <= labels    # the walk's steps
+    # a walk that stops only where members grow too large to build says the particle may be larger
+    monkeypatch.setattr(pipeline, "MTP_MAX_ATOMS", 1500)
+    pred = pipeline.predict(None, pdf, SamplerConfig(), 0, source="library", library=Library(tmp_path / "lib.npz"))
+    assert pred.best.label == "ext:icosahedron_8shells"
+    assert any("among the largest icosahedral clusters tried (up to 1500 atoms)" in w for w in pred.verdict.warnings)

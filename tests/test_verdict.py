@@ -129,7 +129,7 @@ def test_an_alloy_or_a_compound_answered_as_one_metal_is_doubtful():
 def test_a_large_answer_at_the_librarys_ceiling_for_its_motif_is_doubtful():
     v = judge(Cand(n_atoms=2869), None, 2.77, EXT, ceiling=("icosahedral", 2869))
     assert v.verdict == "doubtful" and v.warnings == [
-        "the answer is among the largest icosahedral clusters the library holds (up to 2869 atoms): the "
+        "the answer is among the largest icosahedral clusters tried (up to 2869 atoms): the "
         "particle may be larger than the answer"]
 
 
