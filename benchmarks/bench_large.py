@@ -17,7 +17,7 @@ import time
 import _common  # noqa: F401  (pins threads before numpy)
 import numpy as np
 
-from cbldm.runtime.envelope import atoms_in_sphere, gamma0, shells, sphere_cut
+from cbldm.runtime.envelope import shells, sphere_cut, sphere_pairs
 from cbldm.runtime.fitting import FilePhysics, fit_grid
 from cbldm.runtime.pdf import DebyePDF, PDFParams, rwp
 
@@ -42,11 +42,8 @@ def main() -> None:
 
         def envelope():
             r, m = shells("fcc", grid.rmax_pair * 1.05 / BOND)
-            n = atoms_in_sphere("fcc", BOND, dia)
-            w = m * gamma0(r * BOND, dia) * (0.5 * n)
-            keep = w > 0
-            mom = grid.moments(r[keep] * BOND, int(n), 1.0, w[keep])
-            return grid.g(mom, BISO, 0.0, QDAMP)
+            d, w, n = sphere_pairs(r * BOND, m, "fcc", BOND, dia)
+            return grid.g(grid.moments(d, n, 1.0, w), BISO, 0.0, QDAMP)
 
         t0 = time.perf_counter()     # once: tens of seconds at 70 A
         g_debye = np.interp(grid.r_fit, calc.r, debye())

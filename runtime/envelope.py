@@ -131,6 +131,17 @@ def atoms_in_sphere(lattice: str, bond: float, diameter: float, ca: float | None
     return density * math.pi * diameter**3 / 6.0
 
 
+def sphere_pairs(r: np.ndarray, m: np.ndarray, lattice: str, bond: float, diameter: float,
+                 ca: float | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pairs of a ``lattice`` sphere of ``diameter`` from the lattice's shells (distances ``r``
+    in A at ``bond``, multiplicities ``m``): the distances it holds, how many pairs at each
+    (N m gamma0 / 2) and its atom count N, as ``FitGrid.fit_pairs`` and ``moments`` take them."""
+    n = atoms_in_sphere(lattice, bond, diameter, ca)
+    w = m * gamma0(r, diameter) * (0.5 * n)
+    keep = w > 0
+    return r[keep], w[keep], max(int(round(n)), 2)
+
+
 def sphere_cut(lattice: str, bond: float, diameter: float, ca: float | None = None) -> np.ndarray:
     """The lattice's atoms within ``diameter`` / 2 of an atom, centred (A)."""
     x = lattice_points(lattice, 0.5 * diameter / bond, ca) * bond
@@ -167,10 +178,7 @@ def fit_envelope(grid, g_obs: np.ndarray, lattice: str, bond: float, d_min: floa
     r, m = pairs(bond, ca)
 
     def at(diam: float, p0, sizes):
-        n = atoms_in_sphere(lattice, bond, diam, ca)
-        w = m * gamma0(r, diam) * (0.5 * n)
-        keep = w > 0
-        return grid.fit_pairs(r[keep], w[keep], max(int(round(n)), 2), g_obs, sizes=sizes, start=p0)
+        return grid.fit_pairs(*sphere_pairs(r, m, lattice, bond, diam, ca), g_obs, sizes=sizes, start=p0)
 
     ds = [max(min(d_min, d_max / D_STEP ** 2), D_FLOOR)]
     while ds[-1] < d_max:

@@ -223,6 +223,19 @@ def _pair_distances(x: np.ndarray, block: int = 512):
         yield d[np.arange(lo, min(lo + block, n))[:, None] < np.arange(n)[None]]
 
 
+def pair_counts(x: np.ndarray, bin_width: float, block: int = 512) -> np.ndarray:
+    """How many pairs i < j of ``x`` lie in each bin of ``bin_width``, a block of rows at a time.
+    Bins are centred on multiples of the width: a lattice's distances 1, 2, 3 ... sit on bin
+    edges otherwise, and float32 coordinates (the stored library) move them across."""
+    counts = np.zeros(1, np.int64)
+    for d in _pair_distances(np.asarray(x, float), block):
+        c = np.bincount(np.rint(d / bin_width).astype(np.int64))
+        if len(c) > len(counts):
+            counts = np.pad(counts, (0, len(c) - len(counts)))
+        counts[:len(c)] += c
+    return counts
+
+
 def debye_f0(xyz_unit: np.ndarray, q: np.ndarray, decimals: int = 6) -> np.ndarray:
     """(2/N) sum_{i<j} sin(q u)/u over the distinct distances of a unit-bond cluster."""
     x = np.asarray(xyz_unit, float)
@@ -252,14 +265,7 @@ def visible_extent(xyz_unit: np.ndarray, bin_width: float = 0.02) -> float:
     n = len(x)
     if n < 2:
         return 0.0
-    counts = np.zeros(1, np.int64)
-    for d in _pair_distances(x):
-        # bins centred on multiples of the width: a lattice's distances 1, 2, 3 ... sit on bin
-        # edges otherwise, and float32 coordinates (the stored library) move them across
-        c = np.bincount(np.rint(d / bin_width).astype(np.int64))
-        if len(c) > len(counts):
-            counts = np.pad(counts, (0, len(c) - len(counts)))
-        counts[:len(c)] += c
+    counts = pair_counts(x, bin_width)
     r = np.arange(len(counts)) * bin_width
     peak = counts / np.maximum(r, 1.0)
     first = peak[(r > 0.85) & (r < 1.15)].max(initial=0.0)   # the nearest-neighbour peak

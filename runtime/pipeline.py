@@ -433,8 +433,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
         walked_past, capped = None, False   # the family walked past the library (``_beyond``)
         if refine.envelope and use_library and cands and not settled(cands[0]):
             te = time.perf_counter()
+            # both start from the best library fit, which the sphere added does not move
             cands += _envelope(cands, grid, g_fit)
-            cands.sort(key=lambda c: (*tier(c), c.rwp))
             beyond, walked_past, capped = _beyond(cands, library, grid, g_fit, tier)
             cands += beyond
             cands.sort(key=lambda c: (*tier(c), c.rwp))
@@ -571,6 +571,13 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
     return out
 
 
+def _large_start(cands: list[Candidate]) -> Candidate | None:
+    """The best library fit (not a lattice sphere), where it holds ENVELOPE_FROM_ATOMS or more:
+    where ``_envelope`` and ``_beyond`` start."""
+    best = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
+    return best if best is not None and best.n_atoms >= ENVELOPE_FROM_ATOMS else None
+
+
 def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[Candidate]:
     """A lattice sphere whose diameter is fitted (``cbldm.runtime.envelope``) beside the best library
     fit, when that fit is a cluster of ENVELOPE_FROM_ATOMS or more: the particle may be larger than
@@ -581,8 +588,8 @@ def _envelope(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> list[
     start it above the particle's size)."""
     from cbldm.runtime.envelope import fit_envelope, sphere_diameter
 
-    best = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
-    if best is None or best.n_atoms < ENVELOPE_FROM_ATOMS:
+    best = _large_start(cands)
+    if best is None:
         return []
     lattice = {"hcp": "hcp", "bcc": "bcc", "sc": "sc"}.get(best.motif or "", "fcc")
     f, bond = best.fit, nn_length(best.xyz)
@@ -606,8 +613,8 @@ def _beyond(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray,
     from cbldm.runtime import mtp
     from cbldm.runtime.library import family_of
 
-    start = next((c for c in cands if c.source == "library" and c.envelope is None and c.fit is not None), None)
-    if start is None or start.n_atoms < ENVELOPE_FROM_ATOMS:
+    start = _large_start(cands)
+    if start is None:
         return [], None, False
     fam, par = family_of(start.label)
     if fam not in mtp.FAMILIES:

@@ -128,20 +128,11 @@ PAIR_BIN = 1e-3         # A, beyond
 
 
 def _pair_cdf(x: np.ndarray) -> np.ndarray:
-    """Cumulative distribution of the pair distances of ``x`` on PAIR_BIN bins, a block of rows at
-    a time (no N^2 array)."""
-    x = np.asarray(x, float)
-    n = len(x)
-    hist = np.zeros(1)
-    for lo in range(0, n - 1, 128):
-        hi = min(lo + 128, n)
-        d = np.sqrt(((x[lo:hi, None, :] - x[None, lo + 1:, :]) ** 2).sum(-1))
-        d = d[np.arange(lo, hi)[:, None] < np.arange(lo + 1, n)[None]]
-        h = np.bincount((d / PAIR_BIN).astype(np.int64))
-        if len(h) > len(hist):
-            hist = np.pad(hist, (0, len(h) - len(hist)))
-        hist[:len(h)] += h
-    c = np.cumsum(hist)
+    """Cumulative distribution of the pair distances of ``x`` on PAIR_BIN bins, 128 rows at a time
+    (an 80,000-atom answer: 250 MB per block, no N^2 array)."""
+    from cbldm.runtime.library import pair_counts
+
+    c = np.cumsum(pair_counts(x, PAIR_BIN, block=128))
     return c / c[-1]
 
 
