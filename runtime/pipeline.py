@@ -36,7 +36,7 @@ from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 from cbldm.runtime.structure import nn_distances, nn_length
 from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, check_input, gain_bound, judge,
-                                   misfit, noise_rwp, particle_extent)
+                                   misfit, noise_rwp, particle_extent, short_peak)
 
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 6          # library matches fitted per PDF ...
@@ -285,6 +285,7 @@ class Prediction:
     sampler: dict = field(default_factory=dict)
     q_grid_biso: float = 0.3                 # the Biso whose DiffPy Q grid the fit cut F(Q) on
     noise_rwp: float = 0.0                   # the Rwp the data's noise alone leaves (verdict.noise_rwp)
+    short_peak: dict | None = None           # a peak below the metal's shortest distance the answer leaves (verdict.short_peak)
 
     @property
     def best(self) -> Candidate:
@@ -559,15 +560,18 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
+        short = short_peak(grid.r_fit, g_fit, cands[0].g_calc, d, checks[i]["noise_level"]) \
+            if cands[0].g_calc is not None else None
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
-                        (p.element, p.alloy, p.non_metals), ceiling)
+                        (p.element, p.alloy, p.non_metals), ceiling, short)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         out.append(Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
                               sampler.as_dict() | {"candidates": candidates, "seed": seed,
                                                    "source": source, "library_top": library_top,
                                                    "library_per_motif": LIBRARY_PER_MOTIF,
-                                                   "refine": refine.as_dict()}, grid.qgrid_biso, noise))
+                                                   "refine": refine.as_dict()}, grid.qgrid_biso, noise,
+                              short))
     return out
 
 

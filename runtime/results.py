@@ -212,7 +212,9 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
                 # what of Rwp the data's noise explains (0 where none is seen above Qmax) and
                 # what it leaves: searches judge gains on the latter
                 "noise_rwp": round(float(pred.noise_rwp), 5),
-                "rwp_beyond_noise": round(beyond_noise(best.rwp, pred.noise_rwp), 5)},
+                "rwp_beyond_noise": round(beyond_noise(best.rwp, pred.noise_rwp), 5),
+                # the largest peak below the metal's shortest distance the answer leaves (verdict.short_peak)
+                "short_peak": pred.short_peak},
         "first_shell_A": round(pred.d_nn, 4),
         "particle": pred.extent, "input_check": {k: round(float(x), 5) for k, x in pred.input_check.items()},
         # sanity numbers for the reader: metals have no pair far below the first shell, and

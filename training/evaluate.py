@@ -178,7 +178,8 @@ def score(item: Item, pred) -> dict:
             "rmsd_A": assigned_rmsd(b.xyz, item.truth, starts=8) if exact and n_true <= 300 else float("nan"),
             "rwp": b.rwp, "rwp_before_refinement": b.rwp_rigid, "refined": b.refined,
             "refined_disorder": b.disordered, "answer_source": b.source, "answer_label": b.label, "verdict": pred.verdict.verdict,
-            "warnings": pred.verdict.warnings, "motif_true": item.motif, "motif_pred": pm,
+            "warnings": pred.verdict.warnings, "short_peak": pred.short_peak,
+            "motif_true": item.motif, "motif_pred": pm,
             "size_true_A": _diam(item.truth), "size_pred_A": _diam(b.xyz),
             # each candidate's structure error too: what another ranking would have answered
             "candidates": [{"source": c.source, "n_atoms": c.n_atoms, "rwp": c.rwp, "rwp_rigid": c.rwp_rigid,
