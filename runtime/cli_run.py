@@ -69,7 +69,8 @@ SOURCE_HELP = ("Where candidates come from: both (default), model (the networks)
                "(the shipped cluster library alone).")
 QMIN_HELP = "Qmin of the data (1/A; default: the file's header 'qmin', else 0.7)."
 QMAX_HELP = "Qmax of the data (1/A; default: the file's header 'qmax', else 25)."
-RMIN_HELP = "Fit from this r (A; default 1.5)."
+RMIN_HELP = ("Fit from this r (A; default 1.5, and fitted again from above a peak the fit leaves where no two "
+             "metal atoms are: a ligand's or oxide's bonds; a value given here stands).")
 RMAX_HELP = "Fit up to this r (A; default: the file's last r)."
 QDAMP_HELP = ("Instrument resolution Qdamp (1/A) from a calibrant (Ni, CeO2): held in the fit (default: "
               "the file's header 'qdamp', else refined per candidate, where it trades off against size).")
