@@ -35,9 +35,8 @@ from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 from cbldm.runtime.structure import nn_distances, nn_length
-from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, SHORT_PEAK_SIGMAS, InputRefused, Verdict,
-                                   _first_peak_sigma, check_input, gain_bound, judge, misfit, noise_rwp,
-                                   particle_extent, short_peak, short_peak_sentence)
+from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, _first_peak_sigma, check_input,
+                                   gain_bound, judge, misfit, noise_rwp, particle_extent, short_peak)
 
 SOURCES = ("both", "model", "library")
 LIBRARY_TOP = 6          # library matches fitted per PDF ...
@@ -80,6 +79,8 @@ ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more
 ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
 MTP_MAX_ATOMS = 20_000   # icosahedra and decahedra built past the library (``_beyond``) up to this
 BUILT = "built past the library's largest of its family"   # ``Candidate.via`` of those
+REFIT_SIGMAS = 3.0        # a fit again from above a peak of another element starts at most this many of the
+                          # first peak's widths below it (``_above_short``)
 CEILING_FRACTION = 0.9    # a large answer (ENVELOPE_FROM_ATOMS or more) this close to the largest library
                           # cluster of its motif is said to be at the library's ceiling (``verdict.judge``)
 REFINED_PARAMS_PER_ATOM = 1.0  # what restrained refinement adds to a fit, per atom (tuning set)
@@ -189,7 +190,7 @@ class RefineConfig:
                 "disorder": self.disorder, "envelope": self.envelope, "above_short": self.above_short}
 
 
-NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False, walk=False, envelope=False)
+NO_REFINEMENT = RefineConfig(top=0, search=0, strain=False, walk=False, envelope=False, above_short=False)
 
 
 @dataclass
@@ -322,8 +323,11 @@ def predict(nets: Networks | None, pdf: PDFInput, sampler: SamplerConfig, candid
 def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerConfig,
                   candidates: int = 4, seed: int = 0, schedule: Schedule | None = None,
                   refine: RefineConfig = RefineConfig(), source: str = "both", library=None,
-                  library_top: int = LIBRARY_TOP, t: float = KERNEL_WIDTH) -> list[Prediction]:
+                  library_top: int = LIBRARY_TOP, t: float = KERNEL_WIDTH,
+                  _refit_of: dict | None = None) -> list[Prediction]:
     """Several PDFs at once: the networks see len(pdfs) x candidates rows per call.
+    ``_refit_of``: the peak of another element a first fit of these data left, fitted again
+    from above it (``_above_short``): judged with it, not with a peak of its own.
 
     Raises InputRefused (naming the position in ``pdfs``) for a PDF that is not usable."""
     if source not in SOURCES:
@@ -563,11 +567,15 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
                                                         "did not bracket (the size traded against Qdamp)"))
             unbracketed = exact(cands[-1])
-        short = short_peak(grid.r_fit, g_fit, cands[0].g_calc, d, checks[i]["noise_level"]) \
-            if cands[0].g_calc is not None else None
-        refit = _above_short(p, short, d) if refine.above_short else None
+        if _refit_of is not None:
+            short = _refit_of
+        else:
+            short = short_peak(grid.r_fit, g_fit, cands[0].g_calc, d, checks[i]["noise_level"]) \
+                if cands[0].g_calc is not None else None
+        refit = _above_short(p, short, d, grid.r_fit, g_fit - cands[0].g_calc) \
+            if refine.above_short and _refit_of is None else None
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
-                        (p.element, p.alloy, p.non_metals), ceiling, None if refit else short)
+                        (p.element, p.alloy, p.non_metals), ceiling, short)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
             v for k, v in tm.items() if k in ("encode_s", "sample_s", "decode_s", "recover_s"))
         pred = Prediction(cands, grid.r_fit, g_fit, p.physics, d, extent, verdict, checks[i], tm,
@@ -580,33 +588,39 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # the whole answer again, on the data above the other element's bonds: a metal structure
             # fitted across them bends to hold them (measured Au144(p-MBA) from 1.5 A: 55 atoms whose
             # refined coordinates, 0.23 A RMS of static disorder, put Au-Au pairs near its Au-S peak)
-            again = predict_batch(nets, [refit], sampler, candidates, seed, schedule,
-                                  replace(refine, above_short=False), source, library, library_top, t)[0]
-            again.short_peak = short | {"refit_from_A": round(refit.physics.rmin, 3),
-                                        "first_fit": {"rmin_A": p.physics.rmin, "n_atoms": cands[0].n_atoms,
-                                                      "rwp": round(cands[0].rwp, 5), "label": cands[0].label}}
-            again.verdict = Verdict("unusable" if again.verdict.verdict == "unusable" else "doubtful",
-                                    [short_peak_sentence(short, p.element, refit.physics.rmin, cands[0])]
-                                    + again.verdict.warnings)
-            again.timings = {"first_fit_s": tm["total_s"]} | again.timings
-            again.timings["total_s"] += tm["total_s"]
-            pred = again
+            peak = short | {"refit_from_A": round(refit.physics.rmin, 3),
+                            "first_fit": {"rmin_A": p.physics.rmin, "n_atoms": cands[0].n_atoms,
+                                          "rwp": round(cands[0].rwp, 5), "label": str(cands[0].label)}}
+            try:
+                again = predict_batch(nets, [refit], sampler, candidates, seed, schedule,
+                                      replace(refine, above_short=False), source, library, library_top, t,
+                                      _refit_of=peak)[0]
+            except InputRefused:     # the first answer stands, its verdict naming the peak
+                again = None
+            if again is not None:
+                again.sampler = again.sampler | {"refine": refine.as_dict()}
+                again.timings = {"first_fit_s": tm["total_s"]} | again.timings
+                again.timings["total_s"] += tm["total_s"]
+                pred = again
         out.append(pred)
     return out
 
 
-def _above_short(p: PDFInput, short: dict | None, d: float) -> PDFInput | None:
+def _above_short(p: PDFInput, short: dict | None, d: float, r: np.ndarray, res: np.ndarray) -> PDFInput | None:
     """``p`` with its fit range starting above a peak of another element that the answer leaves
-    (``verdict.short_peak``, where it counts), as a PDFgui user excludes a ligand shell's bonds:
-    from the first peak's low flank, SHORT_PEAK_SIGMAS widths below it, where metal-metal pairs
-    begin. None where nothing is to be excluded, too little would be left (3 A), or the user set
-    the fit's start (``--rmin``: theirs stands; the verdict still names the peak)."""
+    (``verdict.short_peak``, where it counts), as a PDFgui user leaves a ligand shell's bonds out
+    of a metal fit: where the first fit's residual ``res`` (on ``r``) falls back to zero above the
+    peak, but no closer to the first peak than REFIT_SIGMAS of its widths (where metal-metal
+    pairs begin). None where nothing is to be excluded, too little would be left (3 A), or the
+    user set the fit's start (``--rmin``: theirs stands; the verdict still names the peak)."""
     if not short or not short.get("unexplained") or p.physics.source.get("rmin") == "option":
         return None
     sigma = _first_peak_sigma(p.r, p.g, d)
     if sigma is None:
         return None
-    rmin = max(short["r_A"] + 0.1, d - SHORT_PEAK_SIGMAS * sigma)
+    above = np.flatnonzero((r > short["r_A"]) & (res <= 0))
+    zero = float(r[above[0]]) if len(above) else d
+    rmin = max(short["r_A"] + 0.1, min(zero, d - REFIT_SIGMAS * sigma))
     if rmin <= p.physics.rmin or p.physics.rmax - rmin < 3.0:
         return None
     src = dict(p.physics.source) | {"rmin": f"above a peak no metal pair explains, at {short['r_A']:.2f} A "

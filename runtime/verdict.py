@@ -258,7 +258,9 @@ def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, n
         return None
     step = float(np.median(np.diff(r)))
     w = max(1, int(round(0.1 / step)))          # a peak is a maximum over +-0.1 A, not a wiggle
-    peaks = [k for k in win if res[k] > 0 and res[k] >= res[max(0, k - w):k + w + 1].max()]
+    # a maximum over +-0.1 A inside the fit grid: the fit's first point is no peak (a fit from 2.0 A
+    # on data with a Cu-O peak at 1.94 A starts on its flank)
+    peaks = [k for k in win if w <= k and res[k] > 0 and res[k] >= res[k - w:k + w + 1].max()]
     if not peaks:
         return None    # the residual rises up to the window's end: the first peak's flank
     k = max(peaks, key=lambda i: res[i])
@@ -272,19 +274,22 @@ def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, n
     return out
 
 
-def short_peak_sentence(peak: dict, element: str, refit_from: float | None = None, first=None) -> str:
+def short_peak_sentence(peak: dict, element: str) -> str:
     """The verdict's sentence on a peak the fit leaves where no two metal atoms are (``short_peak``);
-    with ``refit_from``, the answer was fitted again from there, and ``first`` (a candidate)
-    answered the fit from the file's start."""
+    where the answer was fitted again from above it (``pipeline._above_short``), the peak carries
+    ``refit_from_A`` and the first fit's answer (``first_fit``)."""
     el = element or "metal"
-    s = (f"the fit leaves a peak at {peak['r_A']:.2f} A ({100 * peak['of_first_peak']:.1f} % of the first peak, "
-         f"its largest misfit), shorter than any {el}-{el} pair: probably pairs with another element (a "
-         "metal-ligand bond such as Au-S 2.3-2.4 A; metal-oxygen 1.85-2.15 A; the bonds of an oxide or a "
-         "support), which the structures tried do not hold, or an artefact of the data reduction")
-    if refit_from is None:
+    first = peak.get("first_fit")
+    where = f" from {first['rmin_A']:.2f} A" if first else ""
+    s = (f"the fit{where} leaves a peak at {peak['r_A']:.2f} A "
+         f"({100 * peak['of_first_peak']:.1f} % of the first peak, {peak['over_misfit_elsewhere']:.1f} times its "
+         f"largest misfit beyond {SHORT_PEAK_CLASH} bonds), shorter than any {el}-{el} pair: probably pairs "
+         "with another element (a metal-ligand bond such as Au-S 2.3-2.4 A; metal-oxygen 1.85-2.15 A; a "
+         "support's own bonds), which the structures tried do not hold, or an artefact of the data reduction")
+    if not first:
         return s
-    return (s + f"; the answer is fitted from {refit_from:.2f} A, above it (fitted from the file's start: "
-            f"{first.n_atoms} atoms, Rwp {first.rwp:.3f})")
+    return (s + f"; the answer is fitted from {peak['refit_from_A']:.2f} A, above it (from {first['rmin_A']:.2f} A: "
+            f"{first['n_atoms']} atoms, Rwp {first['rwp']:.3f})")
 
 @dataclass
 class Verdict:
@@ -411,8 +416,8 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append(f"the file's composition names {', '.join(non_metals)} beside {el} in its formula: a "
                      f"compound (oxide, chalcogenide) or a ligand shell, which the {el} structures tried do "
                      "not hold")
-    if extra is not None and extra.get("unexplained"):
-        doubt.append(short_peak_sentence(extra, el))
+    if extra is not None and extra.get("unexplained"):   # first of the doubts: the fit's own range
+        doubt.insert(0, short_peak_sentence(extra, el))
     if bad:
         return Verdict("unusable", bad + doubt)
     return Verdict("doubtful" if doubt else "ok", doubt)

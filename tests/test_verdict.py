@@ -373,7 +373,7 @@ def test_an_oxide_shell_makes_the_answer_doubtful_and_is_fitted_above(tmp_path):
     assert abs(doc["n_atoms"] - 146) <= 5 and doc["verdict"] == "doubtful"
     peak = doc["fit"]["short_peak"]
     assert peak["unexplained"] and abs(peak["r_A"] - 1.95) < 0.05
-    assert doc["warnings"][0].startswith(f"the fit leaves a peak at {peak['r_A']:.2f} A")
+    assert doc["warnings"][0].startswith(f"the fit from 1.50 A leaves a peak at {peak['r_A']:.2f} A")
     assert "shorter than any Cu-Cu pair" in doc["warnings"][0]
     # fitted again from above the Cu-O bonds, where Cu-Cu pairs begin; the first fit is reported
     assert 2.0 < doc["fit"]["rmin_A"] < 2.4 and doc["fit"]["from"]["rmin"].startswith("above a peak")
@@ -401,11 +401,28 @@ def test_the_refit_starts_on_the_first_peaks_flank_unless_the_user_set_the_start
     from cbldm.runtime.fitting import file_physics
     from cbldm.runtime.pipeline import PDFInput, _above_short
 
-    r, g, _, bond = _oxidised_cu()
+    from cbldm.runtime.pipeline import REFIT_SIGMAS
+    from cbldm.runtime.verdict import _first_peak_sigma
+
+    r, g, fit, bond = _oxidised_cu()
     peak = {"r_A": 1.94, "unexplained": True}
     p = PDFInput(r, g, "Cu", physics=file_physics({"qmin": 0.8, "qmax": 25.0}, r))
-    again = _above_short(p, peak, bond)
-    assert 2.0 < again.physics.rmin < bond - 0.3 and again.physics.source["rmin"].startswith("above a peak")
-    assert _above_short(p, peak | {"unexplained": False}, bond) is None
+    again = _above_short(p, peak, bond, r, g - fit)
+    # where the residual is back to zero above the peak, no closer to the first peak than 3 widths
+    zero = r[(r > 1.94) & (g - fit <= 0)][0]
+    assert again.physics.rmin == round(min(zero, bond - REFIT_SIGMAS * _first_peak_sigma(r, g, bond)), 2)
+    assert 2.0 < again.physics.rmin < bond - 0.2 and again.physics.source["rmin"].startswith("above a peak")
+    assert _above_short(p, peak | {"unexplained": False}, bond, r, g - fit) is None
     mine = PDFInput(r, g, "Cu", physics=file_physics({"qmin": 0.8, "qmax": 25.0}, r, rmin=1.8))
-    assert mine.physics.source["rmin"] == "option" and _above_short(mine, peak, bond) is None
+    assert mine.physics.source["rmin"] == "option" and _above_short(mine, peak, bond, r, g - fit) is None
+
+
+def test_the_fits_first_point_is_no_peak():
+    """A fit from 2.0 A on data with a Cu-O peak at 1.94 A starts on the peak's flank: the residual
+    falls from the first point, which is no maximum over +-0.1 A."""
+    from cbldm.runtime.verdict import short_peak
+
+    r, g, fit, bond = _oxidised_cu()
+    m = r >= 2.0
+    sp = short_peak(r[m], g[m], fit[m], bond, 0.0)
+    assert sp is None or (sp["r_A"] > 2.1 and not sp["unexplained"]), sp
