@@ -61,8 +61,8 @@ PRECISION_HELP = ("fp32 or fp16 graphs; a graph exported without an fp16 version
                   "and the report says so.")
 
 REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off, and no "
-               "strain, library-family walk, atom-count or facet-layer search: the structures as the "
-               "networks and library gave them).")
+               "strain, library-family walk, atom-count or facet-layer search, nor a second fit above a "
+               "peak of another element: the structures as the networks and library gave them).")
 
 
 SOURCE_HELP = ("Where candidates come from: both (default), model (the networks) or library "

@@ -63,9 +63,10 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
 
     try:
         # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
-        # library family and no atom or layer search
+        # library family, no atom or layer search and no second fit above a peak of another
+        # element (the verdict still names it)
         return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
-                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0)
+                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0)
     except ValueError:
         raise fail("--refine and --search must be >= 0, --refine-iter >= 1 and --rank criterion or rwp",
                    EXIT_USAGE) from None

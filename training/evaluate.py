@@ -328,8 +328,8 @@ def table_markdown(doc: dict, groups: list[str]) -> str:
             r = doc["sources"][s]["table"][g]
             cells += [f"{100 * r['exact_count']:.0f} %", f"{r['pair_distance_error_A']:.3f}",
                       f"{r['rwp']:.3f} ({r['rwp_before_refinement']:.3f})"]
-            if large:
-                cells += [f"{100 * r['count_within_10pct']:.0f} %", f"{100 * r['size_error_rel_median']:.0f} %"]
+            if large:   # "-" for a column kept from a run before these were measured
+                cells += [f"{100 * r[k]:.0f} %" if k in r else "-" for k in ("count_within_10pct", "size_error_rel_median")]
         if "both" in srcs:
             cells.append(f"{100 * doc['sources']['both']['table'][g]['from_model']:.0f} %")
         if rows is not None:
