@@ -35,7 +35,7 @@ from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
 from cbldm.runtime.structure import nn_distances, nn_length
-from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, _first_peak_sigma, check_input,
+from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, check_input, first_peak_sigma,
                                    gain_bound, judge, misfit, noise_rwp, particle_extent, short_peak)
 
 SOURCES = ("both", "model", "library")
@@ -573,7 +573,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             short = short_peak(grid.r_fit, g_fit, cands[0].g_calc, d, checks[i]["noise_level"]) \
                 if cands[0].g_calc is not None else None
         refit = _above_short(p, short, d, grid.r_fit, g_fit - cands[0].g_calc) \
-            if refine.above_short and _refit_of is None else None
+            if refine.above_short and _refit_of is None and short and short["unexplained"] else None
         verdict = judge(cands[0], runner, d, extent, largest, assumed, damped, noise, unbracketed, bounded,
                         (p.element, p.alloy, p.non_metals), ceiling, short)
         tm["total_s"] = tm.get("check_s", 0) + (time.perf_counter() - t0) + sum(
@@ -615,7 +615,7 @@ def _above_short(p: PDFInput, short: dict | None, d: float, r: np.ndarray, res: 
     user set the fit's start (``--rmin``: theirs stands; the verdict still names the peak)."""
     if not short or not short.get("unexplained") or p.physics.source.get("rmin") == "option":
         return None
-    sigma = _first_peak_sigma(p.r, p.g, d)
+    sigma = first_peak_sigma(p.r, p.g, d)
     if sigma is None:
         return None
     above = np.flatnonzero((r > short["r_A"]) & (res <= 0))

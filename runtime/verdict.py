@@ -198,7 +198,7 @@ def particle_extent(r: np.ndarray, g: np.ndarray, d: float, noise: float) -> dic
             "beyond_networks": bool(est > 1.6 * NETWORK_ATOMS)}
 
 
-def _first_peak_sigma(r: np.ndarray, g: np.ndarray, d: float) -> float | None:
+def first_peak_sigma(r: np.ndarray, g: np.ndarray, d: float) -> float | None:
     """The Gaussian width of the data's first peak, from its half height above the valley below it
     (the lowest G within 0.6 A under the peak: a particle's G sits on a negative baseline, and a
     half maximum taken from G = 0 reads a measured peak ~10 % narrow), on the low-r side (the high
@@ -248,7 +248,7 @@ def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, n
     r, g_obs = np.asarray(r, float), np.asarray(g_obs, float)
     res = g_obs - np.asarray(g_calc, float)
     first = float(np.interp(d, r, g_obs))
-    sigma = _first_peak_sigma(r, g_obs, d)
+    sigma = first_peak_sigma(r, g_obs, d)
     if first <= 0 or sigma is None:
         return None
     top = min(SHORT_PEAK_CLASH * d, d - SHORT_PEAK_SIGMAS * sigma)

@@ -329,7 +329,7 @@ def test_a_bump_on_the_first_peaks_flank_is_not_another_element():
     displaced rod (first-peak sigma 0.14 A) left a residual maximum at 3.6 sigma below its peak,
     0.82 bonds, which a fit of the wrong peak shape leaves and no other element needs. The width
     is read above the valley below the peak (a particle's G sits on a negative baseline)."""
-    from cbldm.runtime.verdict import SHORT_PEAK_SIGMAS, _first_peak_sigma, short_peak
+    from cbldm.runtime.verdict import SHORT_PEAK_SIGMAS, first_peak_sigma, short_peak
 
     r = np.arange(150, 1500) * 0.01
     d, s = 2.79, 0.14
@@ -338,8 +338,8 @@ def test_a_bump_on_the_first_peaks_flank_is_not_another_element():
         return a * np.exp(-0.5 * ((r - x0) / w) ** 2)
 
     metal = gauss(d, s, 10.0) + gauss(3.95, s, 3.0) + gauss(4.83, s, 6.0)
-    assert abs(_first_peak_sigma(r, metal, d) - s) < 0.003
-    assert abs(_first_peak_sigma(r, metal - 0.7 * r, d) - s) < 0.01    # on a baseline
+    assert abs(first_peak_sigma(r, metal, d) - s) < 0.003
+    assert abs(first_peak_sigma(r, metal - 0.7 * r, d) - s) < 0.01    # on a baseline
     for sigmas, counts in ((SHORT_PEAK_SIGMAS - 0.5, False), (SHORT_PEAK_SIGMAS + 1.0, True)):
         sp = short_peak(r, metal + gauss(d - sigmas * s, 0.05, 0.3), metal, d, 0.0)
         assert bool(sp and sp["unexplained"]) is counts, (sigmas, sp)
@@ -402,7 +402,7 @@ def test_the_refit_starts_on_the_first_peaks_flank_unless_the_user_set_the_start
     from cbldm.runtime.pipeline import PDFInput, _above_short
 
     from cbldm.runtime.pipeline import REFIT_SIGMAS
-    from cbldm.runtime.verdict import _first_peak_sigma
+    from cbldm.runtime.verdict import first_peak_sigma
 
     r, g, fit, bond = _oxidised_cu()
     peak = {"r_A": 1.94, "unexplained": True}
@@ -410,7 +410,7 @@ def test_the_refit_starts_on_the_first_peaks_flank_unless_the_user_set_the_start
     again = _above_short(p, peak, bond, r, g - fit)
     # where the residual is back to zero above the peak, no closer to the first peak than 3 widths
     zero = r[(r > 1.94) & (g - fit <= 0)][0]
-    assert again.physics.rmin == round(min(zero, bond - REFIT_SIGMAS * _first_peak_sigma(r, g, bond)), 2)
+    assert again.physics.rmin == round(min(zero, bond - REFIT_SIGMAS * first_peak_sigma(r, g, bond)), 2)
     assert 2.0 < again.physics.rmin < bond - 0.2 and again.physics.source["rmin"].startswith("above a peak")
     assert _above_short(p, peak | {"unexplained": False}, bond, r, g - fit) is None
     mine = PDFInput(r, g, "Cu", physics=file_physics({"qmin": 0.8, "qmax": 25.0}, r, rmin=1.8))
