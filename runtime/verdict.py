@@ -69,14 +69,15 @@ NOISE_LEFT = 0.4       # misfit beyond the noise, per noise, that true structure
 
 SHORT_PEAK_FROM = 1.75    # A: a peak of another element the fit leaves (``short_peak``) is looked for from
                           # here (the shortest metal bond X-rays see, M-C(O), is ~1.8 A; below, a PDF holds
-                          # ripples, noise and the ligands' own C-C, C-S pairs) ...
-SHORT_PEAK_CLASH = 0.85   # ... up to this many bonds (CLASH_FRACTION: no two metal atoms are closer) ...
+                          # ripples, noise and the ligands' own C-C, C-S pairs) up to CLASH_FRACTION bonds
+                          # (no two metal atoms are closer) ...
 SHORT_PEAK_SIGMAS = 4.0   # ... and this many of the first peak's Gaussian widths below it; it counts where
 SHORT_PEAK_MIN = 0.01     # it reaches this much of the first peak,
 SHORT_PEAK_NOISE = 6.0    # this many times the data's noise level (as MIN_PEAK_SNR for the first peak)
 SHORT_PEAK_MISFIT = 1.5   # and this many times the fit's largest misfit elsewhere (measured Au144: 1.63;
                           # noise limited below Qmax on a perfect fit, which ``noise_level`` cannot see:
                           # at most 1.32 of 900 draws)
+
 
 class InputRefused(ValueError):
     """The file is not a PDF this program can answer for (message: one line, no file name)."""
@@ -222,7 +223,7 @@ def first_peak_sigma(r: np.ndarray, g: np.ndarray, d: float) -> float | None:
 
 def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, noise: float) -> dict | None:
     """The largest peak the fit leaves where no two metal atoms are: in the residual (data - fit)
-    from SHORT_PEAK_FROM to SHORT_PEAK_CLASH bonds and SHORT_PEAK_SIGMAS first-peak widths below
+    from SHORT_PEAK_FROM to CLASH_FRACTION bonds and SHORT_PEAK_SIGMAS first-peak widths below
     the first peak. Pairs of the metal with another element, which a metal structure cannot hold
     (thiolate ligands on gold, Au-S 2.3-2.4 A; metal-oxygen 1.85-2.15 A), the bonds of a support
     or oxide, or an artefact of the data reduction. ``r``, ``g_obs``, ``g_calc``: the fit grid,
@@ -235,7 +236,7 @@ def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, n
 
     The peak is the largest local maximum (over +-0.1 A) inside that window, where the residual is
     positive. {r_A, of_first_peak, over_noise (None without noise), over_misfit_elsewhere (over
-    the largest |residual| from SHORT_PEAK_CLASH bonds to the fit's end), unexplained}: it counts
+    the largest |residual| from CLASH_FRACTION bonds to the fit's end), unexplained}: it counts
     where it reaches SHORT_PEAK_MIN of the first peak, SHORT_PEAK_NOISE times the noise and
     SHORT_PEAK_MISFIT times the misfit elsewhere. The last is the bound on measured data, whose
     noise stays below Qmax where ``noise_level`` cannot see it: such noise on a perfect fit of a
@@ -251,9 +252,9 @@ def short_peak(r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, d: float, n
     sigma = first_peak_sigma(r, g_obs, d)
     if first <= 0 or sigma is None:
         return None
-    top = min(SHORT_PEAK_CLASH * d, d - SHORT_PEAK_SIGMAS * sigma)
+    top = min(CLASH_FRACTION * d, d - SHORT_PEAK_SIGMAS * sigma)
     win = np.flatnonzero((r >= SHORT_PEAK_FROM) & (r <= top))
-    rest = r > SHORT_PEAK_CLASH * d
+    rest = r > CLASH_FRACTION * d
     if len(win) < 3 or rest.sum() < 8:
         return None
     step = float(np.median(np.diff(r)))
@@ -283,13 +284,14 @@ def short_peak_sentence(peak: dict, element: str) -> str:
     where = f" from {first['rmin_A']:.2f} A" if first else ""
     s = (f"the fit{where} leaves a peak at {peak['r_A']:.2f} A "
          f"({100 * peak['of_first_peak']:.1f} % of the first peak, {peak['over_misfit_elsewhere']:.1f} times its "
-         f"largest misfit beyond {SHORT_PEAK_CLASH} bonds), shorter than any {el}-{el} pair: probably pairs "
+         f"largest misfit beyond {CLASH_FRACTION} bonds), shorter than any {el}-{el} pair: probably pairs "
          "with another element (a metal-ligand bond such as Au-S 2.3-2.4 A; metal-oxygen 1.85-2.15 A; a "
          "support's own bonds), which the structures tried do not hold, or an artefact of the data reduction")
     if not first:
         return s
     return (s + f"; the answer is fitted from {peak['refit_from_A']:.2f} A, above it (from {first['rmin_A']:.2f} A: "
             f"{first['n_atoms']} atoms, Rwp {first['rwp']:.3f})")
+
 
 @dataclass
 class Verdict:
