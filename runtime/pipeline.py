@@ -79,6 +79,8 @@ ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more
 ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
 MTP_MAX_ATOMS = 20_000   # icosahedra and decahedra built past the library (``_beyond``) up to this
 BUILT = "built past the library's largest of its family"   # ``Candidate.via`` of those
+QMIN_SCAN = 2.0          # 1/A: a file that states no Qmin is fitted with each Qmin of the Q grid up to this
+                         # (reduction programs cut at 0.5-1.5), the best first candidate's best kept (``_fit_qmin``)
 REFIT_SIGMAS = 3.0        # a fit again from above a peak of another element starts at most this many of the
                           # first peak's widths below it (``_above_short``)
 CEILING_FRACTION = 0.9    # a large answer (ENVELOPE_FROM_ATOMS or more) this close to the largest library
@@ -209,7 +211,7 @@ class PDFInput:
         self.r = np.asarray(self.r, float)
         self.g = np.asarray(self.g, float)
         if self.physics is None:
-            self.physics = file_physics({}, self.r)
+            self.physics = file_physics({}, self.r, g=self.g)
 
     @classmethod
     def on_model_grid(cls, g: np.ndarray, element: str = "Au", params=DEEPSTRUC_PARAMS, name: str = ""):
@@ -390,6 +392,9 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # whose fit keeps Qdamp inside its range
             return not c.physical(d, frac), overdamped(c)
 
+        if cands and str(p.physics.source.get("qmin", "")).startswith("default"):
+            grid = _fit_qmin(cands, grid, g_fit, tier)
+            p = replace(p, physics=grid.phys)
         grid = _regrid(cands, grid, g_fit, tier)
         tm["fit_s"] = time.perf_counter() - tf
 
@@ -754,16 +759,53 @@ def _regrid(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier,
         f = regrid.fit(best.xyz, g_fit, sizes=np.ones(1), start=(best.fit.biso, best.fit.delta2, best.fit.qdamp))
         if (*tier(replace(best, fit=f)), f.rwp) >= (*tier(best), best.rwp):
             return grid
+    _fit_again(cands, regrid, g_fit)
+    return regrid
+
+
+def _fit_again(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> None:
+    """Every candidate fitted again on ``grid``, from its physics, in a narrow size scan: the size
+    found so far stays in the reported size factor; a strained candidate keeps its strain, and its
+    unstrained self moves to the grid with it."""
     for c in cands + [c.unstrained for c in cands if c.unstrained is not None]:
         old = c.fit
-        f = regrid.fit(c.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 5),
-                       start=(old.biso, old.delta2, old.qdamp))
+        f = grid.fit(c.xyz, g_fit, sizes=np.linspace(0.995, 1.005, 5),
+                     start=(old.biso, old.delta2, old.qdamp))
         c.xyz = c.xyz * f.size
         c.fit = replace(f, size=old.size * f.size, strain=old.strain,
                         at_bounds=_size_flag_kept(f, old))
         c.rwp = c.rwp_rigid = c.fit.rwp
         c.g_calc = c.fit.g_calc
-    return regrid
+
+
+def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) -> FitGrid:
+    """For a file that states no Qmin: the Qmin of the Q grid (0 to QMIN_SCAN) with which the best
+    candidate fits best, and every candidate fitted again on the grid cut there; the grid, its
+    physics saying where its Qmin came from. Unlike Qmax (``fitting.band_edge``), the data cannot
+    show it: below ~2 1/A the calculator's columns are nearly dependent on the fit's r range. A
+    structure can: its F(Q) is large at low Q, and a cut one step off leaves a misfit at every r
+    (a DiffPy icosahedron made with Qmin 0.7: Rwp 1e-4 at its own cut, 0.025 one step either side).
+    Each Qmin is the fit's model with the columns below it set to zero, on one grid."""
+    import copy
+
+    best = min(cands, key=lambda c: (*tier(c), c.rwp))
+    base = fit_grid(replace(grid.phys, qmin=0.0), grid.qgrid_biso)
+    step = base.calc.qstep
+    rwps = []
+    for j in range(int(QMIN_SCAN / step) + 1):
+        cut = copy.copy(base)
+        cut.T = base.T.copy()
+        cut.T[:j] = 0.0
+        rwps.append(cut.fit(best.xyz, g_fit, sizes=np.ones(1),
+                            start=(best.fit.biso, best.fit.delta2, best.fit.qdamp)).rwp)
+    j = int(np.argmin(rwps))
+    # half a step below the column kept first: the calculator's cut (``pdf._min_steps``) keeps it
+    qmin = round(max(j * step - step / 2, 0.0), 4)
+    src = dict(grid.phys.source) | {"qmin": f"fitted (no usable qmin in the header): the best first candidate's "
+                                            f"Rwp {rwps[j]:.4f} there, {rwps[0]:.4f} with no cut"}
+    cut_grid = fit_grid(replace(grid.phys, qmin=qmin, source=src), grid.qgrid_biso)
+    _fit_again(cands, cut_grid, g_fit)
+    return cut_grid
 
 
 def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_extent: float,

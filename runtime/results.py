@@ -114,7 +114,7 @@ def read_input(path: Path, element: str | None = None, qmin: float | None = None
     data = read_pdf(path)
     el, alloy, non_metals = element_for(data, element)
     try:
-        phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax, qdamp=qdamp)
+        phys = file_physics(data.meta, data.r, qmin, qmax, rmin, rmax, qdamp=qdamp, g=data.g)
     except ValueError as exc:
         raise PDFInputError(path, str(exc)) from None
     if phys.rmax - phys.rmin < 3.0:

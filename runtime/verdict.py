@@ -26,7 +26,8 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            beyond their 256 atoms, a runner-up with another atom count within 0.01 in Rwp
            (unless the answer fits at the calculator's own level, below 0.001, and the
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
-           it, a fit that leaves more than the data's noise explains (where the noise can be
+           it (Qmax is read from the data's band edge where one stands out, ``fitting.band_edge``;
+           an assumed value is confirmed by a fit below 0.001), a fit that leaves more than the data's noise explains (where the noise can be
            seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
            fits within the noise too, a composition whose formula names other metals beside
            the one answered (an alloy fitted as one element) or non-metals outside parentheses
@@ -404,7 +405,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append(f"Rwp {best.rwp:.3f} where the data's noise alone leaves {noise:.3f}: a misfit of "
                      f"{left:.3f} that noise does not explain (the structure, or the physics fitted with it, "
                      "misses part of the signal)")
-    if assumed:   # a wrong Qmax changes every peak's width and ripples: the fit cannot be trusted
+    # a wrong Qmin or Qmax changes every peak's width and ripples: the fit cannot be trusted, unless it
+    # is at the calculator's own level, which one Q step off does not reach (a DiffPy icosahedron,
+    # Qmin 0.7 and Qmax 25: Rwp 1e-4; Qmin 0.6 or 0.8, 0.025; Qmax 24.85, 0.022)
+    if assumed and best.rwp >= EXACT_FIT:
         doubt.append(f"{' and '.join(assumed)} not in the file's header (or not a usable number there): the "
                      "training values "
                      f"({', '.join(f'{k} {v:g}' for k, v in assumed.items())} 1/A) were assumed "

@@ -3,7 +3,7 @@ what is read from a file's header, and the cluster library search."""
 import numpy as np
 import pytest
 
-from cbldm.runtime.fitting import QGRID_BISO, FilePhysics, FitGrid, file_physics, fit_grid, grid_for
+from cbldm.runtime.fitting import QGRID_BISO, FilePhysics, FitGrid, band_edge, file_physics, fit_grid, grid_for
 from cbldm.runtime.pdf import DebyePDF, PDFParams, rwp
 
 
@@ -146,6 +146,8 @@ def test_file_physics_reads_the_header_and_options_win():
     assert ph.source["qmax"] == "file header"
     ph = file_physics({"qmax": "28.0"}, r, qmax=24.0, rmax=15.0)
     assert ph.qmax == 24.0 and ph.source["qmax"] == "option" and ph.rmax == 15.0
+    with pytest.raises(ValueError, match=r"qmax 219.98 1/A \(file header\) is beyond .* 1/nm\?"):
+        file_physics({"qmax": "219.98"}, r)
     ph = file_physics({"qmax": "not a number"}, r)
     assert ph.qmax == 25.0 and ph.source["qmax"].startswith("default")
     # Qdamp: held when the option or the header gives it (0 included), else refined
@@ -158,6 +160,35 @@ def test_file_physics_reads_the_header_and_options_win():
     assert ph.qdamp is None and "outside" in ph.source["qdamp"]
     with pytest.raises(ValueError, match="Qdamp 0.5 is outside"):
         file_physics({}, r, qdamp=0.5)
+
+
+@pytest.mark.parametrize("qmax, rmax", [(25.0, 30.0), (21.3, 30.0), (18.0, 20.0), (27.4, 40.0)])
+def test_band_edge_reads_qmax_off_the_data_as_the_calculator_cuts_it(qmax, rmax):
+    """A DiffPy-cut PDF read with no Q range: the Qmax found keeps exactly the calculator's columns
+    (the fit's model then is the file's), white noise on the r grid hides the edge (None), and
+    band-limited noise, as a reduction program's, does not."""
+    from cbldm.runtime.mtp import icosahedron
+    from cbldm.runtime.structure import nn_length
+
+    x = icosahedron(3)
+    x = x / nn_length(x) * 2.77
+    params = PDFParams(rmax=rmax + 0.01, qmin=0.8, qmax=qmax, biso=QGRID_BISO)
+    calc = DebyePDF(params)
+    g = calc.calc(x, "Pt")
+    edge = band_edge(calc.r, g)
+    assert edge is not None
+    assert DebyePDF(PDFParams(rmax=rmax + 0.01, qmin=0.8, qmax=edge["qmax"], biso=QGRID_BISO)).nq == calc.nq
+    rng = np.random.default_rng(0)
+    white = rng.normal(scale=0.01 * np.abs(g).max(), size=g.shape)
+    assert band_edge(calc.r, g + white) is None
+    # the same noise, cut with F(Q) at Qmax (its transform's columns above Qmax removed)
+    spec = np.fft.rfft(white)
+    spec[2 * np.pi * np.fft.rfftfreq(len(white), 0.01) > qmax] = 0.0
+    edge = band_edge(calc.r, g + np.fft.irfft(spec, len(white)))
+    assert edge is not None and abs(edge["qmax"] - qmax) < 0.15
+    ph = file_physics({}, calc.r, g=g)
+    assert ph.source["qmax"].startswith("the data's band edge") and ph.source["qmin"].startswith("default")
+    assert file_physics({"qmax": "24.0"}, calc.r, g=g).qmax == 24.0      # the header's stands
 
 
 def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():

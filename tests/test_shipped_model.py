@@ -128,3 +128,35 @@ def test_measured_pt_is_not_grown_to_the_library_end_by_qdamp(shipped):
     assert any(f"{grown.n_atoms} atoms fit better" in w and "--qdamp" in w for w in p.verdict.warnings), \
         p.verdict.warnings
     assert sum(c.set_aside is not None for c in p.candidates) == 1
+
+
+def test_a_file_without_its_q_range_is_fitted_with_the_data_s_own(shipped, tmp_path):
+    """A bare two-column PDF (no header) made with Qmin 1.1 and Qmax 21 (not the training 0.7 and
+    25): Qmax is read off the data's band edge, Qmin fitted with the best first candidate, and the
+    fit reaches the calculator's level, so the verdict does not doubt a Q range it confirmed. With
+    the training values assumed it fits 0.02-0.1 and is doubtful."""
+    from cbldm.runtime.mtp import build
+    from cbldm.runtime.pdf import DebyePDF, PDFParams
+    from cbldm.runtime.pipeline import NO_REFINEMENT, predict
+    from cbldm.runtime.results import read_input
+    from cbldm.runtime.sampling import SamplerConfig
+    from cbldm.runtime.structure import nn_length
+
+    x = build("decahedron_p3_q2_r1")
+    x = x / nn_length(x) * 2.77
+    calc = DebyePDF(PDFParams(rmax=30.01, qmin=1.1, qmax=21.0, biso=0.3))
+    g = calc.calc(x, "Pt")
+    f = tmp_path / "bare.gr"
+    np.savetxt(f, np.column_stack([calc.r, g]))
+    _, pdf = read_input(f, "Pt")
+    assert pdf.physics.source["qmax"].startswith("the data's band edge")
+    assert DebyePDF(PDFParams(rmax=30.01, qmax=pdf.physics.qmax, biso=0.3)).nq == calc.nq
+    sampler = SamplerConfig(**shipped.manifest["sampler"])
+    p = predict(shipped, pdf, sampler, 0, source="library", library=shipped.library, refine=NO_REFINEMENT)
+    assert p.physics.source["qmin"].startswith("fitted")
+    assert DebyePDF(PDFParams(rmax=30.01, qmin=p.physics.qmin, qmax=21.0, biso=0.3)).nqmin == calc.nqmin
+    assert p.best.n_atoms == len(x) and p.best.rwp < 1e-3, (p.best.n_atoms, p.best.rwp)
+    assert p.verdict.verdict == "ok", p.verdict.warnings
+    _, assumed = read_input(f, "Pt", qmin=0.7, qmax=25.0)
+    q = predict(shipped, assumed, sampler, 0, source="library", library=shipped.library, refine=NO_REFINEMENT)
+    assert q.best.rwp > 0.01

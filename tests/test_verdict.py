@@ -155,6 +155,9 @@ def test_rules_about_size_and_ambiguity():
     assert "almost as well" in rigid.warnings[0] and "refined" not in rigid.warnings[0]
     guessed = judge(Cand(), None, 2.77, EXT, assumed={"qmax": 25.0})
     assert guessed.verdict == "doubtful" and "qmax not in the file's header" in guessed.warnings[0]
+    # a fit at the calculator's level confirms the Q range assumed: one step off leaves ~0.02
+    assert judge(Cand(rwp=2e-4), None, 2.77, EXT, assumed={"qmin": 0.7}).verdict == "ok"
+    assert judge(Cand(rwp=0.002), None, 2.77, EXT, assumed={"qmin": 0.7}).verdict == "doubtful"
     # Au144: 85 atoms at 0.164 answered, 105 atoms fit at 0.151 only with Qdamp at its bound
     damped = judge(Cand(n_atoms=85, rwp=0.164), None, 2.77, EXT, damped=Cand(n_atoms=105, rwp=0.151))
     assert damped.verdict == "doubtful" and "105 atoms fit better (Rwp 0.151) but only with Qdamp" in damped.warnings[0]

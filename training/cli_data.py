@@ -190,6 +190,9 @@ def offrecipe(
     seed: int = typer.Option(0, help="Seed of every random choice."),
     tuning: bool = typer.Option(False, help="Write the tuning set instead: the same non-ideal versions and "
                                             "physics of the validation shapes (seed 1 unless given)."),
+    bare: bool = typer.Option(False, help="Write each PDF as users export one: no Q range in the header "
+                                          "(the composition only), its noise cut with F(Q) at Qmax as a "
+                                          "reduction program's is."),
 ):
     """Write the out-of-recipe test set: unseen families, non-ideal test shapes, other physics,
     particles of 300-2500 atoms (cbldm.training.offrecipe). Never train or tune on it; tune
@@ -201,7 +204,7 @@ def offrecipe(
         items = tuning_set(data, seed or 1) if tuning else build_items(data, seed)
     except DatasetError as exc:
         raise fail(str(exc))
-    write(items, out, seed, log=typer.echo)
+    write(items, out, seed, log=typer.echo, bare=bare)
 
 
 @app.command()

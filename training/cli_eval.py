@@ -148,6 +148,10 @@ def offrecipe(
     known_qdamp: bool = typer.Option(False, "--known-qdamp",
                                      help="Hold each file's Qdamp at its simulated value, as `cbldm-run "
                                           "--qdamp` does for a calibrated instrument (default: refined)."),
+    qmin: Optional[float] = typer.Option(None, help="Read every file with this Qmin, as `cbldm-run --qmin` "
+                                                    "(default: the header's, else fitted)."),
+    qmax: Optional[float] = typer.Option(None, help="Read every file with this Qmax, as `cbldm-run --qmax` "
+                                                    "(default: the header's, else the data's band edge)."),
 ):
     """A set of PDFs with known structures (the out-of-recipe set, the held-out families, the tuning
     set), per group: the same metrics, each PDF read like a measured file."""
@@ -158,12 +162,13 @@ def offrecipe(
     ref = refine_config(refine, refine_iter, rank, disorder, search, envelope)
     nets, sampler, lib = _open(model, library)
     try:
-        items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp)
+        items = offrecipe_items(set_dir, groups.split(",") if groups else None, known_qdamp, qmin, qmax)
     except (ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
-    what = f"the PDFs of {set_dir}" + (", Qdamp known" if known_qdamp else "")
+    what = f"the PDFs of {set_dir}" + (", Qdamp known" if known_qdamp else "") + \
+        "".join(f", {k} {v:g} given" for k, v in (("Qmin", qmin), ("Qmax", qmax)) if v is not None)
     doc = evaluate(nets, lib, items, OFF_ORDER, what, srcs, candidates, sampler, seed, ref, log=typer.echo)
-    doc.update({"model": str(model), "set": str(set_dir), "known_qdamp": known_qdamp})
+    doc.update({"model": str(model), "set": str(set_dir), "known_qdamp": known_qdamp, "qmin": qmin, "qmax": qmax})
     _report(doc, OFF_ORDER, out, "offrecipe")
 
 

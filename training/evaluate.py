@@ -84,9 +84,11 @@ def dataset_items(data_root: Path, split: str, per_type: int | None, seed: int =
     return out
 
 
-def offrecipe_items(root: Path, groups: list[str] | None = None, known_qdamp: bool = False) -> list[Item]:
+def offrecipe_items(root: Path, groups: list[str] | None = None, known_qdamp: bool = False,
+                    qmin: float | None = None, qmax: float | None = None) -> list[Item]:
     """The set's PDFs read like measured files; ``known_qdamp`` holds each file's Qdamp at the value
-    it was simulated with, as for a user whose instrument is calibrated (the files do not say)."""
+    it was simulated with, as for a user whose instrument is calibrated (the files do not say);
+    ``qmin``, ``qmax``: given for every file, as ``cbldm-run --qmin/--qmax``."""
     import ase.io
 
     from cbldm.runtime.results import read_input
@@ -98,7 +100,7 @@ def offrecipe_items(root: Path, groups: list[str] | None = None, known_qdamp: bo
         if groups and it["group"] not in groups:
             continue
         qd = float(it["physics"]["qdamp"]) if known_qdamp else None
-        _, pdf = read_input(root / f"{it['name']}.gr", qdamp=qd)
+        _, pdf = read_input(root / f"{it['name']}.gr", qdamp=qd, qmin=qmin, qmax=qmax)
         out.append(Item(it["name"], it["group"], pdf, ase.io.read(root / f"{it['name']}.xyz").get_positions(),
                         it["motif"]))
     return out

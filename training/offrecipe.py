@@ -284,8 +284,11 @@ def large_items(rng: np.random.Generator) -> list[Item]:
     return out
 
 
-def write(items: list[Item], out: Path, seed: int = 0, log=print) -> dict:
-    """Each item's PDF (its own physics and noise) as ``<name>.gr``, truth as ``<name>.xyz``."""
+def write(items: list[Item], out: Path, seed: int = 0, log=print, bare: bool = False) -> dict:
+    """Each item's PDF (its own physics and noise) as ``<name>.gr``, truth as ``<name>.xyz``.
+    ``bare``: as users export a PDF, with no Q range in the header (the composition only), and the
+    noise, of the same RMS, cut with F(Q) at Qmax as a reduction program's is (white noise on the r
+    grid holds every Q; the Q range then has to come from the data, ``fitting.band_edge``)."""
     import ase.io
     from ase import Atoms
 
@@ -299,18 +302,25 @@ def write(items: list[Item], out: Path, seed: int = 0, log=print) -> dict:
     for it in items:
         calc = DebyePDF(it.params)
         g = calc.calc(it.xyz, it.element, method="exact" if it.n_atoms <= 400 else "histogram")
-        if it.noise:
-            g = g + rng.normal(scale=it.noise * np.abs(g).max(), size=g.shape)
         p = it.params
-        header = {"composition": it.element, "qmin": p.qmin, "qmax": p.qmax, "rmin": 0.0,
-                  "rmax": p.rmax, "rstep": p.rstep, "mode": "xray"}
+        if it.noise:
+            noise = rng.normal(scale=it.noise * np.abs(g).max(), size=g.shape)
+            if bare:
+                spec = np.fft.rfft(noise)
+                spec[2 * np.pi * np.fft.rfftfreq(len(noise), p.rstep) > p.qmax] = 0.0
+                cut = np.fft.irfft(spec, len(noise))
+                noise = cut * (it.noise * np.abs(g).max() / cut.std())
+            g = g + noise
+        header = {"composition": it.element} if bare else \
+            {"composition": it.element, "qmin": p.qmin, "qmax": p.qmax, "rmin": 0.0,
+             "rmax": p.rmax, "rstep": p.rstep, "mode": "xray"}
         write_gr(out / f"{it.name}.gr", calc.r, g, header, title="cbldm-data offrecipe")
         atoms = Atoms(f"{it.element}{it.n_atoms}", positions=it.xyz)
         atomic_write(out / f"{it.name}.xyz", lambda f: ase.io.write(f, atoms, format="xyz"))
         index.append({"name": it.name, "group": it.group, "family": it.family, "motif": it.motif,
                       "element": it.element, "n_atoms": it.n_atoms, "physics": p.as_dict(),
                       "noise": it.noise, **it.notes})
-    doc = {"format": FORMAT, "seed": seed, "n": len(index),
+    doc = {"format": FORMAT, "seed": seed, "n": len(index), "bare": bare,
            "groups": {g: sum(1 for i in index if i["group"] == g) for g in dict.fromkeys(i["group"] for i in index)},
            "items": index}
     atomic_write_text(out / "index.json", json.dumps(doc, indent=1))
