@@ -83,8 +83,8 @@ ELEMENT = typer.Option(None, help="The particle's metal (default: the most abund
                                    "else Au).")
 BACKEND = typer.Option("auto", help=BACKEND_HELP)
 PRECISION = typer.Option("fp32", help=PRECISION_HELP)
-SEED = typer.Option(0, help="Sampling seed.")
-THREADS = typer.Option(None, help="CPU threads for ONNX Runtime.")
+SEED = typer.Option(0, min=0, help="Sampling seed (0 or more).")
+THREADS = typer.Option(None, min=1, help="CPU threads for ONNX Runtime.")
 PLOT = typer.Option(True, help="Write <stem>.png.")
 REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help="L-BFGS iterations of the refinement.")
@@ -179,6 +179,7 @@ def predict(
     Each answer carries a verdict (ok, doubtful, unusable) with plain-language warnings; it is
     printed on the result line, written in the JSON and in the picture's title."""
     from cbldm.runtime.backends import GraphError
+    from cbldm.runtime.fileutil import shown
     from cbldm.runtime.pdfio import PDFInputError
     from cbldm.runtime.results import process_file
 
@@ -194,15 +195,20 @@ def predict(
         try:
             res = process_file(path, m, outdir, sampler, candidates, element, seed, plot, ref, source, physics)
         except PDFInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {shown(exc)}", file=sys.stderr)
             failed += 1
             continue
         except GraphError as exc:  # the model failed on this input: no answer, say which graph
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            print(f"error: {shown(path)}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        typer.echo(f"{path}: {res.line()}, {res.seconds:.2f} s -> "
-                   f"{outdir / res.stem}.{{xyz,fit.gr,json" + (",png}" if plot else "}"))
+        except Exception as exc:   # one file's failure is said, and the others are still answered
+            print(f"error: {shown(path)}: {type(exc).__name__}: {shown(exc)} (a defect of cbldm: please report "
+                  "it with the file)", file=sys.stderr)
+            failed += 1
+            continue
+        typer.echo(shown(f"{path}: {res.line()}, {res.seconds:.2f} s -> "
+                         f"{outdir / res.stem}.{{xyz,fit.gr,json" + (",png}" if plot else "}")))
     if failed:
         raise typer.Exit(EXIT_INPUT)
 

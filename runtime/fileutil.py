@@ -17,6 +17,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def shown(text: str | os.PathLike) -> str:
+    """``text`` (a path, or a message naming one) as it can be written in a UTF-8 file: a file name
+    in another encoding (Latin-1 names on a Windows share) reaches Python with its bytes escaped,
+    which no UTF-8 writer takes; they are shown as U+FFFD instead."""
+    return os.fsencode(str(text)).decode("utf-8", "replace")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """``write(tmp)`` then rename over ``path``: readers see the old file or the whole new one.
 

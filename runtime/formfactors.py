@@ -79,6 +79,31 @@ _AMOUNT = r"(?:\d+(?:\.\d*)?|\.\d+)?"
 _TOKEN = re.compile(rf"([A-Z][a-z]?)({_AMOUNT})|[(\[]([^()\[\]]*)[)\]]{_AMOUNT}")
 
 
+_PIECE = re.compile(r"((?:[A-Z][a-z]?[0-9.]*)+)|[0-9]*\.?[0-9]+")
+
+
+def _spaced_metals(text: str) -> str:
+    """A formula of metals written with spaces, as PDFgetX3 users do (``Ni Pt3``, ``Pt 0.5 Ni 0.5``),
+    joined (``NiPt3``): read up to the first space, it would be Ni alone and Pt3 'words'. Only where
+    every word is a number after a word, or a run of element symbols with a metal among them: ``Pt
+    NPs`` or ``Au on C`` stay as written."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    for k, w in enumerate(words):
+        m = _PIECE.fullmatch(w)
+        if m is None:
+            return text
+        if m.group(1) is None:   # a number: the amount of the word before it
+            if k == 0 or _PIECE.fullmatch(words[k - 1]).group(1) is None:
+                return text
+            continue
+        symbols = re.findall(r"[A-Z][a-z]?", w)
+        if not all(x in _table() for x in symbols) or not any(is_metal(x) for x in symbols):
+            return text
+    return "".join(words)
+
+
 def parse_composition(text: str | None) -> Composition | None:
     """``text`` as a Composition (None when empty). A formula is read up to the first
     character no formula holds outside parentheses (space, ``/``, ``@``, ``-``...); a group in
@@ -87,7 +112,7 @@ def parse_composition(text: str | None) -> Composition | None:
     if not str(text or "").strip():
         return None
     text = str(text)
-    m = _FORMULA.match(text)
+    m = _FORMULA.match(_spaced_metals(text))
     if not m:
         return Composition(text, {}, unread=text.strip()[:8])
     f, rest = m.group(1), m.group(2).strip()

@@ -64,10 +64,59 @@ def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
     return None
 
 
+_START_DATA = re.compile(r"^(#{4,})\s*start data", re.IGNORECASE)
+_COMMENT = ("#", "%", "!")
+_RECIPROCAL = {"fq": "F(Q)", "sq": "S(Q)", "iq": "I(Q)"}
+_CALCULATED = ("ycalc", "gcalc", "calc", "fit", "gfit", "gdiff", "diff")
+
+
+def _labels(line: str) -> list[str]:
+    """A label row's column names, lower case, units dropped: '#L r($\\AA$) G($\\AA^{-2}$)' ->
+    ['r', 'g'], '# x ycalc y dy' -> ['x', 'ycalc', 'y', 'dy'], 'r,G' -> ['r', 'g']."""
+    s = line.strip()
+    if s[:2].upper() == "L ":    # SPEC's #L, its '#' stripped
+        s = s[2:]
+    return [re.sub(r"\(.*$", "", t).strip().lower() for t in re.split(r"[\s,;]+(?![^(]*\))", s) if t.strip()]
+
+
+def _g_column(p: Path, label_rows: list[str], col: int = 1) -> int:
+    """The column holding the measured G(r), from a label row: its second column unless that is a
+    calculated curve (diffpy.srfit's 'x ycalc y dy' puts the model second, the data third); a file
+    whose first column is Q holds no G(r)."""
+    for row in label_rows:
+        names = _labels(row)
+        # a label row names its columns and says nothing else ('# Q range 0.7-25' is a remark)
+        if not 2 <= len(names) <= 8 or "=" in row or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+            continue
+        if names[0] in ("q", "qa", "q_a"):
+            raise PDFInputError(p, f"its columns are {', '.join(names[:3])}: a Q-space pattern (F(Q), S(Q) "
+                                   "or I(Q)), not G(r) (give the .gr file)")
+        if names[0] not in ("r", "x"):
+            continue
+        if names[1] in _CALCULATED:
+            data = [k for k, n in enumerate(names) if k > 0 and n in ("y", "g", "gobs", "yobs", "data", "gr")]
+            if not data:
+                raise PDFInputError(p, f"its second column is {names[1]!r} (a calculated curve) and no column "
+                                       f"of {', '.join(names)} is named as the data")
+            return data[0]
+        return 1
+    return col
+
+
+def _refuse_reciprocal_space(p: Path, meta: dict) -> None:
+    """A PDFgetX3/xPDFsuite file made with ``outputtype = fq`` (or sq, iq) holds a Q-space pattern:
+    read as G(r), its Q column would pass for r and the pattern for a PDF."""
+    kind = str(meta.get("outputtype", "")).strip().lower()
+    if kind in _RECIPROCAL:
+        raise PDFInputError(p, f"holds {_RECIPROCAL[kind]} (outputtype = {kind}), not G(r) (give the .gr file)")
+    if p.suffix.lower() in (".fq", ".sq", ".iq", ".chi") and kind != "gr":
+        raise PDFInputError(p, f"is a {p.suffix} file, a Q-space pattern, not G(r) (give the .gr file)")
+
+
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
     for line in lines:
-        s = line.strip().lstrip("#").strip()
+        s = line.strip().lstrip("#%!").strip()
         if "=" in s and not s.startswith("["):
             key, _, value = s.partition("=")
             key = key.strip().lower()
@@ -98,37 +147,45 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         if sum(not (c.isprintable() or c.isspace()) for c in text[:65536]) > 0.01 * min(len(text), 65536):
             raise PDFInputError(p, "is binary, not a text PDF file") from None
 
-    lines = text.splitlines()
+    lines = text.lstrip("\ufeff").splitlines()      # a byte-order mark (Excel's "CSV UTF-8") is no text
     fmt = "columns"
     start = 0
     for i, line in enumerate(lines):
-        if line.strip().lower().startswith("#### start data"):
-            fmt = "pdfgetx3"
+        marker = _START_DATA.match(line.strip())
+        if marker:   # PDFgetX3 and xPDFsuite write '#### start data', PDFgetX2 and PDFgetN '#####'
+            fmt = "pdfgetx3" if len(marker.group(1)) == 4 else "pdfgetx2"
             start = i + 1
             break
-    header = lines[:start] if fmt == "pdfgetx3" else [l for l in lines if l.lstrip().startswith("#")]
+    header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
     meta = _parse_header(header)
+    _refuse_reciprocal_space(p, meta)
+    # the column G(r) is read from: the second, unless a label row names the columns otherwise
+    col = _g_column(p, [l.lstrip("#%! \t") for l in lines[start:] if l.lstrip()[:1] in _COMMENT]
+                    + [l.lstrip("#%! \t") for l in header if l.lstrip().startswith(("#L", "# x", "#x"))])
 
     rows: list[list[float]] = []
     skipped_header = False
     columns = 0
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
-        if not s or s.startswith("#") or s.startswith("%") or s.startswith("!"):
+        if not s or s[:1] in _COMMENT:
             continue
         if not _NUMBER_ROW.match(s):
             if rows or skipped_header:
                 raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
             skipped_header = True  # e.g. a CSV 'r,G' header row
+            col = _g_column(p, [s], col)
             continue
         parts = [t for t in _SPLIT.split(s) if t]
         columns = max(columns, len(parts))
+        if len(parts) < 2:
+            raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
+        if len(parts) <= col:
+            raise PDFInputError(p, f"line {lineno} has {len(parts)} columns; G(r) is column {col + 1} by its labels")
         try:
-            vals = [float(t) for t in parts[:2]]
+            vals = [float(parts[0]), float(parts[col])]
         except ValueError:
             raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}") from None
-        if len(vals) < 2:
-            raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(vals)
     if not rows:
         raise PDFInputError(p, "has no numeric data rows")
@@ -155,7 +212,9 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
 
     data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta)
     if columns > 2:   # dr, dG of a PDFgetX3 .gr, or anything else: not used, and said so
-        data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used")
+        data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used" if col == 1
+                          else f"{columns} columns: r read from the first, G(r) from column {col + 1} (by the "
+                               "columns' labels), the others not used")
     # DeepStruc wrote r as linspace(0, 30, 3000) although DiffPy computed on 0.01 * k
     if len(r) == 3000 and abs(r[0]) < 1e-12 and abs(r[-1] - 30.0) < 1e-9 \
             and abs(steps[0] - 30.0 / 2999) < 1e-9:

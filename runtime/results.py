@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cbldm.runtime.backends import LoadedModel
-from cbldm.runtime.fileutil import atomic_write
+from cbldm.runtime.fileutil import atomic_write, shown
 from cbldm.runtime.fitting import file_physics
 from cbldm.runtime.pdfio import PDFData, PDFInputError, read_pdf, write_gr
 from cbldm.runtime.pipeline import PDFInput, Prediction, RefineConfig, predict
@@ -168,6 +168,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
     from ase import Atoms
 
     t0 = time.perf_counter()
+    path = shown(path)     # the outputs are UTF-8 text: a name in another encoding is shown, not written
     best = pred.best
     about = describe(pred)
     v = pred.verdict
@@ -312,5 +313,5 @@ def write_error(outdir: Path, path: Path, message: str) -> Path:
     """An error report beside the results: ``<stem>.error.txt`` (next free name)."""
     outdir.mkdir(parents=True, exist_ok=True)
     target = outdir / f"{free_stem(outdir, Path(path).stem, ('.error.txt',))}.error.txt"
-    atomic_write(target, lambda p: p.write_text(message.rstrip() + "\n"))
+    atomic_write(target, lambda p: p.write_text(shown(message).rstrip() + "\n", encoding="utf-8"))
     return target

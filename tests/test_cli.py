@@ -79,6 +79,43 @@ main()
     assert (tmp_path / "out" / f"{EXAMPLE.stem}.json").exists() and "Traceback" not in res.stderr
 
 
+def test_a_file_name_in_another_encoding_is_answered_and_a_failing_file_does_not_stop_the_batch(tmp_path):
+    """A Latin-1 name from a Windows share ('échantillon' as the byte e9) reaches Python with that
+    byte escaped, which the UTF-8 outputs do not take: it stopped the whole batch at the first
+    output (UnicodeEncodeError, no file named). It is answered now, its name shown with U+FFFD.
+    An unexpected failure of one file is said in one line naming it, and the next file answered."""
+    import os
+
+    odd = os.path.join(os.fsencode(tmp_path), b"JQ_\xe9chantillon.gr")
+    with open(odd, "wb") as fh:
+        fh.write(EXAMPLE.read_bytes())
+    script = f"""
+import sys
+from cbldm.runtime import results
+from cbldm.runtime.cli_run import main
+real = results.process_file
+def flaky(path, *a, **k):
+    if str(path).endswith("boom.gr"):
+        raise RuntimeError("simulated")
+    return real(path, *a, **k)
+results.process_file = flaky
+sys.argv = ["cbldm-run", "predict", {os.fsdecode(odd)!r}, {str(tmp_path / "boom.gr")!r}, {str(EXAMPLE)!r},
+            "-o", {str(tmp_path / "out")!r}, "--source", "library", "--refine", "0", "--no-plot"]
+main()
+"""
+    (tmp_path / "boom.gr").write_bytes(EXAMPLE.read_bytes())
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    out, err = res.stdout.decode(), res.stderr.decode()
+    assert res.returncode == 1 and "Traceback" not in err, err
+    assert [l for l in err.splitlines() if l.startswith("error")] == \
+        [f"error: {tmp_path / 'boom.gr'}: RuntimeError: simulated (a defect of cbldm: please report it with the file)"]
+    assert "JQ_\ufffdchantillon.gr: 146 atoms" in out, out
+    names = os.listdir(os.fsencode(tmp_path / "out"))
+    assert b"JQ_\xe9chantillon.json" in names and f"{EXAMPLE.stem}.json".encode() in names
+    doc = json.loads((tmp_path / "out" / os.fsdecode(b"JQ_\xe9chantillon.json")).read_text())
+    assert doc["source"].endswith("JQ_\ufffdchantillon.gr")
+
+
 def test_export_usage_errors_exit_2(tmp_path):
     res = run("cbldm.export.cli", tmp_path, "--out", tmp_path / "m", "--exporter", "onnx")
     assert res.returncode == 2 and one_error_line(res) == "error: --exporter 'onnx': choose dynamo or torchscript"
