@@ -237,6 +237,7 @@ def watch(
     survives restarts; a file that stopped the service twice (crash, kill) gets <stem>.error.txt
     and is not tried again until it changes.
     """
+    from cbldm.runtime.fileutil import shown
     from cbldm.runtime.results import process_file
     from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs
 
@@ -256,7 +257,7 @@ def watch(
     sampler = _sampler(m, None, None, None, None)
 
     def log(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+        print(shown(f"{time.strftime('%H:%M:%S')} {msg}"), flush=True)
 
     def handle(path: Path):
         res = process_file(path, m, out, sampler, candidates, element, seed, plot, ref, source, physics)
@@ -265,7 +266,11 @@ def watch(
                       "motif": res.motif, "seconds": res.seconds}
 
     log(_describe(m))
-    Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log).run()
+    try:
+        watcher = Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log)
+    except WatchUsageError as exc:
+        raise fail(str(exc), EXIT_USAGE)
+    watcher.run()
 
 
 @app.command()

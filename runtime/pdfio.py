@@ -7,6 +7,7 @@ Every problem is a ``PDFInputError`` whose message is one line naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class PDFData:
     format: str = "columns"
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sha256: str = ""      # of the bytes read: which version of the file an answer is for
 
     @property
     def composition(self):
@@ -210,7 +212,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     if not np.any(g != 0):
         raise PDFInputError(p, "G(r) is zero everywhere")
 
-    data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta)
+    data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta, sha256=hashlib.sha256(raw).hexdigest())
     if columns > 2:   # dr, dG of a PDFgetX3 .gr, or anything else: not used, and said so
         data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used" if col == 1
                           else f"{columns} columns: r read from the first, G(r) from column {col + 1} (by the "

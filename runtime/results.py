@@ -192,7 +192,7 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
     timings = {**timings, "write_s": time.perf_counter() - t0}
     timings["total_s"] = time.perf_counter() - t_start
     doc = {
-        "source": str(path), "source_format": data.format, "element": pdf.element,
+        "source": str(path), "source_sha256": data.sha256, "source_format": data.format, "element": pdf.element,
         "element_from": data.meta.get("_element_from", "option"),
         "data": {"source_points": int(len(data.r)), "source_rmin": float(data.r[0]),
                  "source_rmax": float(data.r[-1]), "source_rstep": float(np.median(np.diff(data.r))),

@@ -18,6 +18,10 @@
   renamed ``<stem>.error-superseded.txt`` (kept, and no longer read as the file's state).
 - Only DIR itself is watched, not its subfolders, so results in a subfolder (the default,
   ``DIR/cbldm-results``) are never read back; ``OUTDIR`` equal to ``DIR`` is refused.
+- A file answered again once its content changed (rewritten, or first answered while a writer
+  paused longer than ``settle``): the earlier answer's JSON gets ``superseded_by`` (the newer
+  answer's JSON); every answer's JSON holds ``source_sha256``, the content it answers.
+- One watcher per results folder (a lock on ``OUTDIR/.cbldm-watch.lock``): a second is refused.
 - SIGINT/SIGTERM finish the file in hand and stop cleanly.
 """
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Journal:
         # (path, sha256) -> runs in a row that started this content and never finished it
         self.started: dict[tuple[str, str], int] = {}
         self.reports: dict[str, str] = {}  # resolved path -> its last outcome's error report
+        self.answers: dict[str, str] = {}  # resolved path -> the JSON of its last answer
 
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -88,6 +93,10 @@ class Journal:
             self.reports[rec["path"]] = rec["report"]
         elif status in DONE:
             self.reports.pop(rec["path"], None)
+        if status == "ok":
+            answer = next((o for o in rec.get("outputs", ()) if o.endswith(".json")), None)
+            if answer:
+                self.answers[rec["path"]] = answer
         if status in DONE or status is None:  # journals before 'started' existed hold outcomes only
             self.done[rec["path"]] = rec["sha256"]
 
@@ -126,6 +135,7 @@ class Watcher:
         self.dir, self.outdir, self.handle, self.cfg, self.log = Path(directory), Path(outdir), handle, cfg, log
         self._real_dir = self.dir.resolve()
         self.outdir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.outdir)
         self.journal = Journal(self.outdir)
         self.events: queue.Queue[Path] = queue.Queue()  # something happened to this file: look again
         self.pending: dict[Path, dict] = {}  # path -> {"first", "sig", "since"}
@@ -206,6 +216,8 @@ class Watcher:
             obs.join(timeout=5)
         self.log(f"stopped; {self.processed} file(s) processed: {self.processed - self.failed} answered, "
                  f"{self.failed} with an error report")
+        if self._lock is not None:
+            self._lock.close()     # the lock goes with it
         return 0
 
     def _drain_ready(self) -> None:
@@ -275,10 +287,59 @@ class Watcher:
             os.replace(self.outdir / old, new)
             self.log(f"{p.name}: answered now; its earlier error report {old} is now {new.name}")
             record = {**record, "superseded_report": new.name}
+        before = self.journal.answers.get(str(p.resolve())) if status == "ok" else None
+        answer = next((o for o in record.get("outputs", ()) if o.endswith(".json")), None)
+        if before and answer and before != answer and _mark_superseded(self.outdir / before, answer):
+            # the file changed (rewritten, or answered half-written): the earlier answer keeps its
+            # files, and says in its JSON that it is not the answer to the file as it is now
+            self.log(f"{p.name}: answered again (its content changed); {before} is marked superseded by {answer}")
+            record = {**record, "superseded_answer": before}
         self.journal.add(p, digest, {"status": status, "time": _now(), **record})
         self.processed += 1
         self.failed += status == "error"
         del self.pending[p]
+
+
+LOCK = ".cbldm-watch.lock"
+
+
+def _lock(outdir: Path):
+    """One watcher per results folder: two would both answer every file and could pick the same
+    free name for their results. An exclusive lock on OUTDIR/.cbldm-watch.lock, held while the
+    service runs (released by the system if it dies); None where the system has no flock."""
+    try:
+        import fcntl
+    except ImportError:     # not POSIX: no lock, as before
+        return None
+    fh = open(outdir / LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        who = fh.read().strip()
+        fh.close()
+        raise WatchUsageError(f"another cbldm-run watch writes its results to {outdir}"
+                              + (f" ({who})" if who else "") + "; stop it, or give another -o") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}, since {_now()}\n")
+    fh.flush()
+    return fh
+
+
+def _mark_superseded(path: Path, by: str) -> bool:
+    """The earlier answer's JSON, rewritten with ``superseded_by`` (the newer answer's JSON) and
+    when; False where it is gone or unreadable (nothing to mark)."""
+    from cbldm.runtime.fileutil import atomic_write_text
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    doc["superseded_by"] = by
+    doc["superseded_at"] = _now()
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    return True
 
 
 def _now() -> str:

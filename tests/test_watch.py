@@ -234,3 +234,35 @@ def test_a_fixed_file_is_answered_and_its_old_error_report_set_aside(tiny_model,
     assert "late.gr: answered now; its earlier error report late.error.txt is now late.error-superseded.txt" in log
     assert [r["status"] for r in outcomes(out)] == ["error", "ok"]
     assert outcomes(out)[-1]["superseded_report"] == "late.error-superseded.txt"
+
+
+def test_a_changed_file_s_earlier_answer_is_marked_and_a_second_watcher_refused(tiny_model, tmp_path):
+    """A file answered, then rewritten (a writer that paused longer than --settle, or a new
+    measurement under the same name): the new answer takes the next free name and the earlier
+    JSON says it is superseded, by which answer; each answer names the content it is for. A second
+    watcher on the same results folder would answer every file again: it is refused (exit 2)."""
+    import hashlib
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    lines = EXAMPLE.splitlines(keepends=True)
+    half = "".join(lines[: len(lines) // 2])     # cut at a line end: an answer, to r = 15 A
+    (d / "s.gr").write_text(half)
+    svc = Service(d, out, tiny_model, "--settle", "0.5")
+    try:
+        assert wait_for(lambda: (out / "s.json").exists(), service=svc)
+        second = subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", "watch", str(d), "-o", str(out),
+                                 "--model", str(tiny_model)], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: another cbldm-run watch writes its results to {out} (pid {svc.proc.pid}")
+        (d / "s.gr").write_text(EXAMPLE)
+        assert wait_for(lambda: (out / "s-2.json").exists() and "marked superseded" in svc.stdout(), service=svc)
+    finally:
+        log = svc.stop()
+    first, now = json.loads((out / "s.json").read_text()), json.loads((out / "s-2.json").read_text())
+    assert first["superseded_by"] == "s-2.json" and "superseded_by" not in now
+    assert first["source_sha256"] == hashlib.sha256(half.encode()).hexdigest()
+    assert now["source_sha256"] == hashlib.sha256(EXAMPLE.encode()).hexdigest()
+    assert "s.gr: answered again (its content changed); s.json is marked superseded by s-2.json" in log
+    assert outcomes(out)[-1]["superseded_answer"] == "s.json"
