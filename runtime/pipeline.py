@@ -589,6 +589,19 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                "library_per_motif": LIBRARY_PER_MOTIF,
                                                "refine": refine.as_dict()}, grid.qgrid_biso, noise,
                           short)
+        requal = _qmin_again(p, cands[0], grid, g_fit)
+        if requal is not None:
+            # the whole answer again with the Qmin its answer takes: the first candidates chose it
+            try:
+                again = predict_batch(nets, [requal], sampler, candidates, seed, schedule, refine, source, library,
+                                      library_top, t, _refit_of=_refit_of)[0]
+            except InputRefused:     # the first answer stands
+                again = None
+            if again is not None:
+                again.timings = {"first_fit_s": tm["total_s"]} | again.timings
+                again.timings["total_s"] += tm["total_s"]
+                out.append(again)
+                continue
         if refit is not None:
             # the whole answer again, on the data above the other element's bonds: a metal structure
             # fitted across them bends to hold them (measured Au144(p-MBA) from 1.5 A: 55 atoms whose
@@ -778,17 +791,11 @@ def _fit_again(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> None
         c.g_calc = c.fit.g_calc
 
 
-def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) -> FitGrid:
-    """For a file that states no Qmin: the Qmin of the Q grid (0 to QMIN_SCAN) with which the best
-    candidate fits best, and every candidate fitted again on the grid cut there; the grid, its
-    physics saying where its Qmin came from. Unlike Qmax (``fitting.band_edge``), the data cannot
-    show it: below ~2 1/A the calculator's columns are nearly dependent on the fit's r range. A
-    structure can: its F(Q) is large at low Q, and a cut one step off leaves a misfit at every r
-    (a DiffPy icosahedron made with Qmin 0.7: Rwp 1e-4 at its own cut, 0.025 one step either side).
-    Each Qmin is the fit's model with the columns below it set to zero, on one grid."""
+def _qmin_rwps(xyz: np.ndarray, fit: PhysicsFit, grid: FitGrid, g_fit: np.ndarray) -> tuple[list[float], float]:
+    """Rwp of ``xyz`` (its physics ``fit`` as the start) with each Qmin of the Q grid from 0 to
+    QMIN_SCAN (index j: the columns below j set to zero, on one grid), and the grid's Q step."""
     import copy
 
-    best = min(cands, key=lambda c: (*tier(c), c.rwp))
     base = fit_grid(replace(grid.phys, qmin=0.0), grid.qgrid_biso)
     step = base.calc.qstep
     rwps = []
@@ -796,16 +803,50 @@ def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) ->
         cut = copy.copy(base)
         cut.T = base.T.copy()
         cut.T[:j] = 0.0
-        rwps.append(cut.fit(best.xyz, g_fit, sizes=np.ones(1),
-                            start=(best.fit.biso, best.fit.delta2, best.fit.qdamp)).rwp)
-    j = int(np.argmin(rwps))
+        rwps.append(cut.fit(xyz, g_fit, sizes=np.ones(1), start=(fit.biso, fit.delta2, fit.qdamp)).rwp)
+    return rwps, step
+
+
+def _qmin_at(j: int, step: float) -> float:
     # half a step below the column kept first: the calculator's cut (``pdf._min_steps``) keeps it
-    qmin = round(max(j * step - step / 2, 0.0), 4)
+    return round(max(j * step - step / 2, 0.0), 4)
+
+
+def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) -> FitGrid:
+    """For a file that states no Qmin: the Qmin of the Q grid (0 to QMIN_SCAN) with which the best
+    candidate fits best, and every candidate fitted again on the grid cut there; the grid, its
+    physics saying where its Qmin came from. Unlike Qmax (``fitting.band_edge``), the data cannot
+    show it: below ~2 1/A the calculator's columns are nearly dependent on the fit's r range. A
+    structure can: its F(Q) is large at low Q, and a cut one step off leaves a misfit at every r
+    (a DiffPy icosahedron made with Qmin 0.7: Rwp 1e-4 at its own cut, 0.025 one step either side).
+    A first candidate that is not the particle can choose a step off (a decahedron with vacancies,
+    fitted by the ideal one: 0.64 for 0.7): ``_qmin_again`` checks the choice with the answer."""
+    best = min(cands, key=lambda c: (*tier(c), c.rwp))
+    rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit)
+    j = int(np.argmin(rwps))
     src = dict(grid.phys.source) | {"qmin": f"fitted (no usable qmin in the header): the best first candidate's "
                                             f"Rwp {rwps[j]:.4f} there, {rwps[0]:.4f} with no cut"}
-    cut_grid = fit_grid(replace(grid.phys, qmin=qmin, source=src), grid.qgrid_biso)
+    cut_grid = fit_grid(replace(grid.phys, qmin=_qmin_at(j, step), source=src), grid.qgrid_biso)
     _fit_again(cands, cut_grid, g_fit)
     return cut_grid
+
+
+def _qmin_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) -> PDFInput | None:
+    """``p`` with the Qmin its answer ``best`` fits best, where that is not the Qmin ``_fit_qmin``
+    chose with the first candidates (the answer is then fitted again from the start with it);
+    None where it is the same, or the Qmin was not fitted by ``_fit_qmin`` (given, read, or already
+    fitted again: checked once)."""
+    if not str(p.physics.source.get("qmin", "")).startswith("fitted (") or best.fit is None \
+            or best.envelope is not None or len(best.xyz) < 2:
+        return None
+    rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit)
+    j, now = int(np.argmin(rwps)), int(math.ceil(p.physics.qmin / step - 1e-9))
+    if j == now or not 0 <= now < len(rwps):
+        return None
+    qmin = _qmin_at(j, step)
+    said = (f"fitted again with a first pass's answer ({best.n_atoms} atoms): Rwp {rwps[j]:.4f} at Qmin {qmin:g}, "
+            f"{rwps[now]:.4f} at the first candidates' {p.physics.qmin:g}")
+    return replace(p, physics=replace(p.physics, qmin=qmin, source=dict(p.physics.source) | {"qmin": said}))
 
 
 def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_extent: float,
