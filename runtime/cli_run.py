@@ -253,6 +253,7 @@ def watch(
         raise fail(str(exc), EXIT_USAGE)
     if settle <= 0 or interval <= 0:
         raise fail("--settle and --interval must be > 0", EXIT_USAGE)
+    _check_outdir(out)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
 

@@ -140,6 +140,11 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         raise PDFInputError(p, f"cannot be read ({exc.strerror or exc})") from None
     if not raw.strip():
         raise PDFInputError(p, "is empty")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):   # UTF-16 with its byte-order mark (Windows PowerShell '>')
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            raise PDFInputError(p, "is not readable UTF-16 text") from None
     if b"\x00" in raw[:65536]:
         raise PDFInputError(p, "is binary, not a text PDF file")
     try:
@@ -178,6 +183,8 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             skipped_header = True  # e.g. a CSV 'r,G' header row
             col = _g_column(p, [s], col)
             continue
+        if ";" in s and "," in s and "." not in s:   # '0,01;0,0014': a decimal comma (European spreadsheets)
+            s = s.replace(",", ".")
         parts = [t for t in _SPLIT.split(s) if t]
         columns = max(columns, len(parts))
         if len(parts) < 2:

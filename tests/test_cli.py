@@ -266,6 +266,9 @@ def test_results_folder_that_is_a_file_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and one_error_line(res) == f"error: -o {tmp_path / 'taken'}: not a writable folder"
     res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "-o", tmp_path / "taken" / "sub")
     assert res.returncode == 2 and "cannot be created" in one_error_line(res)
+    (tmp_path / "in").mkdir()     # the service too, before its model loads (it raised FileExistsError after)
+    res = run("cbldm.runtime.cli_run", "watch", tmp_path / "in", "-o", tmp_path / "taken")
+    assert res.returncode == 2 and one_error_line(res) == f"error: -o {tmp_path / 'taken'}: not a writable folder"
 
 
 def test_an_element_taken_by_default_is_said_on_the_result_line(tiny_model, tmp_path):

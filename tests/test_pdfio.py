@@ -106,6 +106,11 @@ def test_the_data_column_and_other_programs_headers_are_found(tmp_path):
     assert len(read_pdf(tmp_path / "bom.dat").r) == 1500          # the first row kept
     (tmp_path / "pct.dat").write_text("% composition = Pt\n! qmax = 22\n" + _ROWS)
     assert read_pdf(tmp_path / "pct.dat").meta == {"composition": "Pt", "qmax": "22"}
+    (tmp_path / "utf16.dat").write_text(_ROWS, encoding="utf-16")     # PowerShell's '>' writes it
+    assert len(read_pdf(tmp_path / "utf16.dat").r) == 1500
+    comma = "\n".join(f"{a};{b}".replace(".", ",") for a, b in (l.split()[:2] for l in rows))
+    (tmp_path / "comma.csv").write_text("r;G\n" + comma)                # a decimal comma
+    np.testing.assert_allclose(read_pdf(tmp_path / "comma.csv").g, [float(l.split()[1]) for l in rows])
     (tmp_path / "remark.dat").write_text("# Q range 0.7-25, from the pattern of 2026-11-29\n" + _ROWS)
     assert len(read_pdf(tmp_path / "remark.dat").r) == 1500       # a remark is no label row
 
