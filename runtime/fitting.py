@@ -404,6 +404,21 @@ BAND_NOISE = 100.0     # x the noise per column: a column holding less is empty 
 BAND_DROP = 1000.0     # median energy per column in the 1/A below the edge over the 1/A above it (or the noise)
 
 
+def round_within(lo: float, hi: float) -> float:
+    """The roundest number in (lo, hi]: a whole one, else a multiple of 0.5, 0.1, 0.05, 0.01 (the one
+    nearest the middle), else the middle. A Q cut read off the data, or fitted, is known to one step
+    of the Q grid; a reduction's Qmin and Qmax are set by hand, and so are round (25, 0.7, 28.0,
+    22): the same number gives the fit the same Q grid (DiffPy's step follows Qmax through its r
+    extension) and so the fit the header would have given."""
+    mid = (lo + hi) / 2
+    for unit in (1.0, 0.5, 0.1, 0.05, 0.01):
+        first, last = math.floor(lo / unit + 1e-9) + 1, math.floor(hi / unit + 1e-9)
+        if first <= last:
+            k = min(max(round(mid / unit), first), last)
+            return round(k * unit, 4)
+    return round(mid, 4)
+
+
 def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> dict | None:
     """Qmax read from the data: where G(r)'s content in Q ends. A reduction program sine-transforms
     F(Q) cut at Qmax (DiffPy cuts on its Q grid), so G from ``rmin`` to its last r lies in the span
@@ -421,7 +436,8 @@ def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> dict | No
     noise of 0.5-2 % of the peak: the simulated test sets' noisy PDFs); a reduction program's noise
     is cut with F(Q) and leaves the edge sharp. Measured: the 12
     DeepStruc PDFs (Qmax 25) read 24.92-25.02, JQ_S1 (22.0) 21.99, Au144 (28.0) 27.77, its last
-    two columns below the header's holding 1e-10 of the energy."""
+    two columns below the header's holding 1e-10 of the energy. The number returned is the roundest
+    within the step (``round_within``)."""
     r, g = np.asarray(r, float), np.asarray(g, float)
     edge = _band_edge(r, g, rmin, None)
     # DiffPy's Q step follows its r extension, which follows Qmax (six ripples of 2 pi / Qmax):
@@ -461,7 +477,7 @@ def _band_edge(r: np.ndarray, g: np.ndarray, rmin: float, near: float | None) ->
         return None
     # a calculator cut at Qmax keeps the columns below it: the cut lies between the last column held
     # and the first one empty
-    return {"qmax": round(float(calc.q[k] + calc.qstep / 2), 3), "drop": below / above,
+    return {"qmax": round_within(float(calc.q[k]), float(calc.q[k] + calc.qstep)), "drop": below / above,
             "beyond": float(c2[k + 1:].sum()), "qstep": float(calc.qstep)}
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid, grid_for
+from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid, grid_for, round_within
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
 from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_input, nn_distance
@@ -808,8 +808,9 @@ def _qmin_rwps(xyz: np.ndarray, fit: PhysicsFit, grid: FitGrid, g_fit: np.ndarra
 
 
 def _qmin_at(j: int, step: float) -> float:
-    # half a step below the column kept first: the calculator's cut (``pdf._min_steps``) keeps it
-    return round(max(j * step - step / 2, 0.0), 4)
+    # within the step below the column kept first, which the calculator's cut (``pdf._min_steps``)
+    # then keeps: the roundest number there, as a reduction's Qmin is set by hand
+    return round_within((j - 1) * step, j * step) if j > 0 else 0.0
 
 
 def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) -> FitGrid:
@@ -827,7 +828,10 @@ def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) ->
     src = dict(grid.phys.source) | {"qmin": f"fitted (no usable qmin in the header): the best first candidate's "
                                             f"Rwp {rwps[j]:.4f} there, {rwps[0]:.4f} with no cut"}
     cut_grid = fit_grid(replace(grid.phys, qmin=_qmin_at(j, step), source=src), grid.qgrid_biso)
-    _fit_again(cands, cut_grid, g_fit)
+    # where it cuts where the first fits did (the training value's column), they stand: fitted again
+    # from their own physics they would move in the last digits, and the searches after them with it
+    if cut_grid.calc.nqmin != grid.calc.nqmin or cut_grid.calc.qstep != grid.calc.qstep:
+        _fit_again(cands, cut_grid, g_fit)
     return cut_grid
 
 
