@@ -239,7 +239,7 @@ def watch(
     """
     from cbldm.runtime.fileutil import shown
     from cbldm.runtime.results import process_file
-    from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs
+    from cbldm.runtime.watch import WatchConfig, Watcher, WatchUsageError, check_dirs, take_lock
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
@@ -254,6 +254,11 @@ def watch(
     if settle <= 0 or interval <= 0:
         raise fail("--settle and --interval must be > 0", EXIT_USAGE)
     _check_outdir(out)
+    try:   # before the model loads (a TensorRT engine can take minutes): a second watcher is refused at once
+        out.mkdir(parents=True, exist_ok=True)
+        lock = take_lock(out)
+    except WatchUsageError as exc:
+        raise fail(str(exc), EXIT_USAGE)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, None, None, None, None)
 
@@ -268,7 +273,8 @@ def watch(
 
     log(_describe(m))
     try:
-        watcher = Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log)
+        watcher = Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log,
+                          lock)
     except WatchUsageError as exc:
         raise fail(str(exc), EXIT_USAGE)
     watcher.run()

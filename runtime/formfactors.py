@@ -85,8 +85,8 @@ _PIECE = re.compile(r"((?:[A-Z][a-z]?[0-9.]*)+)|[0-9]*\.?[0-9]+")
 def _spaced_metals(text: str) -> str:
     """A formula of metals written with spaces, as PDFgetX3 users do (``Ni Pt3``, ``Pt 0.5 Ni 0.5``),
     joined (``NiPt3``): read up to the first space, it would be Ni alone and Pt3 'words'. Only where
-    every word is a number after a word, or a run of element symbols with a metal among them: ``Pt
-    NPs`` or ``Au on C`` stay as written."""
+    every word is a number after a word, or a run of metals' symbols: ``Pt NPs``, ``Au on C``, ``Pt
+    Al2O3`` (a support) and ``Au NCs`` (nanoclusters) stay as written."""
     words = text.split()
     if len(words) < 2:
         return text
@@ -99,7 +99,7 @@ def _spaced_metals(text: str) -> str:
                 return text
             continue
         symbols = re.findall(r"[A-Z][a-z]?", w)
-        if not all(x in _table() for x in symbols) or not any(is_metal(x) for x in symbols):
+        if not all(is_metal(x) for x in symbols):    # 'Pt Al2O3' is a support, 'Au NCs' nanoclusters
             return text
     return "".join(words)
 

@@ -69,40 +69,34 @@ def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
 _START_DATA = re.compile(r"^(#{4,})\s*start data", re.IGNORECASE)
 _COMMENT = ("#", "%", "!")
 _RECIPROCAL = {"fq": "F(Q)", "sq": "S(Q)", "iq": "I(Q)"}
-_CALCULATED = ("ycalc", "gcalc", "calc", "fit", "gfit", "gdiff", "diff")
+_CALCULATED = ("ycalc", "gcalc", "gfit", "gdiff")
 
 
 def _labels(line: str) -> list[str]:
     """A label row's column names, lower case, units dropped: '#L r($\\AA$) G($\\AA^{-2}$)' ->
     ['r', 'g'], '# x ycalc y dy' -> ['x', 'ycalc', 'y', 'dy'], 'r,G' -> ['r', 'g']."""
     s = line.strip()
-    if s[:2].upper() == "L ":    # SPEC's #L, its '#' stripped
+    if s[:2] == "L ":    # SPEC's #L, its '#' stripped
         s = s[2:]
     return [re.sub(r"\(.*$", "", t).strip().lower() for t in re.split(r"[\s,;]+(?![^(]*\))", s) if t.strip()]
 
 
-def _g_column(p: Path, label_rows: list[str], col: int = 1) -> int:
-    """The column holding the measured G(r), from a label row: its second column unless that is a
-    calculated curve (diffpy.srfit's 'x ycalc y dy' puts the model second, the data third); a file
-    whose first column is Q holds no G(r)."""
-    for row in label_rows:
-        names = _labels(row)
-        # a label row names its columns and says nothing else ('# Q range 0.7-25' is a remark)
-        if not 2 <= len(names) <= 8 or "=" in row or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
-            continue
-        if names[0] in ("q", "qa", "q_a"):
-            raise PDFInputError(p, f"its columns are {', '.join(names[:3])}: a Q-space pattern (F(Q), S(Q) "
-                                   "or I(Q)), not G(r) (give the .gr file)")
-        if names[0] not in ("r", "x"):
-            continue
-        if names[1] in _CALCULATED:
-            data = [k for k, n in enumerate(names) if k > 0 and n in ("y", "g", "gobs", "yobs", "data", "gr")]
-            if not data:
-                raise PDFInputError(p, f"its second column is {names[1]!r} (a calculated curve) and no column "
-                                       f"of {', '.join(names)} is named as the data")
-            return data[0]
+def _g_column(p: Path, row: str, columns: int, spec: bool = False) -> int:
+    """The column holding the measured G(r), from the label row (the line just before the data):
+    the second unless it names as many columns as the data have, the second a calculated curve and
+    another the data (diffpy.srfit's 'x ycalc y dy' puts the model second, the data third). A table whose
+    first column is Q (its SPEC '#L' line, or a label row of as many names) holds no G(r)."""
+    names = _labels(row)
+    # a label row names its columns and says nothing else ('# Q range 0.7-25' is a remark)
+    if not 2 <= len(names) <= 8 or "=" in row or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
         return 1
-    return col
+    if names[0] in ("q", "qa", "q_a") and (spec or len(names) == columns):
+        raise PDFInputError(p, f"its columns are {', '.join(names[:3])}: a Q-space pattern (F(Q), S(Q) "
+                               "or I(Q)), not G(r) (give the .gr file)")
+    if names[0] in ("r", "x") and len(names) == columns and names[1] in _CALCULATED:
+        data = [k for k, n in enumerate(names) if k > 0 and n in ("y", "g", "gobs", "yobs", "gr")]
+        return data[0] if data else 1
+    return 1
 
 
 def _refuse_reciprocal_space(p: Path, meta: dict) -> None:
@@ -140,6 +134,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         raise PDFInputError(p, f"cannot be read ({exc.strerror or exc})") from None
     if not raw.strip():
         raise PDFInputError(p, "is empty")
+    digest = hashlib.sha256(raw).hexdigest()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):   # UTF-16 with its byte-order mark (Windows PowerShell '>')
         try:
             raw = raw.decode("utf-16").encode("utf-8")
@@ -166,36 +161,43 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
     meta = _parse_header(header)
     _refuse_reciprocal_space(p, meta)
-    # the column G(r) is read from: the second, unless a label row names the columns otherwise
-    col = _g_column(p, [l.lstrip("#%! \t") for l in lines[start:] if l.lstrip()[:1] in _COMMENT]
-                    + [l.lstrip("#%! \t") for l in header if l.lstrip().startswith(("#L", "# x", "#x"))])
-
-    rows: list[list[float]] = []
+    rows: list[list[str]] = []
+    linenos: list[int] = []
+    label = ""        # the line just before the first data row: where a table names its columns
     skipped_header = False
-    columns = 0
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
-        if not s or s[:1] in _COMMENT:
+        if not s:
+            continue
+        if s[:1] in _COMMENT:
+            if not rows:
+                label = s.lstrip("#%! \t") if not s.startswith("#S ") else label
             continue
         if not _NUMBER_ROW.match(s):
             if rows or skipped_header:
                 raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
             skipped_header = True  # e.g. a CSV 'r,G' header row
-            col = _g_column(p, [s], col)
+            label = s
             continue
         if ";" in s and "," in s and "." not in s:   # '0,01;0,0014': a decimal comma (European spreadsheets)
             s = s.replace(",", ".")
         parts = [t for t in _SPLIT.split(s) if t]
-        columns = max(columns, len(parts))
         if len(parts) < 2:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
+        rows.append(parts)
+        linenos.append(lineno)
+    columns = max((len(x) for x in rows), default=0)
+    # the column G(r) is read from: the second, unless the label row names the columns otherwise
+    col = _g_column(p, label, len(rows[0]) if rows else 0, spec=label.startswith("L "))
+    values = []
+    for lineno, parts in zip(linenos, rows):
         if len(parts) <= col:
             raise PDFInputError(p, f"line {lineno} has {len(parts)} columns; G(r) is column {col + 1} by its labels")
         try:
-            vals = [float(parts[0]), float(parts[col])]
+            values.append([float(parts[0]), float(parts[col])])
         except ValueError:
-            raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}") from None
-        rows.append(vals)
+            raise PDFInputError(p, f"line {lineno} is not numeric: {' '.join(parts)[:40]!r}") from None
+    rows = values
     if not rows:
         raise PDFInputError(p, "has no numeric data rows")
     arr = np.asarray(rows, dtype=float)
@@ -219,7 +221,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     if not np.any(g != 0):
         raise PDFInputError(p, "G(r) is zero everywhere")
 
-    data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta, sha256=hashlib.sha256(raw).hexdigest())
+    data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta, sha256=digest)
     if columns > 2:   # dr, dG of a PDFgetX3 .gr, or anything else: not used, and said so
         data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used" if col == 1
                           else f"{columns} columns: r read from the first, G(r) from column {col + 1} (by the "

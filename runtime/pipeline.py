@@ -79,6 +79,8 @@ ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more
 ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
 MTP_MAX_ATOMS = 20_000   # icosahedra and decahedra built past the library (``_beyond``) up to this
 BUILT = "built past the library's largest of its family"   # ``Candidate.via`` of those
+QMIN_AGAIN_MAX_ATOMS = 3000   # an answer built past the library (up to 20,000 atoms) is not checked: its pairs
+                              # cost seconds, and such a particle's PDF at low Q says little of its cut
 QMIN_SCAN = 2.0          # 1/A: a file that states no Qmin is fitted with each Qmin of the Q grid up to this
                          # (reduction programs cut at 0.5-1.5), the best first candidate's best kept (``_fit_qmin``)
 REFIT_SIGMAS = 3.0        # a fit again from above a peak of another element starts at most this many of the
@@ -798,12 +800,14 @@ def _qmin_rwps(xyz: np.ndarray, fit: PhysicsFit, grid: FitGrid, g_fit: np.ndarra
 
     base = fit_grid(replace(grid.phys, qmin=0.0), grid.qgrid_biso)
     step = base.calc.qstep
+    d, wt = FitGrid.pair_histogram(xyz)      # once: the same pairs at every cut
     rwps = []
     for j in range(int(QMIN_SCAN / step) + 1):
         cut = copy.copy(base)
         cut.T = base.T.copy()
         cut.T[:j] = 0.0
-        rwps.append(cut.fit(xyz, g_fit, sizes=np.ones(1), start=(fit.biso, fit.delta2, fit.qdamp)).rwp)
+        rwps.append(cut.fit_pairs(d, wt, len(xyz), g_fit, sizes=np.ones(1),
+                                  start=(fit.biso, fit.delta2, fit.qdamp)).rwp)
     return rwps, step
 
 
@@ -841,7 +845,7 @@ def _qmin_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) 
     None where it is the same, or the Qmin was not fitted by ``_fit_qmin`` (given, read, or already
     fitted again: checked once)."""
     if not str(p.physics.source.get("qmin", "")).startswith("fitted (") or best.fit is None \
-            or best.envelope is not None or len(best.xyz) < 2:
+            or best.envelope is not None or not 2 <= len(best.xyz) <= QMIN_AGAIN_MAX_ATOMS:
         return None
     rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit)
     j, now = int(np.argmin(rwps)), int(math.ceil(p.physics.qmin / step - 1e-9))

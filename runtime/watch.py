@@ -130,12 +130,12 @@ class Watcher:
     """Drives ``handle(path) -> (status, record)``; see ``cli_run.watch`` for the real handler."""
 
     def __init__(self, directory: Path, outdir: Path, handle: Callable[[Path], tuple[str, dict]],
-                 cfg: WatchConfig, log=print):
+                 cfg: WatchConfig, log=print, lock=None):
         check_dirs(directory, outdir)
         self.dir, self.outdir, self.handle, self.cfg, self.log = Path(directory), Path(outdir), handle, cfg, log
         self._real_dir = self.dir.resolve()
         self.outdir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.outdir)
+        self._lock = lock if lock is not None else take_lock(self.outdir)   # taken by the caller, or here
         self.journal = Journal(self.outdir)
         self.events: queue.Queue[Path] = queue.Queue()  # something happened to this file: look again
         self.pending: dict[Path, dict] = {}  # path -> {"first", "sig", "since"}
@@ -289,7 +289,8 @@ class Watcher:
             record = {**record, "superseded_report": new.name}
         before = self.journal.answers.get(str(p.resolve())) if status == "ok" else None
         answer = next((o for o in record.get("outputs", ()) if o.endswith(".json")), None)
-        if before and answer and before != answer and _mark_superseded(self.outdir / before, answer):
+        if before and answer and before != answer \
+                and _mark_superseded(self.outdir / before, answer, self.journal.done.get(str(p.resolve()))):
             # the file changed (rewritten, or answered half-written): the earlier answer keeps its
             # files, and says in its JSON that it is not the answer to the file as it is now
             self.log(f"{p.name}: answered again (its content changed); {before} is marked superseded by {answer}")
@@ -303,18 +304,28 @@ class Watcher:
 LOCK = ".cbldm-watch.lock"
 
 
-def _lock(outdir: Path):
+def take_lock(outdir: Path):
     """One watcher per results folder: two would both answer every file and could pick the same
     free name for their results. An exclusive lock on OUTDIR/.cbldm-watch.lock, held while the
-    service runs (released by the system if it dies); None where the system has no flock."""
+    service runs (released by the system if it dies); None where the system or the file system has
+    no flock. A WatchUsageError where another process holds it."""
     try:
         import fcntl
     except ImportError:     # not POSIX: no lock, as before
         return None
-    fh = open(outdir / LOCK, "a+")
+    import errno
+
+    try:
+        fh = open(outdir / LOCK, "a+")
+    except OSError as exc:
+        raise WatchUsageError(f"{outdir / LOCK}: cannot be opened ({exc.strerror or exc}); give another -o") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # a file system without locks (NFS without lockd, some SMB mounts): run unlocked, as before
+            fh.close()
+            return None
         fh.seek(0)
         who = fh.read().strip()
         fh.close()
@@ -327,18 +338,22 @@ def _lock(outdir: Path):
     return fh
 
 
-def _mark_superseded(path: Path, by: str) -> bool:
+def _mark_superseded(path: Path, by: str, digest: str | None) -> bool:
     """The earlier answer's JSON, rewritten with ``superseded_by`` (the newer answer's JSON) and
-    when; False where it is gone or unreadable (nothing to mark)."""
+    when, if it is the answer to the content ``digest`` (the file's previous sha256: results
+    deleted since, another input's answer may hold the name now); False where it is not, or is
+    gone, unreadable or cannot be written (nothing marked, and the service goes on)."""
     from cbldm.runtime.fileutil import atomic_write_text
 
     try:
         doc = json.loads(path.read_text())
+        if digest is None or doc.get("source_sha256") != digest:
+            return False
+        doc["superseded_by"] = by
+        doc["superseded_at"] = _now()
+        atomic_write_text(path, json.dumps(doc, indent=1))
     except (OSError, ValueError):
         return False
-    doc["superseded_by"] = by
-    doc["superseded_at"] = _now()
-    atomic_write_text(path, json.dumps(doc, indent=1))
     return True
 
 

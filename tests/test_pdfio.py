@@ -75,8 +75,7 @@ REFUSED = {
     "fq.gr": (_XPDF.format(kind="fq", labels="Q($\\AA^{-1}$) F($\\AA^{-1}$)") + _ROWS, "holds F(Q) (outputtype = fq)"),
     "s.sq": (_XPDF.format(kind="sq", labels="Q S") + _ROWS, "holds S(Q)"),
     "s.fq": ("# a pattern\n" + _ROWS, "a Q-space pattern, not G(r)"),
-    "q.csv": ("Q,F\n" + _ROWS.replace(" ", ","), "a Q-space pattern (F(Q), S(Q) or I(Q)), not G(r)"),
-    "srfit-calc.fgr": ("# x ycalc dy\n" + _ROWS, "(a calculated curve) and no column"),
+    "q.csv": ("Q,F,dF,x\n" + _ROWS.replace(" ", ","), "a Q-space pattern (F(Q), S(Q) or I(Q)), not G(r)"),
 }
 
 
@@ -111,8 +110,12 @@ def test_the_data_column_and_other_programs_headers_are_found(tmp_path):
     comma = "\n".join(f"{a};{b}".replace(".", ",") for a, b in (l.split()[:2] for l in rows))
     (tmp_path / "comma.csv").write_text("r;G\n" + comma)                # a decimal comma
     np.testing.assert_allclose(read_pdf(tmp_path / "comma.csv").g, [float(l.split()[1]) for l in rows])
-    (tmp_path / "remark.dat").write_text("# Q range 0.7-25, from the pattern of 2026-11-29\n" + _ROWS)
-    assert len(read_pdf(tmp_path / "remark.dat").r) == 1500       # a remark is no label row
+    # remarks are no label rows, nor is a line that names fewer columns than the data have
+    for remark in ("# Q range 0.7-25, from the pattern of 2026-11-29", "# Q range not recorded\n# r G",
+                   "# q damping fixed\n# measured at 100 K", "# r diff", "# r fit to data"):
+        (tmp_path / "remark.dat").write_text(remark + "\n" + _ROWS)
+        d = read_pdf(tmp_path / "remark.dat")
+        np.testing.assert_allclose(d.g, [float(l.split()[1]) for l in rows], err_msg=remark)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
@@ -166,6 +169,8 @@ def _with_header(tmp_path, name, header: dict):
     ("Ni Pt3", "Pt", ("Ni",), (), []),               # a formula written with spaces (PDFgetX3 takes it)
     ("Pt 0.5 Ni 0.5", "Pt", ("Ni",), (), []),
     ("Au on C", "Au", (), (), ["'on C' after the formula"]),
+    ("Pt Al2O3", "Pt", (), (), ["'Al2O3' after the formula"]),  # a support, not an alloy with Al
+    ("Au NCs", "Au", (), (), ["'NCs' after the formula"]),      # nanoclusters, not N and Cs
     ("CeO2", "Ce", (), ("O",), []),
     ("Au144S60C420H300O120", "Au", (), ("S", "C", "H", "O"), []),
 ])
