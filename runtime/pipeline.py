@@ -27,7 +27,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from cbldm.runtime.fitting import FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid, grid_for, round_within
+from cbldm.runtime.fitting import (MAX_QMAX, MIN_QMAX, FilePhysics, FitGrid, PhysicsFit, file_physics, fit_grid,
+                                   grid_for, round_within)
 from cbldm.runtime.kernel import KERNEL_WIDTH, count_atoms, from_blocks, unit_diagonal
 from cbldm.runtime.pdf import DEEPSTRUC_PARAMS, rgrid
 from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_input, nn_distance
@@ -79,7 +80,7 @@ ENVELOPE_FROM_ATOMS = 1500  # the best library fit holds this many atoms or more
 ENVELOPE_FROM_DIAMETER = 0.8   # ... scanned from this fraction of the diameter of a sphere of its count
 MTP_MAX_ATOMS = 20_000   # icosahedra and decahedra built past the library (``_beyond``) up to this
 BUILT = "built past the library's largest of its family"   # ``Candidate.via`` of those
-QMIN_AGAIN_MAX_ATOMS = 3000   # an answer built past the library (up to 20,000 atoms) is not checked: its pairs
+Q_AGAIN_MAX_ATOMS = 3000      # an answer built past the library (up to 20,000 atoms) is not checked: its pairs
                               # cost seconds, and such a particle's PDF at low Q says little of its cut
 QMIN_SCAN = 2.0          # 1/A: a file that states no Qmin is fitted with each Qmin of the Q grid up to this
                          # (reduction programs cut at 0.5-1.5), the best first candidate's best kept (``_fit_qmin``)
@@ -591,9 +592,9 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                "library_per_motif": LIBRARY_PER_MOTIF,
                                                "refine": refine.as_dict()}, grid.qgrid_biso, noise,
                           short)
-        requal = _qmin_again(p, cands[0], grid, g_fit)
+        requal = _q_again(p, cands[0], grid, g_fit)
         if requal is not None:
-            # the whole answer again with the Qmin its answer takes: the first candidates chose it
+            # the whole answer again with the Q range its answer takes: the first candidates chose it
             try:
                 again = predict_batch(nets, [requal], sampler, candidates, seed, schedule, refine, source, library,
                                       library_top, t, _refit_of=_refit_of)[0]
@@ -793,14 +794,15 @@ def _fit_again(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray) -> None
         c.g_calc = c.fit.g_calc
 
 
-def _qmin_rwps(xyz: np.ndarray, fit: PhysicsFit, grid: FitGrid, g_fit: np.ndarray) -> tuple[list[float], float]:
+def _qmin_rwps(xyz: np.ndarray, fit: PhysicsFit, grid: FitGrid, g_fit: np.ndarray,
+               pairs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[float], float]:
     """Rwp of ``xyz`` (its physics ``fit`` as the start) with each Qmin of the Q grid from 0 to
     QMIN_SCAN (index j: the columns below j set to zero, on one grid), and the grid's Q step."""
     import copy
 
     base = fit_grid(replace(grid.phys, qmin=0.0), grid.qgrid_biso)
     step = base.calc.qstep
-    d, wt = FitGrid.pair_histogram(xyz)      # once: the same pairs at every cut
+    d, wt = pairs if pairs is not None else FitGrid.pair_histogram(xyz)   # once: the same pairs at every cut
     rwps = []
     for j in range(int(QMIN_SCAN / step) + 1):
         cut = copy.copy(base)
@@ -825,7 +827,7 @@ def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) ->
     structure can: its F(Q) is large at low Q, and a cut one step off leaves a misfit at every r
     (a DiffPy icosahedron made with Qmin 0.7: Rwp 1e-4 at its own cut, 0.025 one step either side).
     A first candidate that is not the particle can choose a step off (a decahedron with vacancies,
-    fitted by the ideal one: 0.64 for 0.7): ``_qmin_again`` checks the choice with the answer."""
+    fitted by the ideal one: 0.64 for 0.7): ``_q_again`` checks the choice with the answer."""
     best = min(cands, key=lambda c: (*tier(c), c.rwp))
     rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit)
     j = int(np.argmin(rwps))
@@ -839,22 +841,48 @@ def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) ->
     return cut_grid
 
 
-def _qmin_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) -> PDFInput | None:
-    """``p`` with the Qmin its answer ``best`` fits best, where that is not the Qmin ``_fit_qmin``
-    chose with the first candidates (the answer is then fitted again from the start with it);
-    None where it is the same, or the Qmin was not fitted by ``_fit_qmin`` (given, read, or already
-    fitted again: checked once)."""
-    if not str(p.physics.source.get("qmin", "")).startswith("fitted (") or best.fit is None \
-            or best.envelope is not None or not 2 <= len(best.xyz) <= QMIN_AGAIN_MAX_ATOMS:
+def _q_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) -> PDFInput | None:
+    """``p`` with the Q range its answer ``best`` fits best, where the file did not state it: a
+    Qmin ``_fit_qmin`` chose with the first candidates, each Qmin of the grid tried again; a Qmax
+    read off the band edge (``fitting.band_edge``: a column of the data's grid can fall either side
+    when the data were made on another Biso's grid, or damped weak near Qmax), two columns either
+    side tried. None where the answer takes the same; else the answer is fitted again from the
+    start with it (``predict_batch``), once: the sources then say 'checked with the answer'."""
+    src = p.physics.source
+    fit_min = str(src.get("qmin", "")).startswith("fitted (")
+    read_max = str(src.get("qmax", "")).startswith("the data's band edge (")
+    if not (fit_min or read_max) or best.fit is None or best.envelope is not None \
+            or not 2 <= len(best.xyz) <= Q_AGAIN_MAX_ATOMS:
         return None
-    rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit)
-    j, now = int(np.argmin(rwps)), int(math.ceil(p.physics.qmin / step - 1e-9))
-    if j == now or not 0 <= now < len(rwps):
+    pairs = FitGrid.pair_histogram(best.xyz)
+    start = (best.fit.biso, best.fit.delta2, best.fit.qdamp)
+    phys, said, moved = p.physics, dict(src), False
+    if fit_min:
+        rwps, step = _qmin_rwps(best.xyz, best.fit, grid, g_fit, pairs)
+        j, now = int(np.argmin(rwps)), int(math.ceil(p.physics.qmin / step - 1e-9))
+        if j != now and 0 <= now < len(rwps):
+            phys, moved = replace(phys, qmin=_qmin_at(j, step)), True
+            said["qmin"] = (f"fitted again with a first pass's answer ({best.n_atoms} atoms): Rwp {rwps[j]:.4f} at "
+                            f"Qmin {phys.qmin:g}, {rwps[now]:.4f} at the first candidates' {p.physics.qmin:g}")
+    if read_max:
+        step, now = grid.calc.qstep, grid.calc.nq
+        tried = {}
+        for nq in range(now - 2, now + 3):
+            v = round_within((nq - 1) * step, nq * step)
+            if MIN_QMAX <= v <= MAX_QMAX and v > phys.qmin:
+                tried[v] = fit_grid(replace(phys, qmax=v), grid.qgrid_biso).fit_pairs(
+                    *pairs, len(best.xyz), g_fit, sizes=np.ones(1), start=start).rwp
+        v = min(tried, key=tried.get, default=phys.qmax)
+        if fit_grid(replace(phys, qmax=v), grid.qgrid_biso).calc.nq != now:
+            phys, moved = replace(phys, qmax=v), True
+            said["qmax"] = (f"the data's band edge at {p.physics.qmax:g}, fitted again with a first pass's answer "
+                            f"({best.n_atoms} atoms): Rwp {tried[v]:.4f} at Qmax {v:g}")
+    if not moved:
         return None
-    qmin = _qmin_at(j, step)
-    said = (f"fitted again with a first pass's answer ({best.n_atoms} atoms): Rwp {rwps[j]:.4f} at Qmin {qmin:g}, "
-            f"{rwps[now]:.4f} at the first candidates' {p.physics.qmin:g}")
-    return replace(p, physics=replace(p.physics, qmin=qmin, source=dict(p.physics.source) | {"qmin": said}))
+    for key, checked in (("qmin", fit_min), ("qmax", read_max)):
+        if checked and said[key] == src[key]:
+            said[key] = f"{src[key]}; checked with a first pass's answer"
+    return replace(p, physics=replace(phys, source=said))
 
 
 def _walk(cands: list[Candidate], library, grid: FitGrid, g_fit: np.ndarray, tier, max_extent: float,

@@ -333,14 +333,14 @@ def test_library_search_finds_recipe_shapes_at_any_bond_length(tmp_path):
         Library(tmp_path / "bad.npz")
 
 
-def test_a_qmin_the_first_candidates_chose_a_step_off_is_fitted_again_with_the_answer():
-    """``pipeline._qmin_again``: a Qmin fitted with first candidates that are not the particle can
+def test_a_q_range_the_file_does_not_state_is_fitted_again_with_the_answer():
+    """``pipeline._q_again``: a Qmin fitted with first candidates that are not the particle can
     be a Q step off (a decahedron with vacancies fitted by the ideal one: 0.64 for 0.7); the answer
     finds the file's own cut. Given, read or already refitted, a Qmin is left alone."""
     from dataclasses import replace
 
     from cbldm.runtime.mtp import decahedron
-    from cbldm.runtime.pipeline import Candidate, PDFInput, _qmin_again
+    from cbldm.runtime.pipeline import Candidate, PDFInput, _q_again
     from cbldm.runtime.structure import nn_length
 
     x = decahedron(2, 1, 1)
@@ -353,9 +353,15 @@ def test_a_qmin_the_first_candidates_chose_a_step_off_is_fitted_again_with_the_a
     g_fit = np.interp(grid.r_fit, calc.r, g)
     best = Candidate(x, "library", "deca", fit=grid.fit(x, g_fit))
     p = PDFInput(calc.r, g, "Pt", off)
-    again = _qmin_again(p, best, grid, g_fit)
+    again = _q_again(p, best, grid, g_fit)
     assert again is not None and again.physics.source["qmin"].startswith("fitted again with a first pass's answer")
     assert DebyePDF(PDFParams(rmax=20.01, qmin=again.physics.qmin, qmax=25.0, biso=QGRID_BISO)).nqmin == calc.nqmin
-    assert _qmin_again(again, best, fit_grid(again.physics), g_fit) is None     # checked once
+    assert _q_again(again, best, fit_grid(again.physics), g_fit) is None     # checked once
     given = PDFInput(calc.r, g, "Pt", file_physics({}, calc.r, qmin=0.5, qmax=25.0))
-    assert _qmin_again(given, best, grid, g_fit) is None
+    assert _q_again(given, best, grid, g_fit) is None
+    # a band edge read a column short (data made on another Biso's Q grid, or weak near Qmax)
+    short = file_physics({}, calc.r, qmin=0.7, qmax=24.8)
+    short = replace(short, source=short.source | {"qmax": "the data's band edge (the header states none)"})
+    again = _q_again(PDFInput(calc.r, g, "Pt", short), best, fit_grid(short), g_fit)
+    assert again is not None and "fitted again with a first pass's answer" in again.physics.source["qmax"]
+    assert DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=again.physics.qmax, biso=QGRID_BISO)).nq == calc.nq
