@@ -427,18 +427,18 @@ def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> dict | No
     noise. The columns are taken in rising Q and made orthonormal (QR): the square of the data's
     coefficient on each is the energy that column adds to all below it. The edge is the last column
     holding more than BAND_EMPTY of the energy and BAND_NOISE times the noise per column (the median
-    of the top fifth, 40-50 1/A, where a PDF holds nothing); the Qmax returned is half a step above
-    it, so that the fit's calculator keeps the same columns.
+    of the top fifth, 40-50 1/A, where a PDF holds nothing); the cut lies between it and the next
+    column, and the Qmax returned is the roundest number there (``round_within``), so that the
+    fit's calculator keeps the same columns. BAND_RSPAN of data from ``rmin`` are read.
 
     Only the top of the band: below ~2 1/A the columns are nearly dependent on [rmin, rmax] and
     their coefficients say nothing of Qmin (``pipeline._fit_qmin``). None where no edge stands out:
     the 1/A below it must hold BAND_DROP times the energy per column of the 1/A above it. Noise on
     the r grid spreads over every Q and hides the edge once the signal near Qmax is below it (white
     noise of 0.5-2 % of the peak: the simulated test sets' noisy PDFs); a reduction program's noise
-    is cut with F(Q) and leaves the edge sharp. Measured: the 12
-    DeepStruc PDFs (Qmax 25) read 24.92-25.02, JQ_S1 (22.0) 21.99, Au144 (28.0) 27.77, its last
-    two columns below the header's holding 1e-10 of the energy. The number returned is the roundest
-    within the step (``round_within``)."""
+    is cut with F(Q) and leaves the edge sharp. Measured, headers stripped: the 12 DeepStruc PDFs
+    (made at Qmax 25) read 25.0; JQ_S1 (22.0) 22.0; Au144 (28.0) 27.9, its last column below the
+    header's holding 1e-10 of the energy."""
     r, g = np.asarray(r, float), np.asarray(g, float)
     edge = _band_edge(r, g, rmin, None)
     # DiffPy's Q step follows its r extension, which follows Qmax (six ripples of 2 pi / Qmax):
