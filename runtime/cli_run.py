@@ -25,14 +25,20 @@ def _model_dir(model: Optional[Path]) -> Path:
     return default_model_dir()
 
 
-def _open(model: Optional[Path], backend: str, precision: str, threads: Optional[int]):
-    from cbldm.runtime.backends import BACKENDS, PRECISIONS, ModelError, load_model
-
+def _check_backend(backend: str, precision: str) -> None:
     # a value no model could satisfy is a usage error, whatever the model directory holds
+    from cbldm.runtime.backends import BACKENDS, PRECISIONS
+
     if backend not in BACKENDS:
         raise fail(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}", EXIT_USAGE)
     if precision not in PRECISIONS:
         raise fail(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}", EXIT_USAGE)
+
+
+def _open(model: Optional[Path], backend: str, precision: str, threads: Optional[int]):
+    from cbldm.runtime.backends import ModelError, load_model
+
+    _check_backend(backend, precision)
     try:
         return load_model(_model_dir(model), backend=backend, precision=precision, threads=threads)
     except ModelError as exc:
@@ -254,6 +260,7 @@ def watch(
     if settle <= 0 or interval <= 0:
         raise fail("--settle and --interval must be > 0", EXIT_USAGE)
     _check_outdir(out)
+    _check_backend(backend, precision)     # usage errors first: they leave nothing behind
     try:   # before the model loads (a TensorRT engine can take minutes): a second watcher is refused at once
         out.mkdir(parents=True, exist_ok=True)
         lock = take_lock(out)
