@@ -362,8 +362,8 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
                 else "the header states none"
             edge = band_edge(r, g, FIT_RMIN if rmin is None else float(rmin)) \
                 if key == "qmax" and g is not None else None
-            if edge is not None and MIN_QMAX <= edge["qmax"] <= MAX_QMAX:
-                vals[key], src[key] = edge["qmax"], f"the data's band edge ({said_hdr})"
+            if edge is not None and MIN_QMAX <= edge <= MAX_QMAX:
+                vals[key], src[key] = edge, f"the data's band edge ({said_hdr})"
             else:
                 vals[key], src[key] = default, "default (training data" + ("" if said_hdr.endswith("none")
                                                                          else f"; {said_hdr}") + ")"
@@ -420,7 +420,7 @@ def round_within(lo: float, hi: float) -> float:
     return round(mid, 4)
 
 
-def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> dict | None:
+def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> float | None:
     """Qmax read from the data: where G(r)'s content in Q ends. A reduction program sine-transforms
     F(Q) cut at Qmax (DiffPy cuts on its Q grid), so G from ``rmin`` to its last r lies in the span
     of the calculator's own columns (``DebyePDF._fq_to_gr``, one per Q step) up to Qmax, less its
@@ -444,10 +444,10 @@ def band_edge(r: np.ndarray, g: np.ndarray, rmin: float = FIT_RMIN) -> dict | No
     # DiffPy's Q step follows its r extension, which follows Qmax (six ripples of 2 pi / Qmax):
     # read again on the grid of the Qmax found, where the data's columns lie (one step is 0.1 1/A
     # at 30 A; on the grid of 50 1/A the DeepStruc PDFs' edge fell between columns)
-    return _band_edge(r, g, rmin, edge["qmax"]) if edge is not None else None
+    return _band_edge(r, g, rmin, edge) if edge is not None else None
 
 
-def _band_edge(r: np.ndarray, g: np.ndarray, rmin: float, near: float | None) -> dict | None:
+def _band_edge(r: np.ndarray, g: np.ndarray, rmin: float, near: float | None) -> float | None:
     step = 0.01
     # BAND_RSPAN of data resolve the Q steps; more only costs (to 100 A: 9 s and 2 GB)
     rmin = max(rmin, float(r[0]))
@@ -483,8 +483,7 @@ def _band_edge(r: np.ndarray, g: np.ndarray, rmin: float, near: float | None) ->
         return None
     # a calculator cut at Qmax keeps the columns below it: the cut lies between the last column held
     # and the first one empty
-    return {"qmax": round_within(float(calc.q[k]), float(calc.q[k] + calc.qstep)), "drop": below / above,
-            "beyond": float(c2[k + 1:].sum()), "qstep": float(calc.qstep)}
+    return round_within(float(calc.q[k]), float(calc.q[k] + calc.qstep))
 
 
 _GRIDS: dict = {}

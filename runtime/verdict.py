@@ -27,11 +27,12 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            (unless the answer fits at the calculator's own level, below 0.001, and the
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
            it (Qmax is read from the data's band edge where one stands out, ``fitting.band_edge``;
-           an assumed value is confirmed by a fit below 0.001), a fit that leaves more than the data's noise explains (where the noise can be
-           seen: sqrt(Rwp^2 - noise^2) > 0.4 noise), a runner-up with another atom count that
-           fits within the noise too, a composition whose formula names other metals beside
-           the one answered (an alloy fitted as one element) or non-metals outside parentheses
-           (a compound, or a ligand shell written into the formula), an answer larger than the
+           an assumed value is confirmed by a fit below 0.001), a fit that leaves more than the
+           data's noise explains (where the noise can be seen: sqrt(Rwp^2 - noise^2) > 0.4
+           noise), a runner-up with another atom count that fits within the noise too, a
+           composition whose formula names other metals beside the one answered (an alloy
+           fitted as one element) or non-metals outside parentheses (a compound, or a ligand
+           shell written into the formula), an answer larger than the
            library's clusters, a lattice sphere of fitted diameter (its atom count follows from
            the diameter), a large answer among the largest clusters of its motif tried, a peak the
            fit leaves below the metal's shortest distance, above its misfit elsewhere (pairs with

@@ -93,10 +93,8 @@ class Journal:
             self.reports[rec["path"]] = rec["report"]
         elif status in DONE:
             self.reports.pop(rec["path"], None)
-        if status == "ok":
-            answer = next((o for o in rec.get("outputs", ()) if o.endswith(".json")), None)
-            if answer:
-                self.answers[rec["path"]] = answer
+        if status == "ok" and _answer(rec):
+            self.answers[rec["path"]] = _answer(rec)
         if status in DONE or status is None:  # journals before 'started' existed hold outcomes only
             self.done[rec["path"]] = rec["sha256"]
 
@@ -288,7 +286,7 @@ class Watcher:
             self.log(f"{p.name}: answered now; its earlier error report {old} is now {new.name}")
             record = {**record, "superseded_report": new.name}
         before = self.journal.answers.get(str(p.resolve())) if status == "ok" else None
-        answer = next((o for o in record.get("outputs", ()) if o.endswith(".json")), None)
+        answer = _answer(record)
         if before and answer and before != answer \
                 and _mark_superseded(self.outdir / before, answer, self.journal.done.get(str(p.resolve()))):
             # the file changed (rewritten, or answered half-written): the earlier answer keeps its
@@ -302,6 +300,11 @@ class Watcher:
 
 
 LOCK = ".cbldm-watch.lock"
+
+
+def _answer(record: dict) -> str | None:
+    """The JSON among an outcome's outputs: the file that says what the answer is."""
+    return next((o for o in record.get("outputs", ()) if o.endswith(".json")), None)
 
 
 def take_lock(outdir: Path):
