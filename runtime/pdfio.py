@@ -1,8 +1,9 @@
 """Reading and writing PDF files, and resampling a measured G(r) onto the model's r grid.
 
 Read: PDFgetX3 / xPDFsuite ``.gr`` (config header, ``#### start data``, ``#L r G``),
-plain two-or-more column text (``.gr .dat .txt .csv``; ``#`` comments, whitespace, comma
-or semicolon separated, one optional non-numeric header row) and the DeepStruc files.
+plain two-or-more column text (``.gr .dat .txt .csv``; ``#``, ``%`` or ``!`` comments,
+whitespace, comma or semicolon separated, a decimal point or comma, any header lines before the
+first row of numbers) and the DeepStruc files.
 Every problem is a ``PDFInputError`` whose message is one line naming the file.
 """
 from __future__ import annotations
@@ -109,15 +110,62 @@ def _refuse_reciprocal_space(p: Path, meta: dict) -> None:
         raise PDFInputError(p, f"is a {p.suffix} file, a Q-space pattern, not G(r) (give the .gr file)")
 
 
+def _is_data_row(parts: list[str]) -> bool:
+    """r and G(r) both numbers: the first row of the data (a header line may start with a digit)."""
+    if len(parts) < 2:
+        return len(parts) == 1 and _float(parts[0])   # one column: data, refused as such below
+    return _float(parts[0]) and _float(parts[1])
+
+
+def _float(t: str) -> bool:
+    try:
+        float(t)
+    except ValueError:
+        return False
+    return True
+
+
+_COMMA_NUMBER = re.compile(r"[-+]?\d*,?\d+(?:[eE][-+]?\d+)?")
+
+
+def _decimal_comma(lines: list[str]) -> bool:
+    """A table written with a decimal comma (European spreadsheets, instrument PCs): its rows of
+    numbers split on tabs, spaces or ';' into numbers such as '0,014', and no row is numbers with a
+    decimal point. A comma-separated table ('0.01,0.0014' or '1,2') does not split so."""
+    seen = False
+    for line in lines:
+        s = line.strip()
+        if not s or s[:1] in _COMMENT:
+            continue
+        tokens = [t for t in re.split(r"[\s;]+", s) if t]
+        if len(tokens) < 2:
+            continue
+        if all(_COMMA_NUMBER.fullmatch(t) for t in tokens):
+            seen = seen or "," in s
+        elif all(_float(t) for t in tokens):
+            return False          # '0.01 0.0014': a decimal point
+    return seen
+
+
+_ALIASES = {"qsig": "qdamp"}     # PDFgui's and PDFgetX2's older name
+# 'Qmax: 25' (free-text headers); only for what the fit reads, a colon being common in remarks
+_COLON_KEY = re.compile(r"(composition|qmin|qmax|qdamp|qsig)\s*:\s*(\S.*)", re.IGNORECASE)
+
+
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
     for line in lines:
         s = line.strip().lstrip("#%!").strip()
-        if "=" in s and not s.startswith("["):
+        colon = _COLON_KEY.fullmatch(s)
+        if colon:
+            key, value = colon.group(1).lower(), colon.group(2)
+        elif "=" in s and not s.startswith("["):
             key, _, value = s.partition("=")
             key = key.strip().lower()
-            if key and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
-                meta.setdefault(key, value.strip())
+        else:
+            continue
+        if key and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
+            meta.setdefault(_ALIASES.get(key, key), value.strip())
     return meta
 
 
@@ -158,13 +206,11 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             fmt = "pdfgetx3" if len(marker.group(1)) == 4 else "pdfgetx2"
             start = i + 1
             break
-    header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
-    meta = _parse_header(header)
-    _refuse_reciprocal_space(p, meta)
+    comma = _decimal_comma(lines[start:])
     rows: list[list[str]] = []
     linenos: list[int] = []
     label = ""        # the line just before the first data row: where a table names its columns
-    skipped_header = False
+    preamble: list[str] = []   # free text before the data (Gudrun, spreadsheets, instrument logs)
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s:
@@ -173,19 +219,24 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             if not rows:
                 label = s.lstrip("#%! \t") if not s.startswith("#S ") else label
             continue
-        if not _NUMBER_ROW.match(s):
-            if rows or skipped_header:
-                raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
-            skipped_header = True  # e.g. a CSV 'r,G' header row
-            label = s
-            continue
-        if ";" in s and "," in s and "." not in s:   # '0,01;0,0014': a decimal comma (European spreadsheets)
+        if comma:
             s = s.replace(",", ".")
         parts = [t for t in _SPLIT.split(s) if t]
+        if not rows and not _is_data_row(parts):
+            # a header without comment marks ('r,G', a title, 'Qmax: 25', '2026-11-29 run 3'):
+            # everything before the first row of numbers
+            preamble.append(s)
+            label = s
+            continue
+        if not _NUMBER_ROW.match(s):
+            raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
         if len(parts) < 2:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(parts)
         linenos.append(lineno)
+    header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
+    meta = _parse_header(header + preamble)
+    _refuse_reciprocal_space(p, meta)
     columns = max((len(x) for x in rows), default=0)
     # the column G(r) is read from: the second, unless the label row names the columns otherwise
     col = _g_column(p, label, len(rows[0]) if rows else 0, spec=label.startswith("L "))

@@ -118,6 +118,35 @@ def test_the_data_column_and_other_programs_headers_are_found(tmp_path):
         np.testing.assert_allclose(d.g, [float(l.split()[1]) for l in rows], err_msg=remark)
 
 
+def test_free_text_headers_and_decimal_commas_with_any_separator(tmp_path):
+    """Headers without comment marks (Gudrun-like, instrument logs; a line may start with a digit),
+    'Qmax: 22' read like 'qmax = 22', PDFgui's 'qsig' as Qdamp; a decimal comma with tabs or
+    spaces between the columns, as European spreadsheets and instrument PCs export them."""
+    rows = _ROWS.splitlines()
+    g = [float(l.split()[1]) for l in rows]
+    (tmp_path / "gudrun.dat").write_text("Gudrun output for Pt NP\n2026-11-29 14:03 run 3, 0.5 mm capillary\n"
+                                          "Qmax: 22.0\nComposition: Pt\n\nr  G(r)  dG  x\n" + _ROWS)
+    d = read_pdf(tmp_path / "gudrun.dat")
+    np.testing.assert_allclose(d.g, g)
+    assert d.meta == {"qmax": "22.0", "composition": "Pt"} and d.element == "Pt"
+    (tmp_path / "qsig.gr").write_text("# qsig=0.03\n# qmax=27\n" + _ROWS)
+    assert read_pdf(tmp_path / "qsig.gr").meta == {"qdamp": "0.03", "qmax": "27"}
+    for sep in ("\t", " ", "   "):
+        comma = "\n".join(sep.join(l.split()).replace(".", ",") for l in rows)
+        (tmp_path / "comma.txt").write_text(f"r{sep}G{sep}x{sep}dG\n" + comma)
+        d = read_pdf(tmp_path / "comma.txt")
+        np.testing.assert_allclose(d.g, g, err_msg=repr(sep))
+        np.testing.assert_allclose(d.r, [float(l.split()[0]) for l in rows])
+    # a comma that separates columns stays a separator, with decimal points or whole numbers
+    (tmp_path / "ints.csv").write_text("\n".join(f"{i},{i % 7 - 3}" for i in range(200)))
+    d = read_pdf(tmp_path / "ints.csv")
+    assert d.r[-1] == 199 and d.g[10] == 0
+    # text after the data is still refused: the header is what comes before it
+    (tmp_path / "tail.dat").write_text("Pt NP\nrun 3\n" + _ROWS + "\nend of data\n")
+    with pytest.raises(PDFInputError, match="line 1503 is not numeric"):
+        read_pdf(tmp_path / "tail.dat")
+
+
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_files_raise_one_line_errors(tmp_path, name):
     content, problem = BAD[name]
