@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -187,7 +188,7 @@ def predict(
     from cbldm.runtime.backends import GraphError
     from cbldm.runtime.fileutil import shown
     from cbldm.runtime.pdfio import PDFInputError
-    from cbldm.runtime.results import process_file
+    from cbldm.runtime.results import process_file, write_error
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
@@ -209,8 +210,13 @@ def predict(
             failed += 1
             continue
         except Exception as exc:   # one file's failure is said, and the others are still answered
-            print(f"error: {shown(path)}: {type(exc).__name__}: {shown(exc)} (a defect of cbldm: please report "
-                  "it with the file)", file=sys.stderr)
+            what = f"{shown(path)}: {type(exc).__name__}: {' '.join(shown(exc).split())}"
+            try:   # the traceback goes to a report beside the results, as watch writes it
+                report = write_error(outdir, path, f"error: {what}\n{traceback.format_exc()}")
+                where = f"; the traceback is in {shown(report)}"
+            except OSError:
+                where = ""
+            print(f"error: {what} (a defect of cbldm: please report it with the file{where})", file=sys.stderr)
             failed += 1
             continue
         typer.echo(shown(f"{path}: {res.line()}, {res.seconds:.2f} s -> "
@@ -231,6 +237,8 @@ def watch(
     interval: float = typer.Option(1.0, help="Polling period (s)."),
     settle: float = typer.Option(2.0, help="A file is complete once its size and mtime have held still this long "
                                            "(s), in both modes; make it longer than any pause of the writer."),
+    once: bool = typer.Option(False, "--once", help="Answer the files there (and any arriving meanwhile), then exit: "
+                                                    "1 if one got an error report (a batch, a cron job)."),
     candidates: int = CANDIDATES, element: Optional[str] = ELEMENT, backend: str = BACKEND,
     precision: str = PRECISION, seed: int = SEED, threads: Optional[int] = THREADS, plot: bool = PLOT,
     refine: int = REFINE, refine_iter: int = REFINE_ITER, disorder: bool = DISORDER, source: str = SOURCE,
@@ -239,9 +247,11 @@ def watch(
 ):
     """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
 
-    Inotify events (or --poll's scans) only wake the check. The journal OUTDIR/.cbldm-journal.jsonl
-    survives restarts; a file that stopped the service twice (crash, kill) gets <stem>.error.txt
-    and is not tried again until it changes.
+    Files taken: .csv .dat .fgr .gr .txt .xy (not hidden, not ~ .tmp .part .swp). Inotify events
+    (or --poll's scans) only wake the check. The journal OUTDIR/.cbldm-journal.jsonl survives
+    restarts; a file that stopped the service twice (crash, kill) gets <stem>.error.txt and is not
+    tried again until it changes. SIGINT/SIGTERM finish the file in hand; a second one stops at
+    once (exit 130), and that file is answered at the next start.
     """
     from cbldm.runtime.fileutil import shown
     from cbldm.runtime.results import process_file
@@ -280,11 +290,13 @@ def watch(
 
     log(_describe(m))
     try:
-        watcher = Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle), log,
-                          lock)
+        watcher = Watcher(directory, out, handle, WatchConfig(poll=poll, interval=interval, settle=settle, once=once),
+                          log, lock)
     except WatchUsageError as exc:
         raise fail(str(exc), EXIT_USAGE)
-    watcher.run()
+    code = watcher.run()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -22,7 +22,10 @@
   paused longer than ``settle``): the earlier answer's JSON gets ``superseded_by`` (the newer
   answer's JSON); every answer's JSON holds ``source_sha256``, the content it answers.
 - One watcher per results folder (a lock on ``OUTDIR/.cbldm-watch.lock``): a second is refused.
-- SIGINT/SIGTERM finish the file in hand and stop cleanly.
+- SIGINT/SIGTERM finish the file in hand and stop cleanly; a second one stops at once (exit
+  130), and the file in hand is answered at the next start (not counted as a crash).
+- ``once``: the files there and those arriving meanwhile are answered, then the service exits
+  (1 if one got an error report): a batch over a folder, a cron job.
 """
 from __future__ import annotations
 
@@ -122,6 +125,7 @@ class WatchConfig:
     settle: float = 2.0       # size and mtime unchanged this long: the file is complete
     retry_for: float = 600.0  # give up on a file that keeps failing to parse while changing
     max_attempts: int = 2     # runs a file may leave unfinished (crashed, killed) before it is failed
+    once: bool = False        # answer what is there (and what arrives meanwhile), then exit
 
 
 class Watcher:
@@ -140,6 +144,7 @@ class Watcher:
         self.stop = threading.Event()
         self.processed = 0
         self.failed = 0       # of them, answered with an error report instead of a result
+        self._in_hand: tuple[Path, str] | None = None   # the file handed to the predictor now
 
     # -- events ---------------------------------------------------------------------------
     def _observer(self):
@@ -188,16 +193,25 @@ class Watcher:
             self.pending.setdefault(self.dir / p.name, {"first": time.monotonic()})
 
     # -- the loop ---------------------------------------------------------------------------
+    def _on_signal(self, *_) -> None:
+        if self.stop.is_set():      # the second one: now (a long fit need not be waited for)
+            raise KeyboardInterrupt
+        self.stop.set()
+        if self._in_hand is not None:
+            self.log(f"stopping after {self._in_hand[0].name} (signal again to stop now)")
+
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> int:
+        """0, or with ``once`` 1 where a file got an error report; 130 when stopped in a file."""
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: self.stop.set())
+                signal.signal(sig, self._on_signal)
         obs = self._observer()
         obs.start()  # before the backlog scan, so nothing written meanwhile is missed
         self.log(f"watching {self.dir} ({'polling' if self.cfg.poll else 'inotify'}), results in {self.outdir}, "
                  f"a file is taken {self.cfg.settle:g} s after its last change")
         self._backlog()
         t_end = None if max_seconds is None else time.monotonic() + max_seconds
+        code = 0
         try:
             while not self.stop.is_set():
                 if t_end is not None and time.monotonic() > t_end:
@@ -209,6 +223,17 @@ class Watcher:
                 except queue.Empty:
                     pass
                 self._drain_ready()
+                if self.cfg.once and not self.pending and self.events.empty():
+                    code = 1 if self.failed else 0
+                    break
+        except KeyboardInterrupt:
+            code = 130
+            if self._in_hand is not None:
+                # stopped by hand, not a crash: the file is taken again at the next start, and
+                # this run does not count towards the attempts that fail it
+                p, digest = self._in_hand
+                self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "interrupted"})
+                self.log(f"stopped in {p.name}: it is answered at the next start")
         finally:
             obs.stop()
             obs.join(timeout=5)
@@ -216,7 +241,7 @@ class Watcher:
                  f"{self.failed} with an error report")
         if self._lock is not None:
             self._lock.close()     # the lock goes with it
-        return 0
+        return code
 
     def _drain_ready(self) -> None:
         for p in list(self.pending):
@@ -239,7 +264,13 @@ class Watcher:
     def _try(self, p: Path, st: dict, now: float) -> None:
         try:
             digest = sha256_file(p)
-        except OSError:
+        except OSError as exc:
+            if self.cfg.once:   # a service looks again; a run that ends says so and goes on
+                if not isinstance(exc, FileNotFoundError):
+                    self.log(f"error: {p.name}: cannot be read ({exc.strerror or exc})")
+                    self.processed += 1
+                    self.failed += 1
+                del self.pending[p]
             return
         if self.journal.seen(p, digest):
             del self.pending[p]
@@ -251,9 +282,11 @@ class Watcher:
             self._finish(p, digest, "error", {"error": msg}, msg)
             return
         self.journal.add(p, digest, {"status": STARTED, "time": _now()})
+        self._in_hand = (p, digest)   # not cleared in a 'finally': run() needs it when interrupted
         try:
             status, record = self.handle(p)
         except PDFInputError as exc:
+            self._in_hand = None
             # a file that changed while it was read failed because of that, not for good
             if _changed(p, st["sig"]) and now - st["first"] < self.cfg.retry_for:
                 self.journal.add(p, digest, {"status": RETRY, "time": _now()})
@@ -261,9 +294,11 @@ class Watcher:
             self._finish(p, digest, "error", {"error": str(exc)}, str(exc))
             return
         except Exception as exc:  # never let one file take the service down
+            self._in_hand = None
             msg = f"{type(exc).__name__}: {exc}"
             self._finish(p, digest, "error", {"error": msg}, msg, traceback.format_exc())
             return
+        self._in_hand = None
         self._finish(p, digest, status, record)
 
     def _finish(self, p: Path, digest: str, status: str, record: dict, error: str | None = None,

@@ -107,8 +107,12 @@ main()
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
     out, err = res.stdout.decode(), res.stderr.decode()
     assert res.returncode == 1 and "Traceback" not in err, err
+    report = tmp_path / "out" / "boom.error.txt"
     assert [l for l in err.splitlines() if l.startswith("error")] == \
-        [f"error: {tmp_path / 'boom.gr'}: RuntimeError: simulated (a defect of cbldm: please report it with the file)"]
+        [f"error: {tmp_path / 'boom.gr'}: RuntimeError: simulated (a defect of cbldm: please report it with the file; "
+         f"the traceback is in {report})"]
+    text = report.read_text()    # what a defect report needs, kept out of the one-line error
+    assert text.startswith(f"error: {tmp_path / 'boom.gr'}: RuntimeError") and "Traceback" in text and "flaky" in text
     assert "JQ_\ufffdchantillon.gr: 146 atoms" in out, out
     names = os.listdir(os.fsencode(tmp_path / "out"))
     assert b"JQ_\xe9chantillon.json" in names and f"{EXAMPLE.stem}.json".encode() in names

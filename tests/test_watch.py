@@ -25,6 +25,9 @@ def process_file(path, *args, **kwargs):
         raise RuntimeError("injected fault")
     if path.name.startswith("kill"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if path.name.startswith("slow") and os.environ.get("CBLDM_TEST_SLOW"):
+        import time
+        time.sleep(120)
     return real(path, *args, **kwargs)
 results.process_file = process_file
 from cbldm.runtime.cli_run import main
@@ -35,14 +38,14 @@ main()
 class Service:
     """``cbldm-run watch`` in a subprocess; its output goes to files so a test can wait on a log line."""
 
-    def __init__(self, directory, out, model, *extra, faulty=False):
+    def __init__(self, directory, out, model, *extra, faulty=False, env=None):
         self.log = directory.parent / f"watch-{time.monotonic_ns()}.log"
         self.err = self.log.with_suffix(".err")
         head = [sys.executable, "-c", FAULTY] if faulty else [sys.executable, "-m", "cbldm.runtime.cli_run"]
         cmd = [*head, "watch", str(directory), *(["-o", str(out)] if out is not None else []),
                "--model", str(model), "-k", "1", "--no-plot", "--refine", "0", "--interval", "0.3", *extra]
         with open(self.log, "w") as fo, open(self.err, "w") as fe:
-            self.proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+            self.proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=env)
 
     def stdout(self):
         return self.log.read_text()
@@ -266,3 +269,51 @@ def test_a_changed_file_s_earlier_answer_is_marked_and_a_second_watcher_refused(
     assert now["source_sha256"] == hashlib.sha256(EXAMPLE.encode()).hexdigest()
     assert "s.gr: answered again (its content changed); s.json is marked superseded by s-2.json" in log
     assert outcomes(out)[-1]["superseded_answer"] == "s.json"
+
+
+def test_once_answers_the_folder_and_exits_and_a_second_signal_stops_in_a_file(tiny_model, tmp_path):
+    """--once: a batch over a folder (exit 1 where a file got an error report, 0 when nothing was
+    left to do). A second SIGTERM stops in the middle of a long file at once (exit 130); that file
+    is answered at the next start and its interrupted run is not counted as a crash."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("good.gr", "slow.gr"):
+        (d / name).write_text(EXAMPLE)
+    out = d / "cbldm-results"
+    svc = Service(d, None, tiny_model, "--settle", "0.3", faulty=True, env={**os.environ, "CBLDM_TEST_SLOW": "1"})
+    try:
+        assert wait_for(lambda: "slow.gr" in [Path(r["path"]).name for r in journal(out)
+                                              if r["status"] == "started"], service=svc)
+        time.sleep(0.5)
+        svc.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stopping after slow.gr" in svc.stdout(), timeout=20, service=svc)
+        t0 = time.monotonic()
+        svc.proc.send_signal(signal.SIGTERM)
+        svc.proc.wait(timeout=20)
+    finally:
+        if svc.alive():
+            svc.proc.kill()
+    assert svc.proc.returncode == 130 and time.monotonic() - t0 < 10, svc.stderr()
+    assert "stopped in slow.gr: it is answered at the next start" in svc.stdout()
+    assert "Traceback" not in svc.stderr(), svc.stderr()
+    assert journal(out)[-1]["status"] == "retry" and Path(journal(out)[-1]["path"]).name == "slow.gr"
+
+    # a batch, twice: everything left is answered (crash.gr with its report: exit 1), then nothing is left
+    (d / "crash.gr").write_text(EXAMPLE)
+    for expect in (1, 0):
+        run = subprocess.run([sys.executable, "-c", FAULTY, "watch", str(d), "--model", str(tiny_model), "-k", "1",
+                              "--no-plot", "--refine", "0", "--settle", "0.3", "--interval", "0.3", "--once"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == expect, run.stdout + run.stderr
+    done = {Path(r["path"]).name: r["status"] for r in outcomes(out)}
+    assert done == {"crash.gr": "error", "good.gr": "ok", "slow.gr": "ok"}
+    assert "backlog: 3 file(s), 3 already done, 0 to check" in run.stdout
+
+
+def test_watch_help_lists_the_suffixes_it_takes():
+    from cbldm.runtime.watch import PDF_SUFFIXES
+
+    res = subprocess.run([sys.executable, "-m", "cbldm.runtime.cli_run", "watch", "--help"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    line = next(l for l in res.stdout.splitlines() if "Files taken:" in l)
+    assert line.split("Files taken:")[1].split("(")[0].split() == sorted(PDF_SUFFIXES)
