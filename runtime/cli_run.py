@@ -286,7 +286,7 @@ def watch(
         res = process_file(path, m, out, sampler, candidates, element, seed, plot, ref, source, physics)
         log(f"{path.name}: {res.line()}, {res.seconds:.2f} s -> {res.stem}.*")
         return "ok", {"outputs": res.outputs, "n_atoms": res.n_atoms, "rwp": res.rwp, "verdict": res.verdict,
-                      "motif": res.motif, "seconds": res.seconds}
+                      "motif": res.motif, "seconds": res.seconds, "answered_sha256": res.source_sha256}
 
     log(_describe(m))
     try:

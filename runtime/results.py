@@ -43,6 +43,7 @@ class FileResult:
     warnings: list[str] | None = None
     rwp_refined_unjustified: float | None = None
     element_assumed: str | None = None   # the element taken by default: the header names none
+    source_sha256: str = ""              # the content answered (a watched file may change meanwhile)
 
     def line(self) -> str:
         more = len(self.warnings or []) - 1
@@ -144,7 +145,7 @@ def process_file(path: Path, model: LoadedModel, outdir: Path, sampler: SamplerC
     assumed = pdf.element if str(data.meta.get("_element_from", "")).startswith("default") else None
     return FileResult(str(path), stem, pred.best.n_atoms, pred.best.rwp, pred.verdict.verdict,
                       doc["motif"], total, outputs, pred.verdict.warnings, pred.best.rwp_refined_unjustified,
-                      assumed)
+                      assumed, data.sha256)
 
 
 def describe(pred: Prediction) -> dict:

@@ -299,7 +299,9 @@ class Watcher:
             self._finish(p, digest, "error", {"error": msg}, msg, traceback.format_exc())
             return
         self._in_hand = None
-        self._finish(p, digest, status, record)
+        # the predictor reads the file again: where it changed after it was hashed, the journal
+        # holds the content answered, so that this content is not answered a second time
+        self._finish(p, record.pop("answered_sha256", None) or digest, status, record)
 
     def _finish(self, p: Path, digest: str, status: str, record: dict, error: str | None = None,
                 detail: str = "") -> None:

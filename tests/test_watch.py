@@ -25,6 +25,8 @@ def process_file(path, *args, **kwargs):
         raise RuntimeError("injected fault")
     if path.name.startswith("kill"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if path.name.startswith("swap") and not path.read_text().startswith("# swapped"):
+        path.write_text("# swapped\n" + path.read_text())   # a writer between the hash and the read
     if path.name.startswith("slow") and os.environ.get("CBLDM_TEST_SLOW"):
         import time
         time.sleep(120)
@@ -317,3 +319,21 @@ def test_watch_help_lists_the_suffixes_it_takes():
                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     line = next(l for l in res.stdout.splitlines() if "Files taken:" in l)
     assert line.split("Files taken:")[1].split("(")[0].split() == sorted(PDF_SUFFIXES)
+
+
+def test_a_file_changed_between_its_hash_and_its_read_is_answered_once(tiny_model, tmp_path):
+    """The journal holds the content the answer is for, not the one hashed before the read."""
+    import hashlib
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "swap.gr").write_text(EXAMPLE)
+    run = subprocess.run([sys.executable, "-c", FAULTY, "watch", str(d), "--model", str(tiny_model), "-k", "1",
+                          "--no-plot", "--refine", "0", "--settle", "0.3", "--interval", "0.3", "--once"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = d / "cbldm-results"
+    now = hashlib.sha256((d / "swap.gr").read_bytes()).hexdigest()
+    assert [r["sha256"] for r in outcomes(out)] == [now]
+    assert json.loads((out / "swap.json").read_text())["source_sha256"] == now
+    assert not (out / "swap-2.json").exists()
