@@ -59,12 +59,33 @@ class PDFData:
 
 def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
     """Why r looks like it is in nm, or None. A metal's first shell is at 2.3-3.3 A: in nm it
-    is a peak near 0.25 standing out of the rest, on an r range that ends before 12."""
+    is a peak near 0.25 standing out of the rest. On an r range that ends before 12 that is
+    enough. Beyond it (a large particle, 120 A and more in nm: its strongest peak may lie further
+    out) the peak at 0.2-0.45 must be a third of the strongest and as narrow as a first shell in
+    nm (half-height width under 0.05): an A file has nothing below 1 A but ripples, and the
+    narrowest, a termination ripple at Qmax 60, is ~0.06 A wide."""
     top = int(np.argmax(g))
-    if r[-1] < 12 and 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
-        return (f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
-                "r looks like nm; convert r to A (x 10)")
-    return None
+    if r[-1] < 12:
+        if 0 < r[top] < 1.0 and g[top] > 3 * np.median(np.abs(g)):
+            return (f"its strongest peak is at r = {r[top]:.3g} and r ends at {r[-1]:.3g}: "
+                    "r looks like nm; convert r to A (x 10)")
+        return None
+    window = np.flatnonzero((r >= 0.2) & (r <= 0.45))
+    if len(window) == 0:
+        return None
+    k = int(window[np.argmax(g[window])])
+    if g[k] <= max(g[top] / 3, 3 * np.median(np.abs(g))):
+        return None
+    half = g[k] / 2
+    lo, hi = k, k
+    while lo > 0 and g[lo] > half:
+        lo -= 1
+    while hi < len(g) - 1 and g[hi] > half:
+        hi += 1
+    if lo == 0 or r[hi] - r[lo] >= 0.05:
+        return None
+    return (f"a narrow peak at r = {r[k]:.3g}, where no two atoms are in A, and r ends at {r[-1]:.3g}: "
+            "r looks like nm; convert r to A (x 10)")
 
 
 _START_DATA = re.compile(r"^(#{4,})\s*start data", re.IGNORECASE)

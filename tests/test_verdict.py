@@ -51,6 +51,23 @@ def test_r_in_nm_is_refused():
         check_input(r / 10, g, None)
 
 
+def test_r_in_nm_is_refused_on_a_long_range_too_and_a_low_r_ripple_in_a_is_not_taken_for_it():
+    """A large particle measured to 150 A, written in nm (r to 15): its strongest peak is no
+    longer the first shell, but the first shell is a narrow peak near 0.28, where an A file has
+    only ripples, at least ~0.06 wide."""
+    from cbldm.runtime.pdf import DebyePDF, PDFParams
+    from cbldm.runtime.pdfio import looks_like_nm
+    from cbldm.training.variants import lattice_points
+
+    calc = DebyePDF(PDFParams(rmax=150.0, qdamp=0.03))
+    g = calc.calc(lattice_points("fcc", 12) * 2.77, "Pt", method="histogram")   # 10,185 atoms
+    assert calc.r[np.argmax(g)] > 5      # the first shell is not the strongest peak
+    assert "nm" in looks_like_nm(calc.r / 10, g) and "nm" in looks_like_nm(calc.r[::5] / 10, g[::5])
+    assert looks_like_nm(calc.r, g) is None
+    ripple = g + 3 * g.max() * np.exp(-(((calc.r - 0.3) / 0.04) ** 2))   # a low-r artefact, half-width 0.067 A
+    assert looks_like_nm(calc.r, ripple) is None
+
+
 def test_no_peak_is_refused():
     r = np.arange(3000) * 0.01
     with pytest.raises(InputRefused, match="nearest-neighbour peak"):
