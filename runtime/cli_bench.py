@@ -13,7 +13,7 @@ from __future__ import annotations
 # cliutil before numpy: it sets OPENBLAS_NUM_THREADS=1, which only takes effect if numpy
 # has not loaded yet. Imported after numpy it cost 15.6 s instead of 2.7 s end to end
 # (refinement 14.0 s): numpy's and scipy's OpenBLAS pools spun against each other.
-from cbldm.runtime.cliutil import EXIT_USAGE, fail, run_app  # isort: skip
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, refine_config, run_app  # isort: skip
 
 import json
 import os
@@ -148,7 +148,8 @@ def bench(
     repeats: int = typer.Option(10, help="Repeats per end-to-end row."),
     full_repeats: int = typer.Option(2, help="Repeats of the 1000-call full sampler."),
     batch_sizes: str = typer.Option("1,8,64", help="PDFs per call for the networks-only rows."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads, and candidates refined side "
+                                                     "by side (as cbldm-run's --threads)."),
     out: Optional[Path] = typer.Option(None, help=f"JSON output (replaced if it exists; default: {DEFAULT_OUT} "
                                                   "in the current directory, or the next free -2, -3...)."),
 ):
@@ -157,7 +158,9 @@ def bench(
     from cbldm.runtime.fileutil import atomic_write_text
     from cbldm.runtime.pdf import rgrid
     from cbldm.runtime.pdfio import PDFInputError, read_pdf, resample
-    from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig
+    from dataclasses import replace
+
+    from cbldm.runtime.pipeline import NO_REFINEMENT
     from cbldm.runtime.sampling import SamplerConfig
 
     sizes = _batch_sizes(batch_sizes)
@@ -185,13 +188,17 @@ def bench(
         raise fail(str(exc))
     shipped = SamplerConfig(**m32.manifest["sampler"])
     full = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm", clip=shipped.clip)
-    refine_on, refine_off = RefineConfig(), NO_REFINEMENT
+    refine_on, refine_off = refine_config(4, 100, threads=threads), NO_REFINEMENT   # what cbldm-run runs
+    refine_one = replace(refine_on, workers=1)
     calls = shipped.unet_calls()
     rows = []
 
-    def add(name, backend, precision, sampler_name, n_calls, b, res, refine="-", source="both"):
+    def add(name, backend, precision, sampler_name, n_calls, b, res, refine="-", source="both", workers=None):
+        if workers is None:
+            workers = refine_on.workers if refine not in ("-", 0) else "-"
         rows.append({"row": name, "backend": backend, "precision": precision, "sampler": sampler_name,
-                     "source": source, "unet_calls": n_calls, "batch": b, "refine": refine, **res})
+                     "source": source, "unet_calls": n_calls, "batch": b, "refine": refine,
+                     "refine_threads": workers, **res})
 
     warm: set[int] = set()
 
@@ -206,6 +213,9 @@ def bench(
     # the shipped defaults first: every ratio in the table is against this row
     add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_on),
         refine_on.top)
+    if refine_on.workers > 1:   # candidates refined one after the other, as before 2026-11-29
+        add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_one),
+            refine_one.top, workers=1)
     add("end to end", "ort-cpu", "fp32", "skip-step", calls, 1, e2e(m32, shipped, repeats, refine_off), 0)
     add("end to end", "ort-cpu", "fp32", "-", 0, 1, e2e(m32, shipped, repeats, refine_on, "library"),
         refine_on.top, "library")
@@ -237,12 +247,13 @@ def bench(
     base = rows[0]["p50_s"]
     for r in rows:
         r["x_vs_shipped_e2e"] = r["p50_s"] / base
-    _table(rows, ["row", "backend", "precision", "source", "sampler", "unet_calls", "refine", "batch", "p50_s",
-                  "p95_s", "x_vs_shipped_e2e"])
+    _table(rows, ["row", "backend", "precision", "source", "sampler", "unet_calls", "refine", "refine_threads",
+                  "batch", "p50_s", "p95_s", "x_vs_shipped_e2e"])
     typer.echo("")
     staged = [r for r in rows if "stages_p50_s" in r]
     stage_names = list(dict.fromkeys(k for r in staged for k in r["stages_p50_s"]))
-    _table([{"row": f"{r['backend']} {r['precision']} {r['source']} {r['sampler']} refine {r['refine']}",
+    _table([{"row": f"{r['backend']} {r['precision']} {r['source']} {r['sampler']} refine {r['refine']}"
+                    + (f" x{r['refine_threads']}" if r["refine_threads"] != "-" else ""),
              **{k.removesuffix("_s"): f"{1e3 * r['stages_p50_s'][k]:.0f}" if k in r["stages_p50_s"] else "-"
                 for k in stage_names}} for r in staged],
            ["row", *(k.removesuffix("_s") for k in stage_names)], title="end to end, p50 per stage (ms)")

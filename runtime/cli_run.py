@@ -91,7 +91,8 @@ ELEMENT = typer.Option(None, help="The particle's metal (default: the most abund
 BACKEND = typer.Option("auto", help=BACKEND_HELP)
 PRECISION = typer.Option("fp32", help=PRECISION_HELP)
 SEED = typer.Option(0, min=0, help="Sampling seed (0 or more).")
-THREADS = typer.Option(None, min=1, help="CPU threads for ONNX Runtime.")
+THREADS = typer.Option(None, min=1, help="CPU threads for ONNX Runtime, and candidates refined side by side "
+                                         "(default: ONNX Runtime's own; the cores, at most 4).")
 PLOT = typer.Option(True, help="Write <stem>.png.")
 REFINE = typer.Option(4, "--refine", help=REFINE_HELP)
 REFINE_ITER = typer.Option(100, help="L-BFGS iterations of the refinement.")
@@ -192,7 +193,7 @@ def predict(
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
-    ref = refine_config(refine, refine_iter, disorder=disorder)
+    ref = refine_config(refine, refine_iter, disorder=disorder, threads=threads)
     _check_outdir(outdir)
     m = _open(model, backend, precision, threads)
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
@@ -259,7 +260,7 @@ def watch(
 
     element = _check_usage(candidates, element)
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
-    ref = refine_config(refine, refine_iter, disorder=disorder)
+    ref = refine_config(refine, refine_iter, disorder=disorder, threads=threads)
     if not directory.is_dir():
         raise fail(f"{directory}: not a directory")
     out = outdir or directory / "cbldm-results"

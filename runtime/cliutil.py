@@ -56,17 +56,21 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...] | None = No
 
 
 def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: bool = True, search: int = 1,
-                  envelope: bool = True):
+                  envelope: bool = True, threads: int | None = None):
     """``--refine N --refine-iter I [--rank R] [--no-disorder]`` as a RefineConfig; a bad value is
-    a usage error."""
+    a usage error. ``threads`` (``--threads``): candidates refined side by side; by default the
+    machine's cores, at most 4 (the default refines 4 candidates)."""
     from cbldm.runtime.pipeline import RefineConfig
+
+    workers = threads if threads is not None else max(1, min(4, os.cpu_count() or 1))
 
     try:
         # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
         # library family, no atom or layer search and no second fit above a peak of another
         # element (the verdict still names it)
         return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
-                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0)
+                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0,
+                            workers=max(1, workers))
     except ValueError:
         raise fail("--refine and --search must be >= 0, --refine-iter >= 1 and --rank criterion or rwp",
                    EXIT_USAGE) from None

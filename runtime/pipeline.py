@@ -181,12 +181,14 @@ class RefineConfig:
                                # library (``_beyond``)
     above_short: bool = True   # fit again from above a peak of another element the answer leaves
                                # (``verdict.short_peak``; ``_above_short``)
+    workers: int = 1           # candidates refined side by side (threads: the work is in BLAS and numpy
+                               # loops, which let go of the GIL); the answer does not depend on it
 
     def __post_init__(self) -> None:
         if self.top < 0 or self.maxiter < 1 or self.max_shift <= 0 or self.min_distance < 0 or self.search < 0 \
-                or self.rank not in ("criterion", "rwp"):
-            raise ValueError(f"refinement needs top >= 0, maxiter >= 1, max_shift > 0, min_distance >= 0 "
-                             f"and rank criterion or rwp, got {self.as_dict()}")
+                or self.rank not in ("criterion", "rwp") or self.workers < 1:
+            raise ValueError(f"refinement needs top >= 0, maxiter >= 1, max_shift > 0, min_distance >= 0, "
+                             f"workers >= 1 and rank criterion or rwp, got {self.as_dict()}")
 
     def as_dict(self) -> dict:
         return {"top": self.top, "maxiter": self.maxiter, "max_shift": self.max_shift,
@@ -497,8 +499,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # members only the disorder refinement tells apart (none without it)
             todo += [k for k, c in enumerate(cands) if k not in todo and any(c is t for t in tied)
                      and c.n_atoms <= DISORDER_MAX_ATOMS]
-            for k in todo:
-                cands[k] = _refine(cands[k], grid, g_fit, refine, d)
+            for k, c in zip(todo, _map(lambda k: _refine(cands[k], grid, g_fit, refine, d), todo, refine.workers)):
+                cands[k] = c
             if refine.rank == "criterion":
                 cands = [justified(c, n_ind) for c in cands]
                 cands.sort(key=lambda c: (*tier(c), criterion(c, n_ind)))
@@ -1077,6 +1079,16 @@ def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:
     """``new``'s parameters at their bounds, and the size's flag from ``old``: a fit at fixed size
     (the size is in the coordinates now) cannot see that the size it carries hit its bound."""
     return sorted(set(new.at_bounds) | ({"size"} & set(old.at_bounds)))
+
+
+def _map(fn, items: list, workers: int) -> list:
+    """``[fn(x) for x in items]``, on up to ``workers`` threads."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:

@@ -74,3 +74,17 @@ def test_tied_members_stop_where_the_fit_falls_behind(calc, family):
     had = next(c for c in tied if c.label == nine)
     again = _tied_members(start, [start, had], family, grid, g, 1e3)
     assert nine not in [c.label for c in again]
+
+
+def test_candidates_refined_side_by_side_give_the_same_answer(calc, family):
+    """``RefineConfig.workers`` (cbldm-run --threads) only changes how long it takes: every
+    candidate, refined or not, is the same as refined one after the other."""
+    pdf = PDFInput.on_model_grid(calc.calc(_displaced(9, seed=1), "Pt"), "Pt")
+    one, two = (predict(None, pdf, SamplerConfig(), 0, source="library", library=family,
+                        refine=replace(RefineConfig(), workers=w)) for w in (1, 2))
+    assert sum(c.refined for c in one.candidates) >= 2
+    def key(p):
+        return [(c.label, c.rwp, c.refined) for c in p.candidates]
+
+    assert key(one) == key(two)
+    np.testing.assert_array_equal(one.best.xyz, two.best.xyz)
