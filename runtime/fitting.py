@@ -55,6 +55,9 @@ QGRID_BISO = 0.3
 SIZE_SPAN = 0.03        # +-3 %: the first-shell peak fixes the bond length to about 1 %
 
 
+ORIGINS = ("option", "header", "band_edge", "fitted", "default")   # of a Q value: see FilePhysics.origin
+
+
 @dataclass(frozen=True)
 class FilePhysics:
     """What the data reduction fixed: Q range, and the r range the fit may use."""
@@ -68,7 +71,9 @@ class FilePhysics:
     # then it is held, else refined per candidate. Free, it trades off against the particle's
     # size (a larger particle under a stronger envelope looks like a smaller one)
     qdamp: float | None = None
-    source: dict = field(default_factory=dict)   # where each value came from
+    source: dict = field(default_factory=dict)   # where each value came from, in words (the JSON's fit.from)
+    # ... and as one of ORIGINS, for the code that branches on it ("qmin", "qmax")
+    origin: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -340,7 +345,7 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
     Qmax from the data's band edge (``band_edge``, given ``g``), else the training values; the fit
     range from options, else [1.5 A, the file's last r]; Qdamp from the option, else a header
     ``qdamp``, else refined."""
-    src = {}
+    src, origin = {}, {}
 
     def header(key):
         try:
@@ -354,21 +359,21 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
     for key, opt, default in (("qmin", qmin, default_qmin), ("qmax", qmax, default_qmax)):
         hv = header(key)
         if opt is not None:
-            vals[key], src[key] = float(opt), "option"
+            vals[key], src[key], origin[key] = float(opt), "option", "option"
         elif hv is not None:
-            vals[key], src[key] = hv, "file header"
+            vals[key], src[key], origin[key] = hv, "file header", "header"
         else:
             said_hdr = f"the header's {key} {meta[key]!r} is not usable" if str(meta.get(key, "")).strip() \
                 else "the header states none"
             edge = band_edge(r, g, FIT_RMIN if rmin is None else float(rmin)) \
                 if key == "qmax" and g is not None else None
             if edge is not None and MIN_QMAX <= edge <= MAX_QMAX:
-                vals[key], src[key] = edge, f"the data's band edge ({said_hdr})"
+                vals[key], src[key], origin[key] = edge, f"the data's band edge ({said_hdr})", "band_edge"
             else:
-                vals[key], src[key] = default, "default (training data" + ("" if said_hdr.endswith("none")
-                                                                         else f"; {said_hdr}") + ")"
-    said = {k: {"option": f"--{k}", "file header": "file header"}.get(
-        src[k], "the data's band edge" if src[k].startswith("the data") else "training value") for k in vals}
+                vals[key], src[key], origin[key] = default, "default (training data" + (
+                    "" if said_hdr.endswith("none") else f"; {said_hdr}") + ")", "default"
+    said = {k: {"option": f"--{k}", "header": "file header", "band_edge": "the data's band edge"}.get(
+        origin[k], "training value") for k in vals}
     if vals["qmax"] < MIN_QMAX:
         raise ValueError(f"qmax {vals['qmax']:g} 1/A ({said['qmax']}) is too low for a PDF: a metal's first shell "
                          f"needs at least {MIN_QMAX:g} 1/A (give --qmax)")
@@ -395,7 +400,7 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
         elif qd > QDAMP_RANGE[1]:   # like an unreadable qmax: said, and not used
             src["qdamp"] = f"refined (the header's {qd:g} is outside 0-{QDAMP_RANGE[1]:g} 1/A; give --qdamp)"
             qd = None
-    return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), qdamp=qd, source=src)
+    return FilePhysics(vals["qmin"], vals["qmax"], round(lo, 4), round(hi, 4), qdamp=qd, source=src, origin=origin)
 
 
 BAND_RSPAN = 40.0      # A of data from the fit's start read for the band edge

@@ -397,7 +397,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             # whose fit keeps Qdamp inside its range
             return not c.physical(d, frac), overdamped(c)
 
-        if cands and str(p.physics.source.get("qmin", "")).startswith("default"):
+        if cands and p.physics.origin.get("qmin") == "default":
             grid = _fit_qmin(cands, grid, g_fit, tier)
             p = replace(p, physics=grid.phys)
         grid = _regrid(cands, grid, g_fit, tier)
@@ -571,8 +571,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             runner = exact(runner)
         if damped is not None:
             damped = exact(damped)
-        assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin")
-                   if str(p.physics.source.get(k, "")).startswith("default")}
+        assumed = {k: getattr(p.physics, k) for k in ("qmax", "qmin") if p.physics.origin.get(k) == "default"}
         if unbracketed is not None:   # listed last: the JSON holds what the verdict names
             cands.append(replace(unbracketed, set_aside="a walk along the library family that the data "
                                                         "did not bracket (the size traded against Qdamp)"))
@@ -835,7 +834,8 @@ def _fit_qmin(cands: list[Candidate], grid: FitGrid, g_fit: np.ndarray, tier) ->
     j = int(np.argmin(rwps))
     src = dict(grid.phys.source) | {"qmin": f"fitted (no usable qmin in the header): the best first candidate's "
                                             f"Rwp {rwps[j]:.4f} there, {rwps[0]:.4f} with no cut"}
-    cut_grid = fit_grid(replace(grid.phys, qmin=_qmin_at(j, step), source=src), grid.qgrid_biso)
+    cut_grid = fit_grid(replace(grid.phys, qmin=_qmin_at(j, step), source=src,
+                                origin=grid.phys.origin | {"qmin": "fitted"}), grid.qgrid_biso)
     # where it cuts where the first fits did (the training value's column), they stand: fitted again
     # from their own physics they would move in the last digits, and the searches after them with it
     if cut_grid.calc.nqmin != grid.calc.nqmin or cut_grid.calc.qstep != grid.calc.qstep:
@@ -851,8 +851,8 @@ def _q_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) -> 
     side tried. None where the answer takes the same; else the answer is fitted again from the
     start with it (``predict_batch``), once: the sources then say 'checked with the answer'."""
     src = p.physics.source
-    fit_min = str(src.get("qmin", "")).startswith("fitted (")
-    read_max = str(src.get("qmax", "")).startswith("the data's band edge (")
+    fit_min = p.physics.origin.get("qmin") == "fitted"
+    read_max = p.physics.origin.get("qmax") == "band_edge"
     if not (fit_min or read_max) or best.fit is None or best.envelope is not None \
             or not 2 <= len(best.xyz) <= Q_AGAIN_MAX_ATOMS:
         return None

@@ -210,6 +210,8 @@ def _write_outputs(outdir, stem, path, data: PDFData, pdf: PDFInput, pred: Predi
         "refined_physics": phys,
         "fit": {"qmin": pred.physics.qmin, "qmax": pred.physics.qmax, "rmin_A": pred.physics.rmin,
                 "rmax_A": pred.physics.rmax, "qdamp_held": pred.physics.qdamp, "from": pred.physics.source,
+                # the same for scripts: option, header, band_edge (read off the data), fitted, default
+                "q_origin": pred.physics.origin,
                 "points": int(len(pred.r)), "q_grid_biso": round(float(pred.q_grid_biso), 4),
                 # what of Rwp the data's noise explains (0 where none is seen above Qmax) and
                 # what it leaves: searches judge gains on the latter

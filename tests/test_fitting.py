@@ -188,6 +188,8 @@ def test_band_edge_reads_qmax_off_the_data_as_the_calculator_cuts_it(qmax, rmax)
     assert edge is not None and abs(edge - qmax) < 0.15
     ph = file_physics({}, calc.r, g=g)
     assert ph.source["qmax"].startswith("the data's band edge") and ph.source["qmin"].startswith("default")
+    assert ph.origin == {"qmax": "band_edge", "qmin": "default"}
+    assert file_physics({"qmax": "24.0"}, calc.r, qmin=0.5, g=g).origin == {"qmax": "header", "qmin": "option"}
     assert file_physics({"qmax": "24.0"}, calc.r, g=g).qmax == 24.0      # the header's stands
 
 
@@ -348,7 +350,7 @@ def test_a_q_range_the_file_does_not_state_is_fitted_again_with_the_answer():
     calc = DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=25.0, biso=QGRID_BISO))
     g = calc.calc(x, "Pt")
     off = file_physics({}, calc.r, qmin=0.5, qmax=25.0)     # a step below the file's cut (0.143 1/A steps)
-    off = replace(off, source=off.source | {"qmin": "fitted (no usable qmin in the header): ..."})
+    off = replace(off, origin=off.origin | {"qmin": "fitted"})
     grid = fit_grid(off)
     g_fit = np.interp(grid.r_fit, calc.r, g)
     best = Candidate(x, "library", "deca", fit=grid.fit(x, g_fit))
@@ -361,7 +363,8 @@ def test_a_q_range_the_file_does_not_state_is_fitted_again_with_the_answer():
     assert _q_again(given, best, grid, g_fit) is None
     # a band edge read a column short (data made on another Biso's Q grid, or weak near Qmax)
     short = file_physics({}, calc.r, qmin=0.7, qmax=24.8)
-    short = replace(short, source=short.source | {"qmax": "the data's band edge (the header states none)"})
+    short = replace(short, origin=short.origin | {"qmax": "band_edge"},
+                    source=short.source | {"qmax": "the data's band edge"})
     again = _q_again(PDFInput(calc.r, g, "Pt", short), best, fit_grid(short), g_fit)
     assert again is not None and "fitted again with a first pass's answer" in again.physics.source["qmax"]
     assert DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=again.physics.qmax, biso=QGRID_BISO)).nq == calc.nq

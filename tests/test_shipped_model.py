@@ -153,7 +153,7 @@ def test_a_file_without_its_q_range_is_fitted_with_the_data_s_own(shipped, tmp_p
     assert DebyePDF(PDFParams(rmax=30.01, qmax=pdf.physics.qmax, biso=0.3)).nq == calc.nq
     sampler = SamplerConfig(**shipped.manifest["sampler"])
     p = predict(shipped, pdf, sampler, 0, source="library", library=shipped.library, refine=NO_REFINEMENT)
-    assert p.physics.source["qmin"].startswith("fitted")
+    assert p.physics.source["qmin"].startswith("fitted") and p.physics.origin == {"qmin": "fitted", "qmax": "band_edge"}
     assert DebyePDF(PDFParams(rmax=30.01, qmin=p.physics.qmin, qmax=21.0, biso=0.3)).nqmin == calc.nqmin
     assert p.best.n_atoms == len(x) and p.best.rwp < 1e-3, (p.best.n_atoms, p.best.rwp)
     assert p.verdict.verdict == "ok", p.verdict.warnings
