@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import _common  # noqa: F401
 import numpy as np
@@ -24,6 +25,8 @@ from cbldm.runtime.fitting import FilePhysics, FitGrid
 from cbldm.runtime.pdf import DebyePDF, PDFParams
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.training.clusters import unit_shapes
+
+RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
 
 
 def structures() -> dict[str, np.ndarray]:
@@ -40,8 +43,8 @@ def median_error(x: np.ndarray, truth: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/refine.json")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap.add_argument("--out", default=str(RESULTS / "refine.json"), help="JSON output (default: %(default)s)")
     ap.add_argument("--sigma", type=float, default=0.1)
     args = ap.parse_args()
     nn = 2.77

@@ -11,6 +11,8 @@ from pathlib import Path
 from cbldm.runtime.cli_bench import main
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print("(this script's default --out: benchmarks/results/runtime.json, beside it)")
     if not any(a == "--out" or a.startswith("--out=") for a in sys.argv[1:]):
         sys.argv += ["--out", str(Path(__file__).resolve().parent / "results" / "runtime.json")]
     main()

@@ -18,7 +18,7 @@ def export(
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Build TensorRT engines (needs TensorRT + GPU)."),
     batch_sizes: str = typer.Option("1,8,32", help="TensorRT profile batch sizes (min,opt,max)."),
     exporter: str = typer.Option("dynamo", help="dynamo (torch.export) or torchscript."),
-    e2e: int = typer.Option(0, help="Also compare fp16 vs fp32 end to end on N held-out PDFs (Rwp)."),
+    e2e: int = typer.Option(0, min=0, help="Also compare fp16 vs fp32 end to end on N held-out PDFs (Rwp)."),
     library: Path = typer.Option(None, help="Cluster library to ship with the model (cbldm-data library; "
                                             "default: the shipped model's)."),
 ):
@@ -31,10 +31,20 @@ def export(
         raise fail("--batch-sizes must be positive", EXIT_USAGE)
     if exporter not in ("dynamo", "torchscript"):
         raise fail(f"--exporter {exporter!r}: choose dynamo or torchscript", EXIT_USAGE)
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: is a file, not a model directory", EXIT_USAGE)
     require_extra("cbldm-export", "export")
     from cbldm.export.onnx_export import ExportError, attach_library, export_run
-    from cbldm.runtime.library import LibraryError
+    from cbldm.runtime.library import Library, LibraryError
 
+    # what can be checked before minutes of export is checked first: a failure after the graphs
+    # would leave a model directory without its library or engines
+    if tensorrt:
+        from cbldm.export.tensorrt_build import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            raise fail(f"--tensorrt: {why}; export without it, or where TensorRT and a GPU are")
     if library is None:
         from cbldm.models import default_model_dir
 
@@ -42,11 +52,19 @@ def export(
     if not library.is_file():
         raise fail(f"{library}: no such library (build one with cbldm-data library)")
     try:
+        Library(library)
+    except LibraryError as exc:
+        raise fail(str(exc))
+    manifest = out / "manifest.json"
+    try:
         res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
                          log=typer.echo)
         attach_library(out, library)
-    except (ExportError, LibraryError, RuntimeError) as exc:
-        raise fail(str(exc))
+    except (ExportError, LibraryError, RuntimeError, OSError) as exc:
+        # a directory without a manifest is no model: cbldm-run refuses it, rather than answering
+        # without the library, or with graphs the checks did not pass
+        manifest.unlink(missing_ok=True)
+        raise fail(str(exc) if not isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
     typer.echo(f"{out}: manifest.json written ({len(res['manifest']['graphs'])} graphs"
                + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ", cluster library)")
     if e2e and fp16:

@@ -235,8 +235,9 @@ def export_run(run: Path, out: Path, fp16: bool = False, exporter: str = "dynamo
         graphs[name] = {"fp32": {"file": path.name, "sha256": sha256_file(path), "parity_vs_torch": par}, **spec}
         report[name] = {"fp32_max_rel": worst, "seconds": round(time.perf_counter() - t0, 1)}
         log(f"{name:9s} fp32  max rel err vs torch {worst:.1e}  ({path.stat().st_size / 1e6:.2f} MB)")
+        hpath = out / f"{name}.fp16.onnx"
+        hpath.unlink(missing_ok=True)   # an earlier export's, which this manifest would not name
         if fp16:
-            hpath = out / f"{name}.fp16.onnx"
             to_fp16(path, hpath)
             par16 = parity(hpath, spec, modules[name], inputs[name])
             worst16 = max(v["max_rel"] for v in par16.values())
@@ -285,6 +286,9 @@ def _pdf_params() -> dict:
     return DEEPSTRUC_PARAMS.as_dict()
 
 
+LIBRARY_KINDS = ("recipe", "common", "twinned", "extended")
+
+
 def attach_library(model_dir: Path, library: Path) -> dict:
     """Copy a cluster library (``cbldm-data library``) into MODELDIR and record it, hashed, in the
     manifest: the runtime searches it beside the networks (``--source``)."""
@@ -299,9 +303,7 @@ def attach_library(model_dir: Path, library: Path) -> dict:
         shutil.copyfile(library, target)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest["library"] = {"file": target.name, "sha256": sha256_file(target), "entries": len(lib),
-                           "recipe_entries": int(np.sum(lib.kind == "recipe")),
-                           "common_entries": int(np.sum(lib.kind == "common")),
-                           "twinned_entries": int(np.sum(lib.kind == "twinned")),
+                           **{f"{kind}_entries": int(np.sum(lib.kind == kind)) for kind in LIBRARY_KINDS},
                            "largest_atoms": int(lib.n_atoms.max())}
     (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest["library"]

@@ -249,6 +249,8 @@ def bench(
         r["x_vs_shipped_e2e"] = r["p50_s"] / base
     _table(rows, ["row", "backend", "precision", "source", "sampler", "unet_calls", "refine", "refine_threads",
                   "batch", "p50_s", "p95_s", "x_vs_shipped_e2e"])
+    typer.echo("(end to end rows: seconds per file; networks rows: seconds per PDF, a call of 'batch' PDFs "
+               "divided by the batch)")
     typer.echo("")
     staged = [r for r in rows if "stages_p50_s" in r]
     stage_names = list(dict.fromkeys(k for r in staged for k in r["stages_p50_s"]))

@@ -64,8 +64,8 @@ def _sampler(m, t1: Optional[int], t2: Optional[int], steps_before: Optional[int
 
 BACKEND_HELP = ("auto (tensorrt, cuda, cpu: the first that runs the model), tensorrt, cuda or cpu; "
                 "the one used is reported.")
-PRECISION_HELP = ("fp32 or fp16 graphs; a graph exported without an fp16 version runs fp32, "
-                  "and the report says so.")
+PRECISION_HELP = ("fp32 or fp16 graphs (fp16: a model exported with --fp16; a graph whose fp16 version "
+                  "failed its parity check runs fp32, and the report says so).")
 
 REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF (0: off, and no "
                "strain, library-family walk, atom-count or facet-layer search, nor a second fit above a "
@@ -74,8 +74,10 @@ REFINE_HELP = ("Refine the coordinates of the best N candidates against the PDF 
 
 SOURCE_HELP = ("Where candidates come from: both (default), model (the networks) or library "
                "(the shipped cluster library alone).")
-QMIN_HELP = "Qmin of the data (1/A; default: the file's header 'qmin', else 0.7)."
-QMAX_HELP = "Qmax of the data (1/A; default: the file's header 'qmax', else 25)."
+QMIN_HELP = ("Qmin of the data (1/A; default: the file's header 'qmin', else fitted with the best first "
+             "candidate, 0-2, and checked with the answer).")
+QMAX_HELP = ("Qmax of the data (1/A; default: the file's header 'qmax', else read off the data where its "
+             "content in Q ends, else 25).")
 RMIN_HELP = ("Fit from this r (A; default 1.5, and fitted again from above a peak the fit leaves where no two "
              "metal atoms are: a ligand's or oxide's bonds; a value given here stands).")
 RMAX_HELP = "Fit up to this r (A; default: the file's last r)."
@@ -128,6 +130,48 @@ def _physics(source: str, qmin, qmax, rmin, rmax, qdamp=None) -> dict:
     return {"qmin": qmin, "qmax": qmax, "rmin": rmin, "rmax": rmax, "qdamp": qdamp}
 
 
+def _check_library(m, source: str) -> None:
+    """A model exported without its cluster library (before the library, or by hand) answers from
+    the networks alone: refused for --source library, said for both."""
+    if m.manifest.get("library"):
+        return
+    if source == "library":
+        raise fail(f"--source library: the model {m.model_dir} has no cluster library (cbldm-export --library)",
+                   EXIT_USAGE)
+    if source == "both":
+        print(f"warning: the model {m.model_dir} has no cluster library: every answer comes from the networks "
+              "alone", file=sys.stderr)
+
+
+def _make_outdir(outdir: Path) -> Path | None:
+    """Create the results folder before the model loads (one line, exit 2, where it cannot be
+    made); the topmost folder this made, for ``_unmake`` if the model then fails to load."""
+    top = None
+    for parent in [outdir, *outdir.parents]:
+        if parent.exists():
+            break
+        top = parent
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"-o {outdir}: cannot be created ({exc.strerror or exc})", EXIT_USAGE) from None
+    return top
+
+
+def _unmake(top: Path | None, lock=None) -> None:
+    """Undo ``_make_outdir`` (and the watch lock in it) where nothing else was written there."""
+    if lock is not None:
+        lock.close()
+        Path(lock.name).unlink(missing_ok=True)
+    if top is None:
+        return
+    for d in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()      # only empty folders go
+        except OSError:
+            return
+
+
 def _check_outdir(outdir: Path) -> None:
     """Before the model loads, and without creating anything: a results folder that exists as a
     file, or under a parent that is not a writable folder, is a usage error (exit 2)."""
@@ -168,7 +212,8 @@ def _check_usage(candidates: int, element: Optional[str]) -> Optional[str]:
 
 @app.command()
 def predict(
-    files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (.gr .dat .txt .csv).",
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="PDF files (G(r): .gr .dat .txt .csv .xy .fgr, "
+                                                                 "whatever the suffix).",
                                        readable=False),   # an unreadable file is refused alone
     outdir: Path = typer.Option(Path("cbldm-results"), "--outdir", "-o", help="Where results go."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
@@ -195,7 +240,14 @@ def predict(
     physics = _physics(source, qmin, qmax, rmin, rmax, qdamp)
     ref = refine_config(refine, refine_iter, disorder=disorder, threads=threads)
     _check_outdir(outdir)
-    m = _open(model, backend, precision, threads)
+    _check_backend(backend, precision)
+    made = _make_outdir(outdir)
+    try:
+        m = _open(model, backend, precision, threads)
+        _check_library(m, source)
+    except BaseException:
+        _unmake(made)
+        raise
     sampler = _sampler(m, t1, t2, steps_before, steps_after)
     typer.echo(_describe(m), err=True)
     failed = 0
@@ -223,6 +275,7 @@ def predict(
         typer.echo(shown(f"{path}: {res.line()}, {res.seconds:.2f} s -> "
                          f"{outdir / res.stem}.{{xyz,fit.gr,json" + (",png}" if plot else "}")))
     if failed:
+        _unmake(made)     # where no file was answered, the folder made for them goes again
         raise typer.Exit(EXIT_INPUT)
 
 
@@ -231,8 +284,8 @@ def watch(
     directory: Path = typer.Argument(..., metavar="DIRECTORY",
                                      help="Directory the PDFs arrive in (its subfolders are not watched)."),
     outdir: Optional[Path] = typer.Option(None, "--outdir", "-o",
-                                          help="Results (default: DIRECTORY/cbldm-results). DIRECTORY itself is "
-                                               "refused (exit 2): its results would be read as new input."),
+                                          help="Results (default: a folder cbldm-results in DIRECTORY). DIRECTORY "
+                                               "itself is refused (exit 2): its results would be read as new input."),
     model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     poll: bool = typer.Option(False, help="Poll instead of inotify (network file systems)."),
     interval: float = typer.Option(1.0, help="Polling period (s)."),
@@ -246,7 +299,7 @@ def watch(
     qmin: Optional[float] = QMIN, qmax: Optional[float] = QMAX, rmin: Optional[float] = RMIN,
     rmax: Optional[float] = RMAX, qdamp: Optional[float] = QDAMP,
 ):
-    """Process every new PDF once, when it has stopped changing for --settle s; runs until SIGINT/SIGTERM.
+    """Process every new PDF once it has stopped changing for --settle s; until SIGINT/SIGTERM (--once: none left).
 
     Files taken: .csv .dat .fgr .gr .txt .xy (not hidden, not ~ .tmp .part .swp). Inotify events
     (or --poll's scans) only wake the check. The journal OUTDIR/.cbldm-journal.jsonl survives
@@ -272,12 +325,18 @@ def watch(
         raise fail("--settle and --interval must be > 0", EXIT_USAGE)
     _check_outdir(out)
     _check_backend(backend, precision)     # usage errors first: they leave nothing behind
+    made = _make_outdir(out)
     try:   # before the model loads (a TensorRT engine can take minutes): a second watcher is refused at once
-        out.mkdir(parents=True, exist_ok=True)
         lock = take_lock(out)
     except WatchUsageError as exc:
+        _unmake(made)
         raise fail(str(exc), EXIT_USAGE)
-    m = _open(model, backend, precision, threads)
+    try:
+        m = _open(model, backend, precision, threads)
+        _check_library(m, source)
+    except BaseException:    # a model that does not load leaves no results folder, nor its lock
+        _unmake(made, lock)
+        raise
     sampler = _sampler(m, None, None, None, None)
 
     def log(msg: str) -> None:

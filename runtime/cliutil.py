@@ -63,17 +63,18 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
     from cbldm.runtime.pipeline import RefineConfig
 
     workers = threads if threads is not None else max(1, min(4, os.cpu_count() or 1))
-
-    try:
-        # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
-        # library family, no atom or layer search and no second fit above a peak of another
-        # element (the verdict still names it)
-        return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
-                            walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0,
-                            workers=max(1, workers))
-    except ValueError:
-        raise fail("--refine and --search must be >= 0, --refine-iter >= 1 and --rank criterion or rwp",
-                   EXIT_USAGE) from None
+    # each option by its own name: cbldm-run has --refine and --refine-iter, cbldm-eval more
+    for bad, message in ((top < 0, "--refine must be >= 0"), (maxiter < 1, "--refine-iter must be >= 1"),
+                         (search < 0, "--search must be >= 0"),
+                         (rank not in ("criterion", "rwp"), f"--rank {rank!r}: choose criterion or rwp")):
+        if bad:
+            raise fail(message, EXIT_USAGE)
+    # 0 is "the structure as found": no coordinate refinement, no strain, no walk along the
+    # library family, no atom or layer search and no second fit above a peak of another
+    # element (the verdict still names it)
+    return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
+                        walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0,
+                        workers=max(1, workers))
 
 
 def readable_help(cmd) -> None:

@@ -81,7 +81,10 @@ class Library:
             z = {k: z[k] for k in ("n_atoms", "xyz", "name", "motif", "kind", "diameter", "f0", "q_step")
                  + (("extent",) if "extent" in z.files else ())}
         except (OSError, ValueError, KeyError) as exc:
-            raise LibraryError(f"{path}: not a cluster library ({type(exc).__name__}: {exc})") from None
+            # numpy's 'pickled data ... allow_pickle=True' advice is not for a library: never pickle
+            why = "not a .npz of arrays" if isinstance(exc, ValueError) and "pickle" in str(exc) \
+                else f"{type(exc).__name__}: {exc}"
+            raise LibraryError(f"{path}: not a cluster library ({why}; cbldm-data library writes one)") from None
         self.path = path
         self.n_atoms = z["n_atoms"].astype(int)
         self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])

@@ -66,6 +66,10 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
     if lib:
         common = f", {lib['common_entries']} common shapes" if lib.get("common_entries") else ""
         common += f", {lib['twinned_entries']} twinned spheres" if lib.get("twinned_entries") else ""
+        # manifests before 2026-11-29 did not count the extended part: the rest of the entries
+        rest = lib.get("extended_entries", lib["entries"] - sum(
+            lib.get(f"{k}_entries", 0) for k in ("recipe", "common", "twinned")))
+        common += f", {rest} larger members of their families" if rest else ""
         lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes{common}, up to "
                                  f"{lib['largest_atoms']} atoms), sha256 {lib['sha256'][:16]}"))
     names = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "families": "held-out families (a)",

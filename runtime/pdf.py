@@ -61,6 +61,8 @@ class PDFParams:
             raise ValueError(f"PDF parameter rstep must be > 0, got {self.rstep}")
         if self.rmax <= self.rmin:
             raise ValueError(f"rmax ({self.rmax}) must exceed rmin ({self.rmin})")
+        if self.qmax <= self.qmin:     # no Q range: nothing to transform (and a division by Qmax)
+            raise ValueError(f"qmax ({self.qmax}) must exceed qmin ({self.qmin})")
 
     @property
     def uiso(self) -> float:

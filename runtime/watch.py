@@ -235,6 +235,11 @@ class Watcher:
                 self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "interrupted"})
                 self.log(f"stopped in {p.name}: it is answered at the next start")
         finally:
+            # watchdog logs a race of its own shutdown ('queue_events() called when the thread is
+            # inactive') as an error; nothing is lost by then
+            import logging
+
+            logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
             obs.stop()
             obs.join(timeout=5)
         self.log(f"stopped; {self.processed} file(s) processed: {self.processed - self.failed} answered, "

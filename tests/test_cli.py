@@ -45,6 +45,8 @@ def one_error_line(res) -> str:
      "error: --element se: Se is not a metal: cbldm answers metal nanoparticles"),
     (["predict", EXAMPLE, "--qmin", "30", "--qmax", "20"], "error: --qmin (30.0) must be below --qmax (20.0)"),
     (["predict", EXAMPLE, "--qdamp", "0.2"], "error: --qdamp must be within 0-0.08 1/A, got 0.2"),
+    (["predict", EXAMPLE, "--refine", "-1"], "error: --refine must be >= 0"),
+    (["watch", REPO / "examples", "--refine-iter", "0"], "error: --refine-iter must be >= 1"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     res = run("cbldm.runtime.cli_run", *args, "-o" if args[0] != "info" else "--model",
@@ -287,3 +289,35 @@ def test_an_element_taken_by_default_is_said_on_the_result_line(tiny_model, tmp_
               "--no-plot", "--refine", "0", timeout=300)
     line = next(li for li in res.stdout.splitlines() if "atoms" in li and "Rwp" in li)
     assert res.returncode == 0 and "give --element" not in line, res.stdout
+
+
+def test_a_model_that_does_not_load_or_a_folder_that_cannot_be_made_leave_nothing(tmp_path):
+    """A bad --model fails after the results folder is made (watch locks it first): the folder,
+    and the lock in it, go again. A results folder that cannot be made is one line, exit 2,
+    before any file (not 'a defect of cbldm' for each)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for args in (["watch", d, "-o", tmp_path / "out" / "deeper"], ["predict", EXAMPLE, "-o", tmp_path / "out"]):
+        res = run("cbldm.runtime.cli_run", *args, "--model", tmp_path / "nope")
+        assert res.returncode == 1 and one_error_line(res).startswith("error: "), res.stderr
+        assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, EXAMPLE, "-o", "/proc/cbldm-results")
+    assert res.returncode == 2 and one_error_line(res).startswith("error: -o /proc/cbldm-results: cannot be created")
+
+
+def test_a_model_without_its_library_is_refused_for_library_answers_and_said_for_both(tiny_model, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare)
+    (bare / "library.npz").unlink()
+    man = json.loads((bare / "manifest.json").read_text())
+    del man["library"]
+    (bare / "manifest.json").write_text(json.dumps(man))
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "--model", bare, "--source", "library", "-o", tmp_path / "o")
+    assert res.returncode == 2 and one_error_line(res).startswith("error: --source library: the model ")
+    assert not (tmp_path / "o").exists()
+    res = run("cbldm.runtime.cli_run", "predict", EXAMPLE, "--model", bare, "-o", tmp_path / "o", "--no-plot",
+              "--refine", "0")
+    # (the tiny model's networks decode no atoms: that file then gets no answer, exit 1)
+    assert "has no cluster library: every answer comes from the networks alone" in res.stderr.splitlines()[0]

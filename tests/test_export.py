@@ -108,3 +108,30 @@ def test_tensorrt_engines(tiny_run, tmp_path):
     np.testing.assert_allclose(m.condition(pdf), ref.condition(pdf), rtol=FP16_RTOL, atol=1e-3)
     with pytest.raises(GraphError, match=r"batch 9 is outside the TensorRT engine's profile 1\.\.8"):
         m.condition(example_pdfs(9))
+
+
+def test_what_can_fail_is_checked_before_the_graphs_are_exported(tiny_run, tmp_path):
+    """A file that is no library, or --tensorrt where TensorRT is missing, fail in one line before
+    any graph is written; a folder that is a file is a usage error. A directory left without a
+    manifest is no model (cbldm-run refuses it), where it had been answered without its library."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cbldm.export.tensorrt_build import tensorrt_available
+
+    def export(*args):
+        return subprocess.run([sys.executable, "-m", "cbldm.export.cli", str(tiny_run), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    res = export("--out", tmp_path / "m", "--library", readme)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: {readme}: not a cluster library (not a .npz of arrays; cbldm-data library writes one)"], res.stderr
+    assert not (tmp_path / "m").exists()
+    if not tensorrt_available()[0]:
+        res = export("--out", tmp_path / "m", "--tensorrt")
+        assert res.returncode == 1 and "--tensorrt: tensorrt not importable" in res.stderr
+        assert not (tmp_path / "m").exists()
+    (tmp_path / "f").write_text("")
+    assert export("--out", tmp_path / "f").returncode == 2

@@ -23,6 +23,17 @@ def test_shipped_model_is_complete_and_small():
     assert set(ev["unseen"]["sources"]) == {"library", "model", "both"}
 
 
+def test_what_info_shows_is_the_evaluations_in_the_repository():
+    """``cbldm-run info`` reads MODEL/evaluation.json: its totals are those of eval/ (regenerate
+    with ``cbldm-eval summary`` after an evaluation; it had fallen a day behind, stop 32)."""
+    ev = json.loads((MODEL / "evaluation.json").read_text())
+    for key, path in (("unseen", "unseen/accuracy.json"), ("offrecipe", "offrecipe/offrecipe.json"),
+                      ("families", "families/offrecipe.json"), ("families_b", "families-b/offrecipe.json")):
+        run = json.loads((REPO / "eval" / path).read_text())
+        assert {s: t["table"]["total"] for s, t in run["sources"].items()} == \
+            {s: t["total"] for s, t in ev[key]["sources"].items()}, key
+
+
 def _unseen_by_type():
     """One test-split shape per type (shapes the networks never saw), rebuilt by the recipe and
     simulated here at a bond length of the recipe."""
