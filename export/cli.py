@@ -56,14 +56,25 @@ def export(
     except LibraryError as exc:
         raise fail(str(exc))
     manifest = out / "manifest.json"
+
+    def stamp():
+        try:
+            st = manifest.stat()
+            return st.st_mtime_ns, st.st_size, st.st_ino
+        except FileNotFoundError:
+            return None
+
+    before = stamp()
     try:
         res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
                          log=typer.echo)
         attach_library(out, library)
     except (ExportError, LibraryError, RuntimeError, OSError) as exc:
-        # a directory without a manifest is no model: cbldm-run refuses it, rather than answering
-        # without the library, or with graphs the checks did not pass
-        manifest.unlink(missing_ok=True)
+        # a manifest this export wrote, before its library was attached, goes: a directory without
+        # one is no model (cbldm-run refuses it rather than answering without the library); one
+        # that was there before (a wrong run path, a failure before the graphs) is left alone
+        if stamp() not in (None, before):
+            manifest.unlink()
         raise fail(str(exc) if not isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
     typer.echo(f"{out}: manifest.json written ({len(res['manifest']['graphs'])} graphs"
                + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ", cluster library)")

@@ -160,9 +160,9 @@ def _make_outdir(outdir: Path) -> Path | None:
 
 def _unmake(top: Path | None, lock=None) -> None:
     """Undo ``_make_outdir`` (and the watch lock in it) where nothing else was written there."""
-    if lock is not None:
-        lock.close()
+    if lock is not None:    # unlinked while held: no other watcher can take the old file meanwhile
         Path(lock.name).unlink(missing_ok=True)
+        lock.close()
     if top is None:
         return
     for d in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):

@@ -62,7 +62,8 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
     machine's cores, at most 4 (the default refines 4 candidates)."""
     from cbldm.runtime.pipeline import RefineConfig
 
-    workers = threads if threads is not None else max(1, min(4, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = threads if threads is not None else max(1, min(4, cores))
     # each option by its own name: cbldm-run has --refine and --refine-iter, cbldm-eval more
     for bad, message in ((top < 0, "--refine must be >= 0"), (maxiter < 1, "--refine-iter must be >= 1"),
                          (search < 0, "--search must be >= 0"),

@@ -82,10 +82,11 @@ def looks_like_nm(r: np.ndarray, g: np.ndarray) -> str | None:
         lo -= 1
     while hi < len(g) - 1 and g[hi] > half:
         hi += 1
-    if lo == 0 or r[hi] - r[lo] >= 0.05:
+    # a peak, not one stray point: three points above half its height
+    if lo == 0 or hi - lo - 1 < 3 or r[hi] - r[lo] >= 0.05:
         return None
-    return (f"a narrow peak at r = {r[k]:.3g}, where no two atoms are in A, and r ends at {r[-1]:.3g}: "
-            "r looks like nm; convert r to A (x 10)")
+    return (f"a narrow peak at r = {r[k]:.3g}, closer than any two atoms can be if r is in A, and r ends at "
+            f"{r[-1]:.3g}: r looks like nm; convert r to A (x 10)")
 
 
 _START_DATA = re.compile(r"^(#{4,})\s*start data", re.IGNORECASE)
@@ -173,20 +174,35 @@ _ALIASES = {"qsig": "qdamp"}     # PDFgui's and PDFgetX2's older name
 _COLON_KEY = re.compile(r"(composition|qmin|qmax|qdamp|qsig)\s*:\s*(\S.*)", re.IGNORECASE)
 
 
+def _names_a_metal(text: str) -> bool:
+    from cbldm.runtime.formfactors import parse_composition
+
+    comp = parse_composition(text)
+    return comp is not None and not comp.unread and bool(comp.metals)
+
+
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
+    by_alias: set[str] = set()
     for line in lines:
         s = line.strip().lstrip("#%!").strip()
         colon = _COLON_KEY.fullmatch(s)
         if colon:
             key, value = colon.group(1).lower(), colon.group(2)
+            if key == "composition" and not _names_a_metal(value):
+                continue   # 'Composition: unknown', 'composition: as above': a remark, not a formula
         elif "=" in s and not s.startswith("["):
             key, _, value = s.partition("=")
             key = key.strip().lower()
         else:
             continue
         if key and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
-            meta.setdefault(_ALIASES.get(key, key), value.strip())
+            name = _ALIASES.get(key, key)
+            if name not in meta or (name in by_alias and key == name):   # the name itself wins over an alias
+                meta[name] = value.strip()
+                by_alias.discard(name)
+                if key != name:
+                    by_alias.add(name)
     return meta
 
 

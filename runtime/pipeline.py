@@ -35,7 +35,7 @@ from cbldm.runtime.preprocess import D_REF, LATENT_SHAPE, N_R, R_STEP, model_inp
 from cbldm.runtime.recovery import recover_xyz
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.runtime.sampling import SamplerConfig, Schedule, skip_step_sample
-from cbldm.runtime.structure import nn_distances, nn_length
+from cbldm.runtime.structure import diameter, nn_distances, nn_length
 from cbldm.runtime.verdict import (EXACT_FIT, NOISE_FLOOR, InputRefused, Verdict, check_input, first_peak_sigma,
                                    gain_bound, judge, misfit, noise_rwp, particle_extent, short_peak)
 
@@ -331,10 +331,12 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                   candidates: int = 4, seed: int = 0, schedule: Schedule | None = None,
                   refine: RefineConfig = RefineConfig(), source: str = "both", library=None,
                   library_top: int = LIBRARY_TOP, t: float = KERNEL_WIDTH,
-                  _refit_of: dict | None = None) -> list[Prediction]:
+                  _refit_of: dict | None = None, _q_checked: bool = False) -> list[Prediction]:
     """Several PDFs at once: the networks see len(pdfs) x candidates rows per call.
     ``_refit_of``: the peak of another element a first fit of these data left, fitted again
     from above it (``_above_short``): judged with it, not with a peak of its own.
+    ``_q_checked``: the Q range was checked with a first pass's answer (``_q_again``), which
+    this pass answers again: it is not checked a second time (two values could take turns).
 
     Raises InputRefused (naming the position in ``pdfs``) for a PDF that is not usable."""
     if source not in SOURCES:
@@ -593,12 +595,12 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                                "library_per_motif": LIBRARY_PER_MOTIF,
                                                "refine": refine.as_dict()}, grid.qgrid_biso, noise,
                           short)
-        requal = _q_again(p, cands[0], grid, g_fit)
+        requal = None if _q_checked else _q_again(p, cands[0], grid, g_fit)
         if requal is not None:
             # the whole answer again with the Q range its answer takes: the first candidates chose it
             try:
                 again = predict_batch(nets, [requal], sampler, candidates, seed, schedule, refine, source, library,
-                                      library_top, t, _refit_of=_refit_of)[0]
+                                      library_top, t, _refit_of=_refit_of, _q_checked=True)[0]
             except InputRefused:     # the first answer stands
                 again = None
             if again is not None:
@@ -616,7 +618,7 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
             try:
                 again = predict_batch(nets, [refit], sampler, candidates, seed, schedule,
                                       replace(refine, above_short=False), source, library, library_top, t,
-                                      _refit_of=peak)[0]
+                                      _refit_of=peak, _q_checked=_q_checked)[0]
             except InputRefused:     # the first answer stands, its verdict naming the peak
                 again = None
             if again is not None:
@@ -1082,13 +1084,37 @@ def _size_flag_kept(new: PhysicsFit, old: PhysicsFit) -> list[str]:
 
 
 def _map(fn, items: list, workers: int) -> list:
-    """``[fn(x) for x in items]``, on up to ``workers`` threads."""
+    """``[fn(x) for x in items]``, on up to ``workers`` threads. Daemon threads, joined so that a
+    signal still reaches the main thread: a service stopped at once (watch's second SIGINT) does
+    not wait for the refinements in hand, as a ThreadPoolExecutor's threads would be waited for."""
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
+    import threading
 
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    out: list = [None] * len(items)
+    failed: list[BaseException] = []
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def work():
+        while not failed:
+            with lock:
+                k = next(todo, None)
+            if k is None:
+                return
+            try:
+                out[k] = fn(items[k])
+            except BaseException as exc:    # raised again in the caller's thread
+                failed.append(exc)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(workers, len(items)))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failed:
+        raise failed[0]
+    return out
 
 
 def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d: float) -> Candidate:
@@ -1104,7 +1130,9 @@ def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d
     0.03 A and gained 10 %. The refinement that fits best is kept (``disordered`` says which);
     none above ``DISORDER_MAX_ATOMS`` atoms (~3 s each at 300, and a gain there rarely pays
     for the coordinates, ``criterion``)."""
-    refiner = PDFRefiner.for_fit(grid, c.fit)
+    # a coordinate moves at most max_shift along each axis: a pair grows by at most 2 sqrt(3) of it
+    longest = diameter(c.xyz) + 2 * math.sqrt(3) * max(cfg.max_shift, DISORDER_SHIFT)
+    refiner = PDFRefiner.for_fit(grid, c.fit, longest)
     dmin = cfg.min_distance * d
     # the fitted structure's own bond length: its coordinates already carry the size factor
     bond = nn_length(c.xyz) if cfg.restrain else None
@@ -1112,7 +1140,7 @@ def _refine(c: Candidate, grid: FitGrid, g_fit: np.ndarray, cfg: RefineConfig, d
                          min_distance=dmin, bond=bond)
     biso, chosen, best = c.fit.biso, None, None
     for frac in (DISORDER_BISO if cfg.disorder and c.n_atoms <= DISORDER_MAX_ATOMS else ()):
-        dis = PDFRefiner.for_fit(grid, replace(c.fit, biso=c.fit.biso * frac)).refine(
+        dis = PDFRefiner.for_fit(grid, replace(c.fit, biso=c.fit.biso * frac), longest).refine(
             c.xyz, g_fit, maxiter=DISORDER_ITER, max_shift=DISORDER_SHIFT, min_distance=dmin)
         if dis.iterations > 0 and (best is None or dis.rwp < best.rwp):
             best, chosen = dis, frac

@@ -91,6 +91,14 @@ class Journal:
         if status == STARTED:
             self.started[key] = self.started.get(key, 0) + 1
             return
+        if status == RETRY:     # that run ended without a crash (interrupted, or the file changed);
+            # the crashes before it still count
+            left = self.started.get(key, 0) - 1
+            if left > 0:
+                self.started[key] = left
+            else:
+                self.started.pop(key, None)
+            return
         self.started.pop(key, None)
         if status == "error" and rec.get("report"):
             self.reports[rec["path"]] = rec["report"]
@@ -198,21 +206,24 @@ class Watcher:
             raise KeyboardInterrupt
         self.stop.set()
         if self._in_hand is not None:
-            self.log(f"stopping after {self._in_hand[0].name} (signal again to stop now)")
+            # os.write, not print: the signal may have come in the middle of a print
+            os.write(1, f"{time.strftime('%H:%M:%S')} stopping after {self._in_hand[0].name} "
+                        "(signal again to stop now)\n".encode(errors="replace"))
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> int:
         """0, or with ``once`` 1 where a file got an error report; 130 when stopped in a file."""
+        handlers = {}
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._on_signal)
+                handlers[sig] = signal.signal(sig, self._on_signal)
         obs = self._observer()
         obs.start()  # before the backlog scan, so nothing written meanwhile is missed
-        self.log(f"watching {self.dir} ({'polling' if self.cfg.poll else 'inotify'}), results in {self.outdir}, "
-                 f"a file is taken {self.cfg.settle:g} s after its last change")
-        self._backlog()
         t_end = None if max_seconds is None else time.monotonic() + max_seconds
         code = 0
         try:
+            self.log(f"watching {self.dir} ({'polling' if self.cfg.poll else 'inotify'}), results in "
+                     f"{self.outdir}, a file is taken {self.cfg.settle:g} s after its last change")
+            self._backlog()
             while not self.stop.is_set():
                 if t_end is not None and time.monotonic() > t_end:
                     break
@@ -235,13 +246,20 @@ class Watcher:
                 self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "interrupted"})
                 self.log(f"stopped in {p.name}: it is answered at the next start")
         finally:
+            for sig in handlers:    # the few seconds of shutdown are not interrupted again
+                signal.signal(sig, signal.SIG_IGN)
             # watchdog logs a race of its own shutdown ('queue_events() called when the thread is
             # inactive') as an error; nothing is lost by then
             import logging
 
-            logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
+            wd = logging.getLogger("watchdog.observers.inotify")
+            level = wd.level
+            wd.setLevel(logging.CRITICAL)
             obs.stop()
             obs.join(timeout=5)
+            wd.setLevel(level)
+            for sig, before in handlers.items():
+                signal.signal(sig, before)
         self.log(f"stopped; {self.processed} file(s) processed: {self.processed - self.failed} answered, "
                  f"{self.failed} with an error report")
         if self._lock is not None:
@@ -272,7 +290,11 @@ class Watcher:
         except OSError as exc:
             if self.cfg.once:   # a service looks again; a run that ends says so and goes on
                 if not isinstance(exc, FileNotFoundError):
-                    self.log(f"error: {p.name}: cannot be read ({exc.strerror or exc})")
+                    from cbldm.runtime.results import write_error
+
+                    msg = f"{p.name}: cannot be read ({exc.strerror or exc})"
+                    target = write_error(self.outdir, p, f"error: {msg}")
+                    self.log(f"error: {msg} (report: {target.name})")
                     self.processed += 1
                     self.failed += 1
                 del self.pending[p]
@@ -306,7 +328,10 @@ class Watcher:
         self._in_hand = None
         # the predictor reads the file again: where it changed after it was hashed, the journal
         # holds the content answered, so that this content is not answered a second time
-        self._finish(p, record.pop("answered_sha256", None) or digest, status, record)
+        answered = record.pop("answered_sha256", None) or digest
+        if answered != digest:     # the run started for the content hashed ended, not crashed
+            self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "changed while read"})
+        self._finish(p, answered, status, record)
 
     def _finish(self, p: Path, digest: str, status: str, record: dict, error: str | None = None,
                 detail: str = "") -> None:

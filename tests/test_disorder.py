@@ -88,3 +88,32 @@ def test_candidates_refined_side_by_side_give_the_same_answer(calc, family):
 
     assert key(one) == key(two)
     np.testing.assert_array_equal(one.best.xyz, two.best.xyz)
+
+
+def test_refinements_side_by_side_keep_order_raise_and_let_a_signal_through():
+    """``pipeline._map``: results in the items' order; a worker's exception raised in the caller;
+    and a signal (watch's second SIGINT) stops the caller at once, not after the refinements in
+    hand (a ThreadPoolExecutor would wait for them)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from cbldm.runtime.pipeline import _map
+
+    assert _map(lambda x: x * x, list(range(7)), 3) == [x * x for x in range(7)]
+    with pytest.raises(ZeroDivisionError):
+        _map(lambda x: 1 / x, [1, 0, 2], 2)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGUSR1, stop)
+    try:
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            _map(lambda x: time.sleep(20), [1, 2, 3], 2)
+        assert time.monotonic() - t0 < 5
+    finally:
+        signal.signal(signal.SIGUSR1, before)

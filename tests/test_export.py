@@ -110,7 +110,7 @@ def test_tensorrt_engines(tiny_run, tmp_path):
         m.condition(example_pdfs(9))
 
 
-def test_what_can_fail_is_checked_before_the_graphs_are_exported(tiny_run, tmp_path):
+def test_what_can_fail_is_checked_before_the_graphs_are_exported(tiny_run, tiny_model, tmp_path):
     """A file that is no library, or --tensorrt where TensorRT is missing, fail in one line before
     any graph is written; a folder that is a file is a usage error. A directory left without a
     manifest is no model (cbldm-run refuses it), where it had been answered without its library."""
@@ -135,3 +135,20 @@ def test_what_can_fail_is_checked_before_the_graphs_are_exported(tiny_run, tmp_p
         assert not (tmp_path / "m").exists()
     (tmp_path / "f").write_text("")
     assert export("--out", tmp_path / "f").returncode == 2
+    # a model there already: a wrong run path leaves it whole (its manifest is not this export's)
+    import shutil
+
+    shutil.copytree(tiny_model, tmp_path / "model")
+    before = (tmp_path / "model" / "manifest.json").read_bytes()
+    res = subprocess.run([sys.executable, "-m", "cbldm.export.cli", str(tmp_path / "no-run"), "--out",
+                          str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and (tmp_path / "model" / "manifest.json").read_bytes() == before, res.stderr
+    # exported again without --fp16: the fp16 graphs of the first export, which the new manifest
+    # does not name, are gone
+    from cbldm.export.onnx_export import attach_library, export_run
+
+    assert list((tmp_path / "model").glob("*.fp16.onnx"))
+    export_run(tiny_run, tmp_path / "model", fp16=False, log=lambda m: None)
+    attach_library(tmp_path / "model", tmp_path / "model" / "library.npz")
+    assert not list((tmp_path / "model").glob("*.fp16.onnx"))
+    assert load_model(tmp_path / "model").precisions == {n: "fp32" for n in GRAPHS}

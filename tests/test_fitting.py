@@ -368,3 +368,30 @@ def test_a_q_range_the_file_does_not_state_is_fitted_again_with_the_answer():
     again = _q_again(PDFInput(calc.r, g, "Pt", short), best, fit_grid(short), g_fit)
     assert again is not None and "fitted again with a first pass's answer" in again.physics.source["qmax"]
     assert DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=again.physics.qmax, biso=QGRID_BISO)).nq == calc.nq
+
+
+def test_the_q_range_is_checked_with_the_answer_once(monkeypatch):
+    """A pass run again with the Q range its answer took (``_q_again``) is not checked again: two
+    values taking turns would otherwise run the whole prediction without end."""
+    from dataclasses import replace
+
+    from cbldm.models import default_model_dir
+    from cbldm.runtime import pipeline
+    from cbldm.runtime.library import Library
+    from cbldm.runtime.mtp import decahedron
+    from cbldm.runtime.structure import nn_length
+
+    x = decahedron(2, 1, 1)
+    x = x / nn_length(x) * 2.77
+    calc = DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=25.0, biso=QGRID_BISO))
+    pdf = pipeline.PDFInput(calc.r, calc.calc(x, "Pt"), "Pt", file_physics({}, calc.r, qmin=0.7, qmax=25.0))
+    calls = []
+
+    def always_moves(p, *a):
+        calls.append(p.physics.qmin)
+        return replace(p, physics=replace(p.physics, qmin=0.5 if p.physics.qmin != 0.5 else 0.7))
+
+    monkeypatch.setattr(pipeline, "_q_again", always_moves)
+    pred = pipeline.predict(None, pdf, pipeline.SamplerConfig(), 0, source="library",
+                            library=Library(default_model_dir() / "library.npz"), refine=pipeline.NO_REFINEMENT)
+    assert calls == [0.7] and pred.physics.qmin == 0.5

@@ -210,3 +210,26 @@ def test_a_structure_that_needs_qdamp_at_its_bound_ranks_after_one_that_does_not
                     refine=NO_REFINEMENT)
     assert alone.best.n_atoms == 409 and alone.verdict.verdict == "doubtful"
     assert any("strongest instrumental damping" in w for w in alone.verdict.warnings)
+
+
+def test_a_kernel_cut_at_the_structure_s_reach_refines_to_the_same_coordinates(rng):
+    """``PDFRefiner.for_fit(..., reach)``: data to 60 A, a 3 nm particle; the kernel stops at its
+    longest pair plus the box. Same refinement, number for number, on a fraction of the memory."""
+    from dataclasses import replace
+
+    from cbldm.runtime.fitting import FilePhysics, fit_grid
+    from cbldm.runtime.pdf import PDFParams
+    from cbldm.runtime.structure import diameter
+
+    truth = _cluster("Decahedron", 100)
+    start = truth + rng.normal(0, 0.08, truth.shape)
+    grid = fit_grid(FilePhysics(0.7, 25.0, 1.5, 60.0))
+    g = np.interp(grid.r_fit, *(lambda c: (c.r, c.calc(truth, "Pt")))(DebyePDF(PDFParams(rmax=60.01))))
+    fit = replace(grid.fit(truth, g), delta2=1.0)      # delta2 also varies along the kernel's rows
+    reach = diameter(start) + 2 * np.sqrt(3) * 1.0
+    full, cut = PDFRefiner.for_fit(grid, fit), PDFRefiner.for_fit(grid, fit, reach)
+    assert len(cut.K) < len(full.K) / 2
+    a = full.refine(start, g, maxiter=40, max_shift=1.0, bond=2.77)
+    b = cut.refine(start, g, maxiter=40, max_shift=1.0, bond=2.77)
+    assert a.iterations == b.iterations and a.rwp == b.rwp
+    np.testing.assert_array_equal(a.xyz, b.xyz)

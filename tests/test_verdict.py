@@ -66,6 +66,9 @@ def test_r_in_nm_is_refused_on_a_long_range_too_and_a_low_r_ripple_in_a_is_not_t
     assert looks_like_nm(calc.r, g) is None
     ripple = g + 3 * g.max() * np.exp(-(((calc.r - 0.3) / 0.04) ** 2))   # a low-r artefact, half-width 0.067 A
     assert looks_like_nm(calc.r, ripple) is None
+    spike = g.copy()
+    spike[30] = g.max()        # one stray point at 0.30 A
+    assert looks_like_nm(calc.r, spike) is None
 
 
 def test_no_peak_is_refused():
