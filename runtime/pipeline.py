@@ -870,14 +870,16 @@ def _q_again(p: PDFInput, best: Candidate, grid: FitGrid, g_fit: np.ndarray) -> 
                             f"Qmin {phys.qmin:g}, {rwps[now]:.4f} at the first candidates' {p.physics.qmin:g}")
     if read_max:
         step, now = grid.calc.qstep, grid.calc.nq
-        tried = {}
+        tried, grids = {}, {}
         for nq in range(now - 2, now + 3):
             v = round_within((nq - 1) * step, nq * step)
             if MIN_QMAX <= v <= MAX_QMAX and v > phys.qmin:
-                tried[v] = fit_grid(replace(phys, qmax=v), grid.qgrid_biso).fit_pairs(
-                    *pairs, len(best.xyz), g_fit, sizes=np.ones(1), start=start).rwp
+                # built here, not through fit_grid's cache: five trial grids would push out the
+                # ones a watch service reuses file after file
+                grids[v] = FitGrid(replace(phys, qmax=v), grid.qgrid_biso)
+                tried[v] = grids[v].fit_pairs(*pairs, len(best.xyz), g_fit, sizes=np.ones(1), start=start).rwp
         v = min(tried, key=tried.get, default=phys.qmax)
-        if fit_grid(replace(phys, qmax=v), grid.qgrid_biso).calc.nq != now:
+        if v in grids and grids[v].calc.nq != now:
             phys, moved = replace(phys, qmax=v), True
             said["qmax"] = (f"the data's band edge at {p.physics.qmax:g}, fitted again with a first pass's answer "
                             f"({best.n_atoms} atoms): Rwp {tried[v]:.4f} at Qmax {v:g}")

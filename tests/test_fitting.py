@@ -365,8 +365,13 @@ def test_a_q_range_the_file_does_not_state_is_fitted_again_with_the_answer():
     short = file_physics({}, calc.r, qmin=0.7, qmax=24.8)
     short = replace(short, origin=short.origin | {"qmax": "band_edge"},
                     source=short.source | {"qmax": "the data's band edge"})
-    again = _q_again(PDFInput(calc.r, g, "Pt", short), best, fit_grid(short), g_fit)
+    from cbldm.runtime import fitting
+
+    short_grid = fit_grid(short)
+    cached = list(fitting._GRIDS)
+    again = _q_again(PDFInput(calc.r, g, "Pt", short), best, short_grid, g_fit)
     assert again is not None and "fitted again with a first pass's answer" in again.physics.source["qmax"]
+    assert list(fitting._GRIDS) == cached     # the trial grids did not push out a watch service's
     assert DebyePDF(PDFParams(rmax=20.01, qmin=0.7, qmax=again.physics.qmax, biso=QGRID_BISO)).nq == calc.nq
 
 
