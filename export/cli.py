@@ -34,11 +34,10 @@ def export(
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: is a file, not a model directory", EXIT_USAGE)
     require_extra("cbldm-export", "export")
-    from cbldm.export.onnx_export import ExportError, attach_library, export_run
+    from cbldm.export.onnx_export import ExportError, attach_library, export_run, install_export
     from cbldm.runtime.library import Library, LibraryError
 
-    # what can be checked before minutes of export is checked first: a failure after the graphs
-    # would leave a model directory without its library or engines
+    # what can be checked before minutes of export is checked first
     if tensorrt:
         from cbldm.export.tensorrt_build import tensorrt_available
 
@@ -55,27 +54,28 @@ def export(
         Library(library)
     except LibraryError as exc:
         raise fail(str(exc))
-    manifest = out / "manifest.json"
+    # written into a folder beside OUT and moved in when everything passed: a failure or an
+    # interrupt at any point leaves OUT as it was (a model there stays whole)
+    import shutil
+    import tempfile
 
-    def stamp():
-        try:
-            st = manifest.stat()
-            return st.st_mtime_ns, st.st_size, st.st_ino
-        except FileNotFoundError:
-            return None
-
-    before = stamp()
     try:
-        res = export_run(run, out, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot be written ({exc.strerror or exc})", EXIT_USAGE) from None
+    if (out / "tensorrt.timing_cache").is_file():    # rebuilt engines reuse what was timed before
+        shutil.copyfile(out / "tensorrt.timing_cache", staging / "tensorrt.timing_cache")
+    try:
+        res = export_run(run, staging, fp16=fp16, exporter=exporter, tensorrt=tensorrt, batch_sizes=sizes,
                          log=typer.echo)
-        attach_library(out, library)
-    except (ExportError, LibraryError, RuntimeError, OSError) as exc:
-        # a manifest this export wrote, before its library was attached, goes: a directory without
-        # one is no model (cbldm-run refuses it rather than answering without the library); one
-        # that was there before (a wrong run path, a failure before the graphs) is left alone
-        if stamp() not in (None, before):
-            manifest.unlink()
-        raise fail(str(exc) if not isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
+        attach_library(staging, library)
+        install_export(staging, out)
+    except Exception as exc:   # one line: a torch error can run to kilobytes (an interrupt inside torch.export)
+        text = str(exc) if isinstance(exc, (ExportError, LibraryError)) else f"{run}: {type(exc).__name__}: {exc}"
+        raise fail(text.strip().splitlines()[0][:400])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     typer.echo(f"{out}: manifest.json written ({len(res['manifest']['graphs'])} graphs"
                + (", fp16" if fp16 else "") + (", TensorRT engines" if tensorrt else "") + ", cluster library)")
     if e2e and fp16:

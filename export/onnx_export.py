@@ -236,7 +236,6 @@ def export_run(run: Path, out: Path, fp16: bool = False, exporter: str = "dynamo
         report[name] = {"fp32_max_rel": worst, "seconds": round(time.perf_counter() - t0, 1)}
         log(f"{name:9s} fp32  max rel err vs torch {worst:.1e}  ({path.stat().st_size / 1e6:.2f} MB)")
         hpath = out / f"{name}.fp16.onnx"
-        hpath.unlink(missing_ok=True)   # an earlier export's, which this manifest would not name
         if fp16:
             to_fp16(path, hpath)
             par16 = parity(hpath, spec, modules[name], inputs[name])
@@ -287,6 +286,27 @@ def _pdf_params() -> dict:
 
 
 LIBRARY_KINDS = ("recipe", "common", "twinned", "extended")
+
+
+def install_export(staging: Path, out: Path) -> None:
+    """Move a finished export from ``staging`` into ``out``, the manifest last, and remove the
+    graphs and engines of an earlier export there that the new manifest does not name (an fp16
+    graph of an export with --fp16, exported again without). Other files in ``out`` stay."""
+    import os
+    import shutil
+
+    staging, out = Path(staging), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = staging / "manifest.json"
+    names = {f.name for f in staging.iterdir()}
+    for name in sorted(names - {manifest.name}):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        os.replace(staging / name, out / name)
+    os.replace(manifest, out / "manifest.json")
+    for old in [*out.glob("*.onnx"), *out.glob("*.engine")]:
+        if old.name not in names:
+            old.unlink()
 
 
 def attach_library(model_dir: Path, library: Path) -> dict:

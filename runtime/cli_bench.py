@@ -148,8 +148,8 @@ def bench(
     repeats: int = typer.Option(10, help="Repeats per end-to-end row."),
     full_repeats: int = typer.Option(2, help="Repeats of the 1000-call full sampler."),
     batch_sizes: str = typer.Option("1,8,64", help="PDFs per call for the networks-only rows."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads, and candidates refined side "
-                                                     "by side (as cbldm-run's --threads)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime intra-op threads, and candidates refined "
+                                                            "side by side (as cbldm-run's --threads)."),
     out: Optional[Path] = typer.Option(None, help=f"JSON output (replaced if it exists; default: {DEFAULT_OUT} "
                                                   "in the current directory, or the next free -2, -3...)."),
 ):
@@ -176,6 +176,9 @@ def bench(
         if not files[0].is_file():
             raise fail(f"{files[0]}: the example PDF is missing from this installation; give --file")
     out = out if out is not None else default_out(Path.cwd())
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        # before minutes of timing, not after them
+        raise fail(f"--out {out}: not a file in a writable folder", EXIT_USAGE)
     try:
         m32 = load_model(model, backend="cpu", precision="fp32", threads=threads)
     except ModelError as exc:

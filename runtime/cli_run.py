@@ -57,6 +57,9 @@ def _sampler(m, t1: Optional[int], t2: Optional[int], steps_before: Optional[int
         sc = SamplerConfig(**cfg)
         if sc.t1 is not None and not (0 <= sc.t2 <= sc.t1 <= 999):
             raise ValueError(f"need 0 <= t2 <= t1 <= 999, got t1={sc.t1}, t2={sc.t2}")
+        if sc.steps_before < 0 or sc.steps_after < 0:
+            raise ValueError(f"U-Net calls cannot be negative, got --steps-before {sc.steps_before}, "
+                             f"--steps-after {sc.steps_after}")
         return sc
     except (TypeError, ValueError) as exc:
         raise fail(f"sampler settings: {exc}", EXIT_USAGE)
@@ -111,13 +114,15 @@ QDAMP = typer.Option(None, help=QDAMP_HELP)
 
 def _physics(source: str, qmin, qmax, rmin, rmax, qdamp=None) -> dict:
     """--source and the physics overrides: a bad value is a usage error (exit 2)."""
-    from cbldm.runtime.fitting import MIN_QMAX, QDAMP_RANGE
+    from cbldm.runtime.fitting import MAX_QMAX, MIN_QMAX, QDAMP_RANGE
     from cbldm.runtime.pipeline import SOURCES
 
     if source not in SOURCES:
         raise fail(f"--source {source!r}: choose one of {', '.join(SOURCES)}", EXIT_USAGE)
     if qmax is not None and not qmax >= MIN_QMAX:
         raise fail(f"--qmax must be >= {MIN_QMAX:g} 1/A (a PDF's first shell needs it), got {qmax}", EXIT_USAGE)
+    if qmax is not None and qmax > MAX_QMAX:
+        raise fail(f"--qmax {qmax:g} is beyond any PDF measurement's (at most {MAX_QMAX:g} 1/A): 1/nm?", EXIT_USAGE)
     for name, v in (("qmin", qmin), ("rmin", rmin), ("rmax", rmax)):
         if v is not None and not v >= 0:
             raise fail(f"--{name} must be >= 0, got {v}", EXIT_USAGE)
@@ -245,10 +250,10 @@ def predict(
     try:
         m = _open(model, backend, precision, threads)
         _check_library(m, source)
+        sampler = _sampler(m, t1, t2, steps_before, steps_after)
     except BaseException:
         _unmake(made)
         raise
-    sampler = _sampler(m, t1, t2, steps_before, steps_after)
     typer.echo(_describe(m), err=True)
     failed = 0
     for path in files:

@@ -21,6 +21,7 @@ grid. tests/test_fitting.py compares the model with the exact calculator.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -349,7 +350,10 @@ def file_physics(meta: dict, r: np.ndarray, qmin: float | None = None, qmax: flo
 
     def header(key):
         try:
-            v = float(str(meta.get(key, "")).split()[0])
+            text = str(meta.get(key, "")).split()[0]
+            if re.fullmatch(r"[-+]?\d*,\d+", text):     # '24,5': a decimal comma, as in the rows
+                text = text.replace(",", ".")
+            v = float(text)
         except (ValueError, IndexError):
             return None
         # Qmin may be 0 (no low-Q cut), so may Qdamp (a perfect instrument); a Qmax must be positive

@@ -190,7 +190,7 @@ class Watcher:
                     done += 1
                     continue
             except OSError:
-                continue
+                pass    # unreadable: tried like any other (--once reports it), not passed over
             self._note(p)  # nobody may be writing it, or a writer may still be: let it settle
         self.log(f"backlog: {len(files)} file(s), {done} already done, {len(files) - done} to check")
 
@@ -263,6 +263,8 @@ class Watcher:
         self.log(f"stopped; {self.processed} file(s) processed: {self.processed - self.failed} answered, "
                  f"{self.failed} with an error report")
         if self._lock is not None:
+            self._lock.seek(0)     # no 'pid N' of a process that has gone
+            self._lock.truncate()
             self._lock.close()     # the lock goes with it
         return code
 

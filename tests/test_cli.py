@@ -46,6 +46,9 @@ def one_error_line(res) -> str:
     (["predict", EXAMPLE, "--qmin", "30", "--qmax", "20"], "error: --qmin (30.0) must be below --qmax (20.0)"),
     (["predict", EXAMPLE, "--qdamp", "0.2"], "error: --qdamp must be within 0-0.08 1/A, got 0.2"),
     (["predict", EXAMPLE, "--refine", "-1"], "error: --refine must be >= 0"),
+    (["predict", EXAMPLE, "--qmax", "100"], "error: --qmax 100 is beyond any PDF measurement's (at most 60 1/A): 1/nm?"),
+    (["predict", EXAMPLE, "--steps-after", "-2"],
+     "error: sampler settings: U-Net calls cannot be negative, got --steps-before 0, --steps-after -2"),
     (["watch", REPO / "examples", "--refine-iter", "0"], "error: --refine-iter must be >= 1"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):

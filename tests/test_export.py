@@ -145,10 +145,39 @@ def test_what_can_fail_is_checked_before_the_graphs_are_exported(tiny_run, tiny_
     assert res.returncode == 1 and (tmp_path / "model" / "manifest.json").read_bytes() == before, res.stderr
     # exported again without --fp16: the fp16 graphs of the first export, which the new manifest
     # does not name, are gone
-    from cbldm.export.onnx_export import attach_library, export_run
+    from cbldm.export.onnx_export import attach_library, export_run, install_export
 
     assert list((tmp_path / "model").glob("*.fp16.onnx"))
-    export_run(tiny_run, tmp_path / "model", fp16=False, log=lambda m: None)
-    attach_library(tmp_path / "model", tmp_path / "model" / "library.npz")
+    export_run(tiny_run, tmp_path / "staging", fp16=False, log=lambda m: None)
+    attach_library(tmp_path / "staging", tmp_path / "model" / "library.npz")
+    install_export(tmp_path / "staging", tmp_path / "model")
     assert not list((tmp_path / "model").glob("*.fp16.onnx"))
     assert load_model(tmp_path / "model").precisions == {n: "fp32" for n in GRAPHS}
+
+
+def test_an_export_that_fails_midway_leaves_the_model_there_whole(tiny_run, tiny_model, tmp_path):
+    """The export is written beside OUT and moved in when everything passed: a failure (or an
+    interrupt) after some graphs leaves an existing model byte for byte, and no staging folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(tiny_model, tmp_path / "model")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "model").iterdir()}
+    script = f"""
+import sys
+from pathlib import Path
+import cbldm.export.onnx_export as ox
+def half(run, out, **kw):
+    (Path(out) / "condition.onnx").write_bytes(b"half written")
+    raise RuntimeError("simulated failure after the first graph\\n" + "torch noise " * 500)
+ox.export_run = half
+from cbldm.export.cli import main
+sys.argv = ["cbldm-export", {str(tiny_run)!r}, "--out", {str(tmp_path / "model")!r}]
+main()
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: {tiny_run}: RuntimeError: simulated failure after the first graph"], res.stderr
+    assert {f.name: f.read_bytes() for f in (tmp_path / "model").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.export-")] == []

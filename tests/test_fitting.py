@@ -191,6 +191,8 @@ def test_band_edge_reads_qmax_off_the_data_as_the_calculator_cuts_it(qmax, rmax)
     assert ph.origin == {"qmax": "band_edge", "qmin": "default"}
     assert file_physics({"qmax": "24.0"}, calc.r, qmin=0.5, g=g).origin == {"qmax": "header", "qmin": "option"}
     assert file_physics({"qmax": "24.0"}, calc.r, g=g).qmax == 24.0      # the header's stands
+    comma = file_physics({"qmin": "0,7", "qmax": "24,5"}, calc.r, g=g)     # a decimal-comma file's header
+    assert (comma.qmin, comma.qmax, comma.origin) == (0.7, 24.5, {"qmin": "header", "qmax": "header"})
 
 
 def test_a_known_qdamp_is_held_and_tells_a_prism_from_a_longer_one():

@@ -337,3 +337,29 @@ def test_a_file_changed_between_its_hash_and_its_read_is_answered_once(tiny_mode
     assert [r["sha256"] for r in outcomes(out)] == [now]
     assert json.loads((out / "swap.json").read_text())["source_sha256"] == now
     assert not (out / "swap-2.json").exists()
+
+
+def test_once_reports_a_file_it_cannot_read_that_was_there_before_it_started(tmp_path, monkeypatch):
+    """A backlog file that cannot be read (permissions; root reads anything, so the read is made
+    to fail) was passed over without a word; --once now reports it and exits 1."""
+    from cbldm.runtime import watch
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    (d / "good.gr").write_text(EXAMPLE)
+    (d / "noread.gr").write_text(EXAMPLE)
+    real = watch.sha256_file
+
+    def denied(p):
+        if Path(p).name == "noread.gr":
+            raise PermissionError(13, "Permission denied")
+        return real(p)
+
+    monkeypatch.setattr(watch, "sha256_file", denied)
+    lines = []
+    w = watch.Watcher(d, out, lambda p: ("ok", {"outputs": []}),
+                      watch.WatchConfig(interval=0.2, settle=0.2, once=True), lines.append)
+    assert w.run(install_signals=False, max_seconds=60) == 1
+    assert any("noread.gr: cannot be read (Permission denied)" in l for l in lines), lines
+    assert "cannot be read" in (out / "noread.error.txt").read_text()
+    assert [Path(r["path"]).name for r in outcomes(out)] == ["good.gr"]

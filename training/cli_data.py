@@ -82,9 +82,13 @@ def pdf(
 
     if not structure.is_file():
         raise fail(f"{structure}: {'is a directory' if structure.is_dir() else 'no such file'}")
+    if output.is_dir() or not output.parent.is_dir():
+        raise fail(f"-o {output}: not a file in an existing folder", EXIT_USAGE)
     try:
         params = PDFParams(qmin=qmin, qmax=qmax, qdamp=qdamp, biso=biso, delta2=delta2,
                            rmax=rmax, rstep=rstep)
+        if (params.rmax - params.rmin) / params.rstep < 10:
+            raise ValueError(f"--rstep {rstep:g} leaves fewer than 10 points between rmin and rmax")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE)
     try:
