@@ -248,6 +248,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     linenos: list[int] = []
     label = ""        # the line just before the first data row: where a table names its columns
     preamble: list[str] = []   # free text before the data (Gudrun, spreadsheets, instrument logs)
+    raw: list[str] = []        # the rows' lines, while they may still turn out to be header
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s:
@@ -259,10 +260,12 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         if comma:
             s = s.replace(",", ".")
         parts = [t for t in _SPLIT.split(s) if t]
-        if not rows and not _is_data_row(parts):
+        if len(rows) <= 2 and not _is_data_row(parts):
             # a header without comment marks ('r,G', a title, 'Qmax: 25', '2026-11-29 run 3'):
-            # everything before the first row of numbers
-            preamble.append(s)
+            # everything before the first row of numbers, and a line or two of numbers the
+            # header goes on after ('2026 11 29'): no table of G(r) has text in its third row
+            preamble += [*raw, s]
+            rows, linenos, raw = [], [], []
             label = s
             continue
         if not _NUMBER_ROW.match(s):
@@ -271,6 +274,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(parts)
         linenos.append(lineno)
+        raw.append(s)
     header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
     meta = _parse_header(header + preamble)
     _refuse_reciprocal_space(p, meta)

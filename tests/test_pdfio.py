@@ -125,7 +125,7 @@ def test_free_text_headers_and_decimal_commas_with_any_separator(tmp_path):
     rows = _ROWS.splitlines()
     g = [float(l.split()[1]) for l in rows]
     (tmp_path / "gudrun.dat").write_text("Gudrun output for Pt NP\n2026-11-29 14:03 run 3, 0.5 mm capillary\n"
-                                          "Qmax: 22.0\nComposition: Pt\n\nr  G(r)  dG  x\n" + _ROWS)
+                                          "2026 11 29\nQmax: 22.0\nComposition: Pt\n\nr  G(r)  dG  x\n" + _ROWS)
     d = read_pdf(tmp_path / "gudrun.dat")
     np.testing.assert_allclose(d.g, g)
     assert d.meta == {"qmax": "22.0", "composition": "Pt"} and d.element == "Pt"
