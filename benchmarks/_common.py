@@ -7,10 +7,22 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+
+RESULTS = Path(__file__).resolve().parent / "results"   # the JSONs' folder, wherever a script is run from
+
+
+def parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first paragraph as the description, and
+    ``--out`` (default ``results/<name>.json`` beside the scripts)."""
+    ap = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    ap.add_argument("--out", default=str(RESULTS / f"{name}.json"), help="JSON output (default: %(default)s)")
+    return ap
 
 
 def machine() -> dict:

@@ -12,14 +12,10 @@ CUDA and TensorRT rows by itself when those backends load.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import _common  # noqa: F401
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
 
 
 def _graph_calls(nets, pdf: np.ndarray, sync) -> float:
@@ -48,13 +44,12 @@ def _time(nets, batches, repeats, sync) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap = _common.parser(__doc__, "gpu")
     ap.add_argument("--run", help="training run (PyTorch rows)")
     ap.add_argument("--model", help="exported model (ONNX Runtime CUDA rows)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--out", default=str(RESULTS / "gpu.json"), help="JSON output (default: %(default)s)")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     rows, notes = [], []

@@ -11,9 +11,7 @@ Qdamp 0.035, Biso 0.5, r to 60 A.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import _common  # noqa: F401  (pins threads before numpy)
 import numpy as np
@@ -22,14 +20,11 @@ from cbldm.runtime.envelope import shells, sphere_cut, sphere_pairs
 from cbldm.runtime.fitting import FilePhysics, fit_grid
 from cbldm.runtime.pdf import DebyePDF, PDFParams, rwp
 
-RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
-
 BOND, BISO, QDAMP = 2.885, 0.5, 0.035
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--out", default=str(RESULTS / "large.json"), help="JSON output (default: %(default)s)")
+    ap = _common.parser(__doc__, "large")
     ap.add_argument("--diameters", default="40,55,70", help="sphere diameters, A")
     args = ap.parse_args()
 

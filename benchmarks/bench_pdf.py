@@ -8,21 +8,15 @@ Rwp against the exact result. diffpy.srreal is timed when it imports.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import _common  # noqa: F401  (pins threads before numpy)
 import numpy as np
 
 from cbldm.runtime.pdf import DebyePDF, calculate_pdf_diffpy, diffpy_available, rwp
 from cbldm.training.clusters import unit_shapes
 
-RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--out", default=str(RESULTS / "pdf.json"), help="JSON output (default: %(default)s)")
+    ap = _common.parser(__doc__, "pdf")
     args = ap.parse_args()
 
     hcp = [s for s in unit_shapes("HCP") if s.n_atoms == 256][0].xyz_unit * 2.88

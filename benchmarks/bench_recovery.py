@@ -13,9 +13,6 @@ accuracy. Table 3: recovery error vs kernel noise, atoms counted from the padded
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import _common  # noqa: F401
 import numpy as np
 from ase.cluster import Octahedron
@@ -23,8 +20,6 @@ from ase.cluster import Octahedron
 from cbldm.runtime.kernel import count_atoms, kernel_matrix
 from cbldm.runtime.recovery import kabsch_rmsd, recover_xyz
 from cbldm.training.clusters import canonical_order, unit_shapes
-
-RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
 
 
 def structures() -> dict[str, np.ndarray]:
@@ -37,8 +32,7 @@ def structures() -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--out", default=str(RESULTS / "recovery.json"), help="JSON output (default: %(default)s)")
+    ap = _common.parser(__doc__, "recovery")
     args = ap.parse_args()
     rows = []
     for name, x in structures().items():

@@ -14,9 +14,7 @@ refinement (bonded pairs held near the fitted bond length).
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import _common  # noqa: F401
 import numpy as np
@@ -25,8 +23,6 @@ from cbldm.runtime.fitting import FilePhysics, FitGrid
 from cbldm.runtime.pdf import DebyePDF, PDFParams
 from cbldm.runtime.refine import PDFRefiner
 from cbldm.training.clusters import unit_shapes
-
-RESULTS = Path(__file__).resolve().parent / "results"   # wherever the script is run from
 
 
 def structures() -> dict[str, np.ndarray]:
@@ -43,8 +39,7 @@ def median_error(x: np.ndarray, truth: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--out", default=str(RESULTS / "refine.json"), help="JSON output (default: %(default)s)")
+    ap = _common.parser(__doc__, "refine")
     ap.add_argument("--sigma", type=float, default=0.1)
     args = ap.parse_args()
     nn = 2.77

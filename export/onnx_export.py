@@ -235,8 +235,8 @@ def export_run(run: Path, out: Path, fp16: bool = False, exporter: str = "dynamo
         graphs[name] = {"fp32": {"file": path.name, "sha256": sha256_file(path), "parity_vs_torch": par}, **spec}
         report[name] = {"fp32_max_rel": worst, "seconds": round(time.perf_counter() - t0, 1)}
         log(f"{name:9s} fp32  max rel err vs torch {worst:.1e}  ({path.stat().st_size / 1e6:.2f} MB)")
-        hpath = out / f"{name}.fp16.onnx"
         if fp16:
+            hpath = out / f"{name}.fp16.onnx"
             to_fp16(path, hpath)
             par16 = parity(hpath, spec, modules[name], inputs[name])
             worst16 = max(v["max_rel"] for v in par16.values())

@@ -13,7 +13,7 @@ from __future__ import annotations
 # cliutil before numpy: it sets OPENBLAS_NUM_THREADS=1, which only takes effect if numpy
 # has not loaded yet. Imported after numpy it cost 15.6 s instead of 2.7 s end to end
 # (refinement 14.0 s): numpy's and scipy's OpenBLAS pools spun against each other.
-from cbldm.runtime.cliutil import EXIT_USAGE, fail, refine_config, run_app  # isort: skip
+from cbldm.runtime.cliutil import EXIT_USAGE, fail, refine_workers, run_app  # isort: skip
 
 import json
 import os
@@ -160,7 +160,7 @@ def bench(
     from cbldm.runtime.pdfio import PDFInputError, read_pdf, resample
     from dataclasses import replace
 
-    from cbldm.runtime.pipeline import NO_REFINEMENT
+    from cbldm.runtime.pipeline import NO_REFINEMENT, RefineConfig
     from cbldm.runtime.sampling import SamplerConfig
 
     sizes = _batch_sizes(batch_sizes)
@@ -191,7 +191,7 @@ def bench(
         raise fail(str(exc))
     shipped = SamplerConfig(**m32.manifest["sampler"])
     full = SamplerConfig(t1=999, t2=999, steps_before=0, steps_after=1000, kind="ddpm", clip=shipped.clip)
-    refine_on, refine_off = refine_config(4, 100, threads=threads), NO_REFINEMENT   # what cbldm-run runs
+    refine_on, refine_off = RefineConfig(workers=refine_workers(threads)), NO_REFINEMENT   # what cbldm-run runs
     refine_one = replace(refine_on, workers=1)
     calls = shipped.unet_calls()
     rows = []

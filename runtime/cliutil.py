@@ -55,15 +55,21 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...] | None = No
                    f'pip install "cbldm[{extra}]"')
 
 
+def refine_workers(threads: int | None) -> int:
+    """Candidates refined side by side: ``--threads``, else the cores this process may use, at
+    most 4 (the default refines 4 candidates)."""
+    if threads is not None:
+        return max(1, threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
 def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: bool = True, search: int = 1,
                   envelope: bool = True, threads: int | None = None):
     """``--refine N --refine-iter I [--rank R] [--no-disorder]`` as a RefineConfig; a bad value is
-    a usage error. ``threads`` (``--threads``): candidates refined side by side; by default the
-    machine's cores, at most 4 (the default refines 4 candidates)."""
+    a usage error. ``threads``: ``refine_workers``."""
     from cbldm.runtime.pipeline import RefineConfig
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = threads if threads is not None else max(1, min(4, cores))
     # each option by its own name: cbldm-run has --refine and --refine-iter, cbldm-eval more
     for bad, message in ((top < 0, "--refine must be >= 0"), (maxiter < 1, "--refine-iter must be >= 1"),
                          (search < 0, "--search must be >= 0"),
@@ -75,7 +81,7 @@ def refine_config(top: int, maxiter: int, rank: str = "criterion", disorder: boo
     # element (the verdict still names it)
     return RefineConfig(top=top, maxiter=maxiter, rank=rank, search=search if top > 0 else 0, strain=top > 0,
                         walk=top > 0, disorder=disorder, envelope=envelope and top > 0, above_short=top > 0,
-                        workers=max(1, workers))
+                        workers=refine_workers(threads))
 
 
 def readable_help(cmd) -> None:

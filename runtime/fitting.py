@@ -56,9 +56,6 @@ QGRID_BISO = 0.3
 SIZE_SPAN = 0.03        # +-3 %: the first-shell peak fixes the bond length to about 1 %
 
 
-ORIGINS = ("option", "header", "band_edge", "fitted", "default")   # of a Q value: see FilePhysics.origin
-
-
 @dataclass(frozen=True)
 class FilePhysics:
     """What the data reduction fixed: Q range, and the r range the fit may use."""
@@ -73,7 +70,7 @@ class FilePhysics:
     # size (a larger particle under a stronger envelope looks like a smaller one)
     qdamp: float | None = None
     source: dict = field(default_factory=dict)   # where each value came from, in words (the JSON's fit.from)
-    # ... and as one of ORIGINS, for the code that branches on it ("qmin", "qmax")
+    # ... and as a word the code branches on ("qmin", "qmax": option, header, band_edge, fitted, default)
     origin: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

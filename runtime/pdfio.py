@@ -183,7 +183,7 @@ def _names_a_metal(text: str) -> bool:
 
 def _parse_header(lines: list[str]) -> dict:
     meta: dict[str, str] = {}
-    by_alias: set[str] = set()
+    aliased: dict[str, str] = {}    # read under an older name: taken only where the name itself is not
     for line in lines:
         s = line.strip().lstrip("#%!").strip()
         colon = _COLON_KEY.fullmatch(s)
@@ -197,13 +197,8 @@ def _parse_header(lines: list[str]) -> dict:
         else:
             continue
         if key and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
-            name = _ALIASES.get(key, key)
-            if name not in meta or (name in by_alias and key == name):   # the name itself wins over an alias
-                meta[name] = value.strip()
-                by_alias.discard(name)
-                if key != name:
-                    by_alias.add(name)
-    return meta
+            (aliased if key in _ALIASES else meta).setdefault(_ALIASES.get(key, key), value.strip())
+    return aliased | meta
 
 
 def read_pdf(path: str | os.PathLike) -> PDFData:
@@ -248,7 +243,6 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     linenos: list[int] = []
     label = ""        # the line just before the first data row: where a table names its columns
     preamble: list[str] = []   # free text before the data (Gudrun, spreadsheets, instrument logs)
-    raw: list[str] = []        # the rows' lines, while they may still turn out to be header
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s:
@@ -264,8 +258,8 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             # a header without comment marks ('r,G', a title, 'Qmax: 25', '2026-11-29 run 3'):
             # everything before the first row of numbers, and a line or two of numbers the
             # header goes on after ('2026 11 29'): no table of G(r) has text in its third row
-            preamble += [*raw, s]
-            rows, linenos, raw = [], [], []
+            preamble += [lines[n - 1].strip() for n in linenos] + [s]
+            rows, linenos = [], []
             label = s
             continue
         if not _NUMBER_ROW.match(s):
@@ -274,7 +268,6 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(parts)
         linenos.append(lineno)
-        raw.append(s)
     header = lines[:start] if start else [l for l in lines if l.lstrip()[:1] in _COMMENT]
     meta = _parse_header(header + preamble)
     _refuse_reciprocal_space(p, meta)

@@ -152,7 +152,7 @@ class Watcher:
         self.stop = threading.Event()
         self.processed = 0
         self.failed = 0       # of them, answered with an error report instead of a result
-        self._in_hand: tuple[Path, str] | None = None   # the file handed to the predictor now
+        self._in_hand: Path | None = None   # the file handed to the predictor now
 
     # -- events ---------------------------------------------------------------------------
     def _observer(self):
@@ -207,7 +207,7 @@ class Watcher:
         self.stop.set()
         if self._in_hand is not None:
             # os.write, not print: the signal may have come in the middle of a print
-            os.write(1, f"{time.strftime('%H:%M:%S')} stopping after {self._in_hand[0].name} "
+            os.write(1, f"{time.strftime('%H:%M:%S')} stopping after {self._in_hand.name} "
                         "(signal again to stop now)\n".encode(errors="replace"))
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> int:
@@ -237,14 +237,8 @@ class Watcher:
                 if self.cfg.once and not self.pending and self.events.empty():
                     code = 1 if self.failed else 0
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:    # the second signal (``_on_signal``); ``_try`` journalled the file in hand
             code = 130
-            if self._in_hand is not None:
-                # stopped by hand, not a crash: the file is taken again at the next start, and
-                # this run does not count towards the attempts that fail it
-                p, digest = self._in_hand
-                self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "interrupted"})
-                self.log(f"stopped in {p.name}: it is answered at the next start")
         finally:
             for sig in handlers:    # the few seconds of shutdown are not interrupted again
                 signal.signal(sig, signal.SIG_IGN)
@@ -311,11 +305,16 @@ class Watcher:
             self._finish(p, digest, "error", {"error": msg}, msg)
             return
         self.journal.add(p, digest, {"status": STARTED, "time": _now()})
-        self._in_hand = (p, digest)   # not cleared in a 'finally': run() needs it when interrupted
+        self._in_hand = p   # named by the signal handler
         try:
             status, record = self.handle(p)
+        except KeyboardInterrupt:
+            # stopped by hand, not a crash: the file is taken again at the next start, and this
+            # run does not count towards the attempts that fail it
+            self.journal.add(p, digest, {"status": RETRY, "time": _now(), "why": "interrupted"})
+            self.log(f"stopped in {p.name}: it is answered at the next start")
+            raise
         except PDFInputError as exc:
-            self._in_hand = None
             # a file that changed while it was read failed because of that, not for good
             if _changed(p, st["sig"]) and now - st["first"] < self.cfg.retry_for:
                 self.journal.add(p, digest, {"status": RETRY, "time": _now()})
@@ -323,11 +322,11 @@ class Watcher:
             self._finish(p, digest, "error", {"error": str(exc)}, str(exc))
             return
         except Exception as exc:  # never let one file take the service down
-            self._in_hand = None
             msg = f"{type(exc).__name__}: {exc}"
             self._finish(p, digest, "error", {"error": msg}, msg, traceback.format_exc())
             return
-        self._in_hand = None
+        finally:
+            self._in_hand = None
         # the predictor reads the file again: where it changed after it was hashed, the journal
         # holds the content answered, so that this content is not answered a second time
         answered = record.pop("answered_sha256", None) or digest
