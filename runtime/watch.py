@@ -153,6 +153,7 @@ class Watcher:
         self.processed = 0
         self.failed = 0       # of them, answered with an error report instead of a result
         self._in_hand: Path | None = None   # the file handed to the predictor now
+        self._dangling_seen: set[tuple[str, str]] = set()   # links to nothing, already said
 
     # -- events ---------------------------------------------------------------------------
     def _observer(self):
@@ -182,7 +183,11 @@ class Watcher:
         return obs
 
     def _backlog(self) -> None:
-        files = [p for p in sorted(self.dir.iterdir()) if p.is_file() and is_candidate(p)]
+        entries = sorted(self.dir.iterdir())
+        for p in entries:
+            if is_candidate(p) and p.is_symlink() and not p.exists():
+                self._dangling(p)
+        files = [p for p in entries if p.is_file() and is_candidate(p)]
         done = 0
         for p in files:
             try:
@@ -272,6 +277,8 @@ class Watcher:
                 stat = p.stat()
             except FileNotFoundError:
                 del self.pending[p]  # moved away or deleted before we got to it
+                if p.is_symlink():
+                    self._dangling(p)
                 continue
             sig = (stat.st_size, stat.st_mtime_ns)
             if st.get("sig") != sig:
@@ -279,6 +286,30 @@ class Watcher:
             if now - st["since"] < self.cfg.settle:
                 continue  # still being written, or not quiet long enough to tell
             self._try(p, st, now)
+
+    def _dangling(self, p: Path) -> None:
+        """A link whose target is gone (a mount not up, a file moved) had been passed over without
+        a word. Said once per link and target; with ``once`` an error report, as for a file that
+        cannot be read. A service answers it once the link is touched again, or at its next start,
+        if the target is there by then (a target appearing elsewhere sends no event here)."""
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        if (p.name, target) in self._dangling_seen:
+            return
+        self._dangling_seen.add((p.name, target))
+        msg = f"{p.name}: a link to {target}, which does not exist; not answered"
+        if self.cfg.once:
+            from cbldm.runtime.results import write_error
+
+            report = write_error(self.outdir, p, f"error: {msg}")
+            self.log(f"error: {msg} (report: {report.name})")
+            self.processed += 1
+            self.failed += 1
+        else:
+            self.log(f"warning: {msg} (answered at the next start, or when the link is made again, "
+                     "if its target is there by then)")
 
     def _try(self, p: Path, st: dict, now: float) -> None:
         try:

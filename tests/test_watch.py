@@ -363,3 +363,35 @@ def test_once_reports_a_file_it_cannot_read_that_was_there_before_it_started(tmp
     assert any("noread.gr: cannot be read (Permission denied)" in l for l in lines), lines
     assert "cannot be read" in (out / "noread.error.txt").read_text()
     assert [Path(r["path"]).name for r in outcomes(out)] == ["good.gr"]
+
+
+def test_a_link_to_a_missing_file_is_said_not_passed_over(tmp_path):
+    """A dangling symlink in the folder (a mount not up, a target moved) was skipped without a
+    word, in the backlog and when it appeared. Now: said once; with --once an error report and
+    exit 1; the good file beside it is answered."""
+    from cbldm.runtime import watch
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    (d / "good.gr").write_text(EXAMPLE)
+    (d / "gone.gr").symlink_to(tmp_path / "nowhere.gr")
+    lines = []
+    w = watch.Watcher(d, out, lambda p: ("ok", {"outputs": []}),
+                      watch.WatchConfig(interval=0.2, settle=0.2, once=True), lines.append)
+    assert w.run(install_signals=False, max_seconds=60) == 1
+    said = [l for l in lines if "gone.gr: a link to" in l]
+    assert len(said) == 1 and "nowhere.gr, which does not exist" in said[0], lines
+    assert "does not exist" in (out / "gone.error.txt").read_text()
+    assert [Path(r["path"]).name for r in outcomes(out)] == ["good.gr"]
+
+    # a service: a warning, once, however often the link is seen; no report, no failure
+    lines.clear()
+    (d / "late.gr").symlink_to(tmp_path / "later.gr")
+    w = watch.Watcher(d, tmp_path / "out2", lambda p: ("ok", {"outputs": []}),
+                      watch.WatchConfig(interval=0.2, settle=0.2), lines.append)
+    w._backlog()
+    w._note(d / "late.gr")
+    w._drain_ready()
+    assert sum("late.gr: a link to" in l for l in lines) == 1, lines
+    assert all(l.startswith("warning") for l in lines if "a link to" in l)
+    assert w.failed == 0 and not list((tmp_path / "out2").glob("*.error.txt"))
