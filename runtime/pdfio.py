@@ -243,6 +243,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
     linenos: list[int] = []
     label = ""        # the line just before the first data row: where a table names its columns
     preamble: list[str] = []   # free text before the data (Gudrun, spreadsheets, instrument logs)
+    footer = ""
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s:
@@ -263,7 +264,14 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             label = s
             continue
         if not _NUMBER_ROW.match(s):
-            raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
+            rest = [t.strip() for t in lines[lineno:]]
+            if any(_NUMBER_ROW.match(t.replace(",", ".") if comma else t) for t in rest if t):
+                # text between rows of numbers: two tables, or a broken one; which to read is not
+                # for us to guess
+                raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
+            # a footer (a run log, 'END', a program's summary): the table has ended
+            footer = f"{1 + sum(bool(t) for t in rest)} line(s) of text after the data (line {lineno} on) not read"
+            break
         if len(parts) < 2:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(parts)
@@ -307,6 +315,8 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
         raise PDFInputError(p, "G(r) is zero everywhere")
 
     data = PDFData(r=r, g=g, path=str(p), format=fmt, meta=meta, sha256=digest)
+    if footer:
+        data.notes.append(footer)
     if columns > 2:   # dr, dG of a PDFgetX3 .gr, or anything else: not used, and said so
         data.notes.append(f"{columns} columns: r and G(r) read from the first two, the others not used" if col == 1
                           else f"{columns} columns: r read from the first, G(r) from column {col + 1} (by the "

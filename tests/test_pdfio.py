@@ -64,7 +64,9 @@ BAD = {
     "zeros.gr": ("\n".join(f"{0.1*i} 0.0" for i in range(300)).encode(), "zero everywhere"),
     "binary.gr": (bytes(range(256)) * 40, "binary"),
     "onecol.gr": ("\n".join(f"{0.1*i}" for i in range(300)).encode(), "one column"),
-    "text.gr": (("\n".join(f"{0.1*i} 1.0" for i in range(300)) + "\nhello world\n").encode(), "not numeric"),
+    # text between rows of numbers: two tables, or a broken one (text after the last row is a footer)
+    "text.gr": (("\n".join(f"{0.1*i} 1.0" for i in range(300)) + "\nhello world\n30.5 1.0\n").encode(),
+                "line 301 is not numeric"),
 }
 
 
@@ -141,10 +143,15 @@ def test_free_text_headers_and_decimal_commas_with_any_separator(tmp_path):
     (tmp_path / "ints.csv").write_text("\n".join(f"{i},{i % 7 - 3}" for i in range(200)))
     d = read_pdf(tmp_path / "ints.csv")
     assert d.r[-1] == 199 and d.g[10] == 0
-    # text after the data is still refused: the header is what comes before it
-    (tmp_path / "tail.dat").write_text("Pt NP\nrun 3\n" + _ROWS + "\nend of data\n")
+    # text after the data (a run log, 'END') ends the table, is not read as header, and is said;
+    # a row of numbers after it makes it text inside the data, refused
+    (tmp_path / "tail.dat").write_text("Pt NP\nrun 3\n" + _ROWS + "\nend of data\nqmax = 99\n\nEND\n")
+    d = read_pdf(tmp_path / "tail.dat")
+    np.testing.assert_allclose(d.g, g)
+    assert d.meta == {} and "3 line(s) of text after the data (line 1503 on) not read" in d.notes
+    (tmp_path / "two.dat").write_text("Pt NP\nrun 3\n" + _ROWS + "\nend of data\n" + _ROWS)
     with pytest.raises(PDFInputError, match="line 1503 is not numeric"):
-        read_pdf(tmp_path / "tail.dat")
+        read_pdf(tmp_path / "two.dat")
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
