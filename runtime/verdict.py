@@ -23,7 +23,10 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            largest: the size is not fixed by the data), signal that lasts to the end of the
            data (unless the answer fits below 0.001 and its family's next larger members do
            not), a particle larger than every cluster tried, a networks' answer for a particle
-           beyond their 256 atoms, a runner-up with another atom count within 0.01 in Rwp
+           beyond their 256 atoms, a candidate of another atom count that fits better than the
+           answer did before its coordinates were refined (the ranking rests on the refinement,
+           which lowers the Rwp of wrong structures too), a runner-up with another atom count
+           within 0.01 in Rwp
            (unless the answer fits at the calculator's own level, below 0.001, and the
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
            it (Qmax is read from the data's band edge where one stands out, ``fitting.band_edge``;
@@ -307,7 +310,8 @@ class Verdict:
 def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None = None,
           assumed: dict | None = None, damped=None, noise: float = 0.0, grown=None,
           bounded: bool = False, formula: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None,
-          ceiling: tuple[str, int] | None = None, extra: dict | None = None) -> Verdict:
+          ceiling: tuple[str, int] | None = None, extra: dict | None = None,
+          rigid_rival=None) -> Verdict:
     """Rules of the module docstring applied to the chosen candidate ``best``. ``assumed``: the
     Q-range values (name -> 1/A) taken from defaults because the file's header lacks them;
     ``damped``: a candidate of another atom count that fits better but only with Qdamp at its
@@ -321,7 +325,10 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     file's composition names beside it; ``ceiling``: (motif, atoms) where ``best`` is a large
     cluster close to the largest of its motif tried (``pipeline``); ``extra``: a peak of the data
     below the metal's shortest distance that the fit leaves (``short_peak``): a warning where
-    it is ``unexplained``."""
+    it is ``unexplained``; ``rigid_rival``: a candidate of another atom count that fits better
+    than the refined ``best`` did before its refinement (``pipeline``), by what a search's move
+    must gain (``search.MIN_GAIN`` of the misfit beyond the noise): the ranking rests on the
+    refinement."""
     bad, doubt = [], []
     n = best.n_atoms
     if n < 2:
@@ -392,6 +399,13 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
         doubt.append(f"{runner_up.n_atoms} atoms also fit to within the data's noise (Rwp {runner_up.rwp:.3f} "
                      f"vs {best.rwp:.3f}; the noise alone leaves {noise:.3f}): the atom count is not "
                      "determined")
+    from cbldm.runtime.search import MIN_GAIN   # what counts as a better fit, as for a search's move
+
+    if rigid_rival is not None and best.refined and rigid_rival.n_atoms != n \
+            and rigid_rival.rwp_rigid < gain_bound(best.rwp_rigid, MIN_GAIN, noise):
+        doubt.append(f"{rigid_rival.n_atoms} atoms fit better before the coordinates were refined (Rwp "
+                     f"{rigid_rival.rwp_rigid:.3f} vs {best.rwp_rigid:.3f}): the answer ranks first only by "
+                     "its refinement, which lowers the Rwp of wrong structures too")
     if damped is not None and damped.rwp < best.rwp:
         doubt.append(f"{damped.n_atoms} atoms fit better (Rwp {damped.rwp:.3f}) but only with Qdamp at its "
                      f"bound ({damped.fit.qdamp:.2f} 1/A): the size rests on the instrument resolution "

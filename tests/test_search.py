@@ -697,3 +697,25 @@ def test_the_layer_search_and_the_count_search_after_it_each_mark_a_cut_both_way
     (answer,) = _fake_search(monkeypatch, none, lay, more)
     assert answer.recut is recut and answer.near is not None and answer.near.recut is near_recut, \
         (answer.label, answer.recut, answer.near.label, answer.near.recut)
+
+
+def test_a_wrong_count_ranked_first_by_its_refinement_is_not_ok(calc):
+    """The wiring of ``verdict``'s rigid-rival rule: a thermally displaced 51-atom decahedron
+    (0.035 bonds RMS, noise-free) against the shipped library is answered with the 62-atom one,
+    refined to 0.025, although the truth fitted better rigid (0.077 against 0.080). Whatever the
+    ranking answers, a wrong count is not 'ok'; with the 62 the verdict names the truth's fit."""
+    from cbldm.models import default_model_dir
+    from cbldm.runtime.library import Library
+    from cbldm.runtime.pipeline import predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    truth = _shape("Decahedron_p_1_q_4_r_1")
+    x = truth + np.random.default_rng(4).normal(scale=0.035 * D, size=truth.shape)
+    pred = predict(None, PDFInput.on_model_grid(calc.calc(x, "Pt"), "Pt"), SamplerConfig(), 0,
+                   source="library", library=Library(default_model_dir() / "library.npz"))
+    if pred.best.n_atoms != len(truth):
+        assert pred.verdict.verdict == "doubtful" and any(
+            f"{len(truth)} atoms fit better before the coordinates were refined" in w
+            for w in pred.verdict.warnings), (pred.best.n_atoms, pred.verdict.warnings)
+        listed = [c for c in pred.candidates if c.n_atoms == len(truth)]
+        assert listed and listed[0].exact, "the rival the verdict names is in the JSON, exactly computed"

@@ -102,6 +102,7 @@ class Fit:
 class Cand:
     n_atoms: int = 100
     rwp: float = 0.1
+    rwp_rigid: float = 0.1
     min_pair: float = 2.7
     detached: int = 0
     shift_rms: float = 0.05
@@ -224,6 +225,24 @@ def test_result_line_says_when_a_refinement_was_not_counted():
     assert kept.line().startswith("105 atoms, decahedral, Rwp 0.151 (refined coordinates reached 0.121")
     plain = FileResult("a.gr", "a", 105, 0.151, "ok", "decahedral", 1.0, [])
     assert plain.line() == "105 atoms, decahedral, Rwp 0.151, OK"
+
+
+def test_an_answer_ranked_first_only_by_its_refinement_is_doubtful():
+    """Refinement lowers the Rwp of wrong structures too (a thermally displaced 51-atom decahedron,
+    seed 7 of the out-of-recipe recipe: the 62-atom one refined to 0.015, the truth to 0.031, and
+    the truth had fitted better before, 0.045 against 0.052; answered 'ok'). An answer whose
+    rigid fit another atom count beats ranks first by its refinement alone: doubtful."""
+    best = Cand(n_atoms=62, rwp=0.015, rwp_rigid=0.052, refined=True)
+    rival = Cand(n_atoms=51, rwp=0.031, rwp_rigid=0.045, refined=True)
+    v = judge(best, None, 2.77, EXT, rigid_rival=rival)
+    assert v.verdict == "doubtful" and v.warnings == [
+        "51 atoms fit better before the coordinates were refined (Rwp 0.045 vs 0.052): the answer ranks "
+        "first only by its refinement, which lowers the Rwp of wrong structures too"]
+    # not where the answer led before refinement too, was not refined, or the rival has its count
+    for b, r in ((best, Cand(n_atoms=51, rwp_rigid=0.060)), (Cand(n_atoms=62, rwp_rigid=0.052), rival),
+                 (best, Cand(n_atoms=62, rwp_rigid=0.045)),
+                 (best, Cand(n_atoms=51, rwp_rigid=0.0518))):    # a rigid near-tie: the fits cannot tell
+        assert judge(b, None, 2.77, EXT, rigid_rival=r).verdict == "ok"
 
 
 def test_a_smaller_rival_that_keeps_up_only_undamped_is_said_so():
