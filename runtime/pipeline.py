@@ -514,12 +514,18 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                                "no atoms and no library was given)")
         cands[0] = _report_exact(cands[0], p.physics, grid, g_fit, p.element)
         bounded = False
-        if use_library and extent.get("signal_to_end_of_data") and cands[0].rwp < EXACT_FIT \
-                and not cands[0].refined:   # EXACT_FIT was measured on rigid fits only
-            # a fit at the calculator's level whose signal lasts to the end of the data: the
-            # next larger members of its family say whether the data bound the size
+        if use_library and extent.get("signal_to_end_of_data"):
+            # signal to the end of the data: the next larger members of the answer's family say
+            # whether the data bound the size
             larger, fitted = _larger_members(cands[0], cands, library, grid, g_fit)
-            bounded = bool(larger) and min(c.rwp for c in larger) >= EXACT_FIT
+            if larger and cands[0].rwp < EXACT_FIT and not cands[0].refined:
+                # at the calculator's level (EXACT_FIT was measured on rigid fits only)
+                bounded = min(c.rwp for c in larger) >= EXACT_FIT
+            elif larger:
+                # in noise, or ripples the Q range leaves beyond a small particle (a 13-atom
+                # icosahedron, Qmin 0.7: 2 % of its first peak at 20 A): the answer's rigid fit
+                # must beat every larger member's by what a search needs to move
+                bounded = cands[0].rwp_rigid < gain_bound(min(c.rwp for c in larger), refine.search_gain, noise)
             cands += fitted     # listed last: fitted only to bound the size, not ranked
         largest = None
         built = [c for c in cands if c.via == BUILT]

@@ -719,3 +719,38 @@ def test_a_wrong_count_ranked_first_by_its_refinement_is_not_ok(calc):
             for w in pred.verdict.warnings), (pred.best.n_atoms, pred.verdict.warnings)
         listed = [c for c in pred.candidates if c.n_atoms == len(truth)]
         assert listed and listed[0].exact, "the rival the verdict names is in the JSON, exactly computed"
+
+
+def _band_noise(pdf: PDFInput, rms: float, seed: int = 0) -> PDFInput:
+    """Noise as a reduction program leaves it: white in Q up to Qmax, none above (``noise_level``
+    cannot see it), stationary in r, ``rms`` in G."""
+    n = len(pdf.r)
+    spec = np.fft.rfft(np.random.default_rng(seed).normal(size=n))
+    q = 2 * np.pi * np.fft.rfftfreq(n, pdf.r[1] - pdf.r[0])
+    spec[q > pdf.physics.qmax] = 0
+    noise = np.fft.irfft(spec, n)
+    return PDFInput(pdf.r, pdf.g + rms * noise / noise.std(), pdf.element, pdf.physics)
+
+
+@pytest.mark.parametrize("shells,bounded", [((2, 3, 4), True), ((2, 3), False)])
+def test_noise_to_the_end_of_the_data_is_bounded_by_the_next_larger_member(calc, tmp_path, shells, bounded):
+    """A 55-atom icosahedron (11 A across) in noise a reduction program leaves (below Qmax, 1.5 %
+    of the strongest peak): 'signal' to the end of the data at 30 A, which had made every such
+    answer doubtful ('the particle may be larger'). The 147-atom member fits far worse (its
+    pairs to 17 A are not in the data): the data bound the size. Without a larger member in the
+    library nothing was tried that could bound it, and the warning stays."""
+    from cbldm.runtime.library import Library, write_library
+    from cbldm.runtime.pipeline import predict
+    from cbldm.runtime.sampling import SamplerConfig
+
+    write_library(tmp_path / "lib.npz", [(f"recipe:Icosahedron_shell_{k}", "icosahedral", "recipe",
+                                          _shape(f"Icosahedron_shell_{k}") / D) for k in shells], log=None)
+    truth = _shape("Icosahedron_shell_3")
+    clean = PDFInput.on_model_grid(calc.calc(truth, "Pt"), "Pt")
+    pdf = _band_noise(clean, 0.015 * np.abs(clean.g).max())
+    pred = predict(None, pdf, SamplerConfig(), 0, source="library", library=Library(tmp_path / "lib.npz"))
+    assert pred.extent["signal_to_end_of_data"] and pred.noise_rwp < 0.005
+    assert pred.best.n_atoms == len(truth), pred.best.label
+    persists = any("persists to the end of the data" in w for w in pred.verdict.warnings)
+    assert persists != bounded, pred.verdict.warnings
+    assert bounded == any(c.n_atoms == 147 for c in pred.candidates)
