@@ -21,6 +21,8 @@ from cbldm.runtime.fileutil import atomic_write_text
 MIN_POINTS = 100
 MIN_RMAX = 5.0
 _NUMBER_ROW = re.compile(r"^[\s,;]*[-+0-9.]")
+# words of a program's failure: text after the data that says the table may be cut short
+_FAILED = ("error", "exception", "traceback", "fail", "abort", "killed", "segmentation")
 _SPLIT = re.compile(r"[\s,;]+")
 
 
@@ -263,15 +265,22 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             rows, linenos = [], []
             label = s
             continue
-        if not _NUMBER_ROW.match(s):
+        if not _is_data_row(parts):
             rest = [t.strip() for t in lines[lineno:]]
-            if any(_NUMBER_ROW.match(t.replace(",", ".") if comma else t) for t in rest if t):
-                # text between rows of numbers: two tables, or a broken one; which to read is not
-                # for us to guess
-                raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
-            # a footer (a run log, 'END', a program's summary): the table has ended
-            footer = f"{1 + sum(bool(t) for t in rest)} line(s) of text after the data (line {lineno} on) not read"
-            break
+            if not _NUMBER_ROW.match(s) and not any(
+                    _is_data_row([x for x in _SPLIT.split(t.replace(",", ".") if comma else t) if x])
+                    for t in rest if t and t[:1] not in _COMMENT):
+                # a footer (a run log, 'END', a program's summary): the table has ended; unless it
+                # is an error message, which says the table may have been cut short
+                text = " ".join([s] + rest).lower()
+                if any(w in text for w in _FAILED):
+                    raise PDFInputError(p, f"line {lineno}, after the data, reads like an error message "
+                                           f"({s[:40]!r}): the data may be cut short")
+                footer = f"{1 + sum(bool(t) for t in rest)} line(s) of text after the data (line {lineno} on) not read"
+                break
+            # text between rows of numbers (two tables, or a broken one; which to read is not
+            # for us to guess), or a row that starts like numbers and is not
+            raise PDFInputError(p, f"line {lineno} is not numeric: {s[:40]!r}")
         if len(parts) < 2:
             raise PDFInputError(p, f"line {lineno} has one column; need r and G(r)")
         rows.append(parts)

@@ -22,11 +22,14 @@ doubtful - Rwp >= 0.25, atoms with no neighbour (detached), a shape re-cut both 
            library family walked that fits better by taking more Qdamp (up to the family's
            largest: the size is not fixed by the data), signal that lasts to the end of the
            data (unless the answer fits below 0.001 and its family's next larger members do
-           not), a particle larger than every cluster tried, a networks' answer for a particle
-           beyond their 256 atoms, a candidate of another atom count that fits better than the
-           answer did before its coordinates were refined (the ranking rests on the refinement,
-           which lowers the Rwp of wrong structures too), a runner-up with another atom count
-           within 0.01 in Rwp
+           not; or, above it, the residual is the same noise inside the answer and beyond it,
+           and the answer's rigid fit beats every larger structure fitted by the searches'
+           acceptance gain, 20 %, they leaving a misfit the noise does not explain), a particle
+           larger than every cluster tried, a networks' answer for a particle beyond their 256
+           atoms, a candidate of another atom count that fits better than the answer did
+           before its coordinates were refined (by the count search's least gain, 1 %: the
+           ranking rests on the refinement, which lowers the Rwp of wrong structures too), a
+           runner-up with another atom count within 0.01 in Rwp
            (unless the answer fits at the calculator's own level, below 0.001, and the
            runner-up does not), a Qmin or Qmax assumed because the file's header does not state
            it (Qmax is read from the data's band edge where one stands out, ``fitting.band_edge``;
@@ -319,15 +322,17 @@ def judge(best, runner_up, d: float, extent: dict, largest_tried: float | None =
     leaves (``noise_rwp``); ``grown``: a larger member of the library family walked (from the
     best library candidate) that fits better only by taking a larger Qdamp, the walk having
     stopped at the family's end (``pipeline._unbracketed``); ``bounded``: ``best`` fits at the
-    calculator's level (below EXACT_FIT) and its family's next larger members fitted do not: the
-    data bound the size even where the signal lasts to their end (``pipeline._larger_members``);
+    calculator's level (below EXACT_FIT) and its family's next larger members fitted do not, or,
+    above it, the data beyond ``best`` hold only noise and every larger structure fitted does
+    clearly worse: the data bound the size even where the signal lasts to their end
+    (``pipeline._larger_members``, ``pipeline._tail_is_noise``);
     ``formula``: the element answered, and the other metals and the non-metals the formula of the
     file's composition names beside it; ``ceiling``: (motif, atoms) where ``best`` is a large
     cluster close to the largest of its motif tried (``pipeline``); ``extra``: a peak of the data
     below the metal's shortest distance that the fit leaves (``short_peak``): a warning where
     it is ``unexplained``; ``rigid_rival``: a candidate of another atom count that fits better
-    than the refined ``best`` did before its refinement (``pipeline``), by what a search's move
-    must gain (``search.MIN_GAIN`` of the misfit beyond the noise): the ranking rests on the
+    than the refined ``best`` did before its refinement (``pipeline``), by the count search's least
+    gain per move (``search.MIN_GAIN`` of the misfit beyond the noise): the ranking rests on the
     refinement."""
     bad, doubt = [], []
     n = best.n_atoms

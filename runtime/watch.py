@@ -275,11 +275,13 @@ class Watcher:
             st = self.pending[p]
             try:
                 stat = p.stat()
-            except FileNotFoundError:
+            except OSError:
                 del self.pending[p]  # moved away or deleted before we got to it
-                if p.is_symlink():
+                if p.is_symlink():   # or a link to nothing, or a loop of links
                     self._dangling(p)
                 continue
+            if self._dangling_seen:   # a link mended: said again should it break again
+                self._dangling_seen = {k for k in self._dangling_seen if k[0] != p.name}
             sig = (stat.st_size, stat.st_mtime_ns)
             if st.get("sig") != sig:
                 st["sig"], st["since"] = sig, now
@@ -299,7 +301,14 @@ class Watcher:
         if (p.name, target) in self._dangling_seen:
             return
         self._dangling_seen.add((p.name, target))
-        msg = f"{p.name}: a link to {target}, which does not exist; not answered"
+        why = "which does not exist"
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:   # a loop of links
+            why = f"which cannot be followed ({exc.strerror or exc})"
+        msg = f"{p.name}: a link to {target}, {why}; not answered"
         if self.cfg.once:
             from cbldm.runtime.results import write_error
 

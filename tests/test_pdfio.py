@@ -152,6 +152,14 @@ def test_free_text_headers_and_decimal_commas_with_any_separator(tmp_path):
     (tmp_path / "two.dat").write_text("Pt NP\nrun 3\n" + _ROWS + "\nend of data\n" + _ROWS)
     with pytest.raises(PDFInputError, match="line 1503 is not numeric"):
         read_pdf(tmp_path / "two.dat")
+    # a program's error after the rows: the table may be cut short
+    (tmp_path / "died.dat").write_text(_ROWS + "\nTraceback (most recent call last):\n  MemoryError\n")
+    with pytest.raises(PDFInputError, match="line 1501, after the data, reads like an error message"):
+        read_pdf(tmp_path / "died.dat")
+    # rows of NaN at the end are rows, refused as NaN (not a footer dropped)
+    (tmp_path / "nan.dat").write_text(_ROWS + "\nnan nan\n")
+    with pytest.raises(PDFInputError, match="NaN or inf"):
+        read_pdf(tmp_path / "nan.dat")
 
 
 @pytest.mark.parametrize("name", sorted(BAD))

@@ -702,8 +702,8 @@ def test_the_layer_search_and_the_count_search_after_it_each_mark_a_cut_both_way
 def test_a_wrong_count_ranked_first_by_its_refinement_is_not_ok(calc):
     """The wiring of ``verdict``'s rigid-rival rule: a thermally displaced 51-atom decahedron
     (0.035 bonds RMS, noise-free) against the shipped library is answered with the 62-atom one,
-    refined to 0.025, although the truth fitted better rigid (0.077 against 0.080). Whatever the
-    ranking answers, a wrong count is not 'ok'; with the 62 the verdict names the truth's fit."""
+    refined to 0.025, although the truth fitted better rigid (0.077 against 0.080): not 'ok', and
+    the verdict names the truth's fit."""
     from cbldm.models import default_model_dir
     from cbldm.runtime.library import Library
     from cbldm.runtime.pipeline import predict
@@ -713,12 +713,12 @@ def test_a_wrong_count_ranked_first_by_its_refinement_is_not_ok(calc):
     x = truth + np.random.default_rng(4).normal(scale=0.035 * D, size=truth.shape)
     pred = predict(None, PDFInput.on_model_grid(calc.calc(x, "Pt"), "Pt"), SamplerConfig(), 0,
                    source="library", library=Library(default_model_dir() / "library.npz"))
-    if pred.best.n_atoms != len(truth):
-        assert pred.verdict.verdict == "doubtful" and any(
-            f"{len(truth)} atoms fit better before the coordinates were refined" in w
-            for w in pred.verdict.warnings), (pred.best.n_atoms, pred.verdict.warnings)
-        listed = [c for c in pred.candidates if c.n_atoms == len(truth)]
-        assert listed and listed[0].exact, "the rival the verdict names is in the JSON, exactly computed"
+    assert pred.best.n_atoms != len(truth), "the ranking answers the truth now: pick a case it does not"
+    said = [w for w in pred.verdict.warnings if f"{len(truth)} atoms fit better before the coordinates" in w]
+    assert pred.verdict.verdict == "doubtful" and said, (pred.best.n_atoms, pred.verdict.warnings)
+    # the rival named is in the list (the JSON), its Rwp from the exact calculator as quoted
+    assert any(c.n_atoms == len(truth) and c.exact and f"Rwp {c.rwp_rigid:.3f} vs" in said[0]
+               for c in pred.candidates), said
 
 
 def _band_noise(pdf: PDFInput, rms: float, seed: int = 0) -> PDFInput:
@@ -754,3 +754,27 @@ def test_noise_to_the_end_of_the_data_is_bounded_by_the_next_larger_member(calc,
     persists = any("persists to the end of the data" in w for w in pred.verdict.warnings)
     assert persists != bounded, pred.verdict.warnings
     assert bounded == any(c.n_atoms == 147 for c in pred.candidates)
+
+
+def test_the_data_beyond_a_too_small_answer_are_not_taken_for_noise(calc):
+    """``_tail_is_noise``, the gate of the rule above: a 147-atom icosahedron in noise below Qmax;
+    fitted with itself, the data beyond its 17 A hold only noise; fitted with the 55-atom one
+    (11 A), they hold the 147's longer pairs, and the size is not bounded by what is there."""
+    from cbldm.runtime.pipeline import Candidate, _tail_is_noise
+
+    big, small = _shape("Icosahedron_shell_4"), _shape("Icosahedron_shell_3")
+    clean = PDFInput.on_model_grid(calc.calc(big, "Pt"), "Pt")
+    pdf = _band_noise(clean, 0.015 * np.abs(clean.g).max())
+    grid = fit_grid(pdf.physics)
+    g = np.interp(grid.r_fit, pdf.r, pdf.g)
+    seen = {}
+    for name, x in (("147", big), ("55", small)):
+        f = grid.fit(x, g)
+        seen[name] = _tail_is_noise(Candidate(x * f.size, "library", name, g_calc=f.g_calc), grid.r_fit, g,
+                                    pdf.physics.qmax)
+    assert seen == {"147": True, "55": False}
+    # no room beyond the answer: no verdict on its tail
+    short = grid.r_fit <= 18.0
+    f = grid.fit(big, g)
+    assert not _tail_is_noise(Candidate(big * f.size, "library", "147", g_calc=f.g_calc[short]), grid.r_fit[short],
+                              g[short], pdf.physics.qmax)

@@ -395,3 +395,9 @@ def test_a_link_to_a_missing_file_is_said_not_passed_over(tmp_path):
     assert sum("late.gr: a link to" in l for l in lines) == 1, lines
     assert all(l.startswith("warning") for l in lines if "a link to" in l)
     assert w.failed == 0 and not list((tmp_path / "out2").glob("*.error.txt"))
+    # a loop of links does not take the service down; said as such
+    (d / "loop.gr").symlink_to(d / "loop.gr")
+    w._note(d / "loop.gr")
+    w._drain_ready()
+    assert any("loop.gr: a link to" in l and "cannot be followed" in l for l in lines), lines
+    w._lock.close()
