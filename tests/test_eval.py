@@ -87,10 +87,11 @@ def test_accuracy_library_model_and_both(tiny_run, tiny_dataset, tmp_path):
     (model / "manifest.json").write_text("{}")
     acc = tmp_path / "accuracy.json"
     res = run("cbldm.training.cli_eval", "summary", "--model", model, "--data", tiny_dataset,
-              "--unseen", acc, "--offrecipe", acc)
+              "--unseen", acc, "--offrecipe", acc, "--offrecipe-2", acc)
     assert res.returncode == 0, res.stderr
     shipped = json.loads((model / "evaluation.json").read_text())
     assert shipped["unseen"]["sources"]["library"]["total"]["exact_count"] == 1.0 and shipped["test_shapes"]
+    assert shipped["offrecipe_2"] == shipped["offrecipe"]
     (tmp_path / "junk.json").write_bytes(b"\xff\xfe not json")
     res = run("cbldm.training.cli_eval", "summary", "--model", model, "--data", tiny_dataset,
               "--unseen", tmp_path / "junk.json", "--offrecipe", acc)

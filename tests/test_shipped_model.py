@@ -28,6 +28,7 @@ def test_what_info_shows_is_the_evaluations_in_the_repository():
     with ``cbldm-eval summary`` after an evaluation; it had fallen a day behind, stop 32)."""
     ev = json.loads((MODEL / "evaluation.json").read_text())
     for key, path in (("unseen", "unseen/accuracy.json"), ("offrecipe", "offrecipe/offrecipe.json"),
+                      ("offrecipe_2", "offrecipe-s7/offrecipe.json"),
                       ("families", "families/offrecipe.json"), ("families_b", "families-b/offrecipe.json")):
         run = json.loads((REPO / "eval" / path).read_text())
         assert {s: t["table"]["total"] for s, t in run["sources"].items()} == \

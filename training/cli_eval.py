@@ -231,6 +231,9 @@ def summary(
     offrecipe: Path = typer.Option(..., help="offrecipe.json of `cbldm-eval offrecipe` (the out-of-recipe set)."),
     families: Optional[Path] = typer.Option(None, help="offrecipe.json of the held-out families set (a)."),
     families_b: Optional[Path] = typer.Option(None, help="offrecipe.json of the second held-out families set (b)."),
+    offrecipe_2: Optional[Path] = typer.Option(None, "--offrecipe-2",
+                                               help="offrecipe.json of a second draw of the out-of-recipe "
+                                                    "set (another --seed): how much of its figure is the draw."),
 ):
     """Ship the tables of the evaluations beside the model: per test set and source, the totals and
     groups (no per-PDF rows; those stay in the evaluation's own files)."""
@@ -269,6 +272,8 @@ def summary(
         doc["families"] = tables(families)
     if families_b is not None:
         doc["families_b"] = tables(families_b)
+    if offrecipe_2 is not None:
+        doc["offrecipe_2"] = tables(offrecipe_2)
     atomic_write_text(model / "evaluation.json", json.dumps(doc, indent=1))
     typer.echo(f"wrote {model / 'evaluation.json'}")
 
