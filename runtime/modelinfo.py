@@ -6,6 +6,11 @@ import json
 from cbldm.runtime.backends import LoadedModel
 
 
+# the test sets of MODEL/evaluation.json (``cbldm-eval summary``), in the order shown
+EVALUATIONS = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "offrecipe_2": "out of recipe, second draw",
+               "families": "held-out families (a)", "families_b": "held-out families (b)"}
+
+
 def model_info(m: LoadedModel) -> dict:
     """Everything ``cbldm-run info`` reports, as plain data (its ``--json``)."""
     man = m.manifest
@@ -14,7 +19,7 @@ def model_info(m: LoadedModel) -> dict:
         try:  # cbldm-eval's tables: per test set, per source, the totals
             doc = json.loads(ev.read_text())
             totals = {s: {src: t["total"] for src, t in doc[s]["sources"].items()}
-                      for s in ("unseen", "offrecipe", "offrecipe_2", "families", "families_b") if s in doc}
+                      for s in EVALUATIONS if s in doc}
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
             totals = None
     lib = man.get("library") or {}
@@ -72,11 +77,9 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
         common += f", {rest} larger members of their families" if rest else ""
         lines.append(("library", f"{lib['entries']} clusters ({lib['recipe_entries']} recipe shapes{common}, up to "
                                  f"{lib['largest_atoms']} atoms), sha256 {lib['sha256'][:16]}"))
-    names = {"unseen": "unseen shapes", "offrecipe": "out of recipe", "offrecipe_2": "out of recipe, second draw",
-             "families": "held-out families (a)", "families_b": "held-out families (b)"}
     for key, by_source in (doc.get("evaluation") or {}).items():
         cells = [f"{src} {100 * t['exact_count']:.0f} % exact, pair err {t['pair_distance_error_A']:.2f} A, "
                  f"Rwp {t['rwp']:.3f}" for src, t in by_source.items()]
         label = "held-out" if key == "unseen" else ""
-        lines.append((label, f"{names[key]} ({next(iter(by_source.values()))['n']} PDFs): " + "; ".join(cells)))
+        lines.append((label, f"{EVALUATIONS[key]} ({next(iter(by_source.values()))['n']} PDFs): " + "; ".join(cells)))
     return lines

@@ -141,6 +141,11 @@ def _is_data_row(parts: list[str]) -> bool:
     return _float(parts[0]) and _float(parts[1])
 
 
+def _fields(s: str, comma: bool) -> list[str]:
+    """A stripped line's fields, its decimal commas read as points where the table has them."""
+    return [t for t in _SPLIT.split(s.replace(",", ".") if comma else s) if t]
+
+
 def _float(t: str) -> bool:
     try:
         float(t)
@@ -256,7 +261,7 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             continue
         if comma:
             s = s.replace(",", ".")
-        parts = [t for t in _SPLIT.split(s) if t]
+        parts = _fields(s, False)
         if len(rows) <= 2 and not _is_data_row(parts):
             # a header without comment marks ('r,G', a title, 'Qmax: 25', '2026-11-29 run 3'):
             # everything before the first row of numbers, and a line or two of numbers the
@@ -267,9 +272,8 @@ def read_pdf(path: str | os.PathLike) -> PDFData:
             continue
         if not _is_data_row(parts):
             rest = [t.strip() for t in lines[lineno:]]
-            if not _NUMBER_ROW.match(s) and not any(
-                    _is_data_row([x for x in _SPLIT.split(t.replace(",", ".") if comma else t) if x])
-                    for t in rest if t and t[:1] not in _COMMENT):
+            if not _NUMBER_ROW.match(s) and not any(_is_data_row(_fields(t, comma))
+                                                    for t in rest if t and t[:1] not in _COMMENT):
                 # a footer (a run log, 'END', a program's summary): the table has ended; unless it
                 # is an error message, which says the table may have been cut short
                 text = " ".join([s] + rest).lower()

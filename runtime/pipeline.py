@@ -529,8 +529,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                 # icosahedron, Qmin 0.7: 2 % of its first peak at 20 A), where the data beyond the
                 # answer hold no more than its misfit inside: the answer's rigid fit must beat
                 # every larger structure fitted (its family's next members, and any other
-                # candidate) by the searches' acceptance gain (``search_gain``, 20 %), and they must leave a misfit the
-                # noise does not explain
+                # candidate) by the searches' acceptance gain (``search_gain``, 20 %), and they
+                # must leave a misfit the noise does not explain
                 big = min([c.rwp_rigid for c in larger] + [
                     c.rwp_rigid for c in cands if c.n_atoms > cands[0].n_atoms and c.envelope is None
                     and c.set_aside is None and c.physical(d, frac)])
@@ -569,6 +569,8 @@ def predict_batch(nets: Networks | None, pdfs: list[PDFInput], sampler: SamplerC
                     ceiling = (str(b0.motif), top)
 
         def exact(x: Candidate) -> Candidate:   # in the list too: the JSON reports what the verdict says
+            if x.exact:     # already (the runner-up named again as the rigid rival)
+                return x
             k = next(j for j, c in enumerate(cands) if c is x)
             cands[k] = _report_exact(x, p.physics, grid, g_fit, p.element)
             return cands[k]
@@ -1088,9 +1090,9 @@ def _larger_members(best: Candidate, cands: list[Candidate], library, grid: FitG
     each leaves more than ``verdict.EXACT_FIT`` and ``best`` fits below it, noise-free data bound
     the particle's size although its signal lasts to the end of the data (an unseen 240-atom
     hcp prism 57 A long, r to 30 A: 2e-4; the next shorter 0.007); above it, where the data
-    beyond ``best`` hold only noise (``_tail_is_noise``) and ``best``'s rigid fit beats theirs by a
-    the searches' acceptance gain (``RefineConfig.search_gain``). None where ``best`` is no plain library entry or its family has no larger
-    member."""
+    beyond ``best`` hold only noise (``_tail_is_noise``) and ``best``'s rigid fit beats theirs by
+    the searches' acceptance gain (``RefineConfig.search_gain``). None where ``best`` is no plain
+    library entry or its family has no larger member."""
     i = library.index(best.label) if best.source == "library" and best.unstrained is None else None
     if i is None:
         return [], []
